@@ -1,0 +1,2 @@
+"""instyle: fast neural style transfer."""
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from instyle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The `instyle` command: thin glue over the public API.
+
+Each subcommand lives in the module that owns it and exposes `add_arguments(parser)` and
+`run(args) -> int`; heavy imports happen inside `run`, so `instyle --help` stays fast.
+Library code raises exceptions; this is the one place that turns them into a message and an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "stylize": ("instyle.stylize_cli", "stylize image files, folders or globs"),
+    "models": ("instyle.models_cli", "list shipped and cached models"),
+    "convert": ("instyle.convert_cli", "convert a pytorch/examples .pth checkpoint to .safetensors"),
+    "train": ("instyle.train.cli", "train a feed-forward generator"),
+    "gatys": ("instyle.train.gatys_cli", "optimise one image (Gatys et al. baseline)"),
+    "texture": ("instyle.train.texture_cli", "sample a texture of any size from a texture model"),
+    "export": ("instyle.export.cli", "export to ONNX, TensorRT or a Triton-server repository"),
+    "bench": ("instyle.bench.cli", "latency benchmark across backends, precisions and sizes"),
+}
+
+
+class UsageError(Exception):
+    """A mistake in the command line that argparse cannot see (exit code 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from instyle import __version__
+
+    parser = argparse.ArgumentParser(prog="instyle", description="Fast neural style transfer.")
+    parser.add_argument("--version", action="version", version=f"instyle {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module_name.startswith(e.name):
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as e:
+        print(f"instyle {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

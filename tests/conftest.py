@@ -1,0 +1,40 @@
+"""Shared test set-up.
+
+Without CUDA, Triton kernels run in the interpreter on CPU tensors: TRITON_INTERPRET must be set
+before anything imports triton, so it happens here, at conftest import time.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from instyle.paths import data_dir  # noqa: E402
+
+DATA = data_dir()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data():
+    """The shared data folder (../shared/data or $INSTYLE_DATA); skips when absent."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA} (set INSTYLE_DATA)")
+    return DATA
+
+
+def need(path):
+    """Skip the calling test unless `path` exists."""
+    if not path.exists():
+        pytest.skip(f"missing data file {path}")
+    return path
