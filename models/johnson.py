@@ -1,0 +1,123 @@
+"""Johnson et al.'s residual generator with Ulyanov et al.'s instance norm.
+
+Module names follow pytorch/examples fast_neural_style's TransformerNet (conv1/in1 ... res1-res5 ...
+deconv1-3, `conv2d` inside each conv layer), so its checkpoints load unchanged. Input and output are
+RGB in 0..255; the output is not clamped here (training needs the gradient), callers clamp.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norm import make_norm, make_pad
+
+UPSAMPLINGS = ("nearest", "transposed")
+
+
+class ConvLayer(nn.Module):
+    """Pad then convolve, so the output keeps ceil(size / stride)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: str = "reflect"):
+        super().__init__()
+        self.pad = make_pad(padding, kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.pad(x))
+
+
+class UpsampleConvLayer(nn.Module):
+    """Nearest x2 then pad and convolve: upsampling without the checkerboard of transposed convs."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, padding: str = "reflect"):
+        super().__init__()
+        self.pad = make_pad(padding, kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.pad(F.interpolate(x, scale_factor=2, mode="nearest")))
+
+
+class TransposedConvLayer(nn.Module):
+    """Stride-2 transposed conv (texture_nets' johnson model): exactly doubles the size."""
+
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv2d = nn.ConvTranspose2d(cin, cout, kernel, 2, padding=kernel // 2, output_padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(x)
+
+
+class ResidualBlock(nn.Module):
+    """conv-norm-ReLU-conv-norm plus the identity (He et al.; no ReLU after the sum)."""
+
+    def __init__(self, channels: int, norm: str = "instance", padding: str = "reflect"):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3, 1, padding)
+        self.in1 = make_norm(norm, channels)
+        self.conv2 = ConvLayer(channels, channels, 3, 1, padding)
+        self.in2 = make_norm(norm, channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.in1(self.conv1(x)))
+        return self.in2(self.conv2(out)) + x
+
+
+class JohnsonNet(nn.Module):
+    """The residual style-transfer generator: 9x9 conv, two stride-2 convs, residual blocks, two x2
+    upsamplings, 9x9 conv. Defaults reproduce pytorch/examples' TransformerNet (~1.68 M parameters)."""
+
+    arch = "johnson"
+
+    def __init__(
+        self,
+        width: int = 32,
+        blocks: int = 5,
+        norm: str = "instance",
+        padding: str = "reflect",
+        upsampling: str = "nearest",
+    ):
+        super().__init__()
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+        if width < 1 or blocks < 0:
+            raise ValueError(f"width must be >= 1 and blocks >= 0, got {width}, {blocks}")
+        self.config = dict(width=width, blocks=blocks, norm=norm, padding=padding, upsampling=upsampling)
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.conv1 = ConvLayer(3, w1, 9, 1, padding)
+        self.in1 = make_norm(norm, w1)
+        self.conv2 = ConvLayer(w1, w2, 3, 2, padding)
+        self.in2 = make_norm(norm, w2)
+        self.conv3 = ConvLayer(w2, w3, 3, 2, padding)
+        self.in3 = make_norm(norm, w3)
+        self.res_names = [f"res{i + 1}" for i in range(blocks)]
+        for name in self.res_names:
+            setattr(self, name, ResidualBlock(w3, norm, padding))
+        if upsampling == "nearest":
+            self.deconv1 = UpsampleConvLayer(w3, w2, 3, padding)
+            self.deconv2 = UpsampleConvLayer(w2, w1, 3, padding)
+        else:
+            self.deconv1 = TransposedConvLayer(w3, w2, 3)
+            self.deconv2 = TransposedConvLayer(w2, w1, 3)
+        self.in4 = make_norm(norm, w2)
+        self.in5 = make_norm(norm, w1)
+        self.deconv3 = ConvLayer(w1, 3, 9, 1, padding)
+        self.relu = nn.ReLU()
+
+    # Two stride-2 convs: sizes that are multiples of 4 come back unchanged. Reflection padding of the
+    # 3x3 convs at 1/4 scale needs at least 2 pixels there.
+    stride_multiple = 4
+    min_size = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.in1(self.conv1(x)))
+        y = self.relu(self.in2(self.conv2(y)))
+        y = self.relu(self.in3(self.conv3(y)))
+        for name in self.res_names:
+            y = getattr(self, name)(y)
+        y = self.relu(self.in4(self.deconv1(y)))
+        y = self.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
