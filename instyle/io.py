@@ -1,0 +1,196 @@
+"""Image files in and out (Pillow), per the tensor/image contract in DESIGN.md.
+
+Read: EXIF orientation applied; ICC profile kept; alpha split off and re-attached; L/LA/P/CMYK/I;16 ->
+RGB; 16-bit PNG/TIFF read at full precision (0..65535 mapped to 0..255 floats); a pixel limit guards
+against decompression bombs. Write: format from the extension, atomic (temp file + rename).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from instyle.atomic import atomic_path
+
+DEFAULT_MAX_PIXELS = 2**28
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm", ".tga"})
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+            ".tiff": "TIFF", ".gif": "GIF", ".ppm": "PPM", ".pgm": "PPM", ".pnm": "PPM", ".tga": "TGA"}
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or written; the message is `PATH: cause`."""
+
+
+@dataclass
+class Picture:
+    """RGB pixels (H, W, 3; uint8, or float32 0..255 for high-bit input) plus what must survive the trip."""
+
+    rgb: np.ndarray
+    alpha: Image.Image | None = None
+    icc_profile: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), Pillow's order."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _high_bit_to_float(img: Image.Image) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float32)
+    top = 65535.0 if img.mode.startswith("I") else max(float(a.max()), 1.0)
+    return np.clip(a * (255.0 / top), 0, 255)
+
+
+def picture_from_pil(img: Image.Image) -> Picture:
+    """Convert an opened (already oriented) Pillow image to a Picture."""
+    icc = img.info.get("icc_profile")
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA") if img.mode != "LA" else img
+        alpha = rgba.getchannel("A")
+        img = rgba.convert("RGB") if img.mode != "LA" else img.getchannel("L").convert("RGB")
+    if img.mode in _HIGH_BIT_MODES:
+        gray = _high_bit_to_float(img)
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+    elif img.mode == "CMYK":
+        # an embedded CMYK profile does not describe the RGB result: drop it
+        rgb, icc = np.asarray(img.convert("RGB")), None
+    elif img.mode == "RGB":
+        rgb = np.asarray(img)
+    else:
+        rgb = np.asarray(img.convert("RGB"))
+    return Picture(np.ascontiguousarray(rgb), alpha, icc)
+
+
+def _read_rgb48(path: Path) -> np.ndarray | None:
+    """16-bit-per-channel RGB PNGs: Pillow decodes them to 8 bits, so read them with numpy instead."""
+    try:
+        import png  # type: ignore[import-not-found]  # pypng, optional
+    except ImportError:
+        return None
+    r = png.Reader(filename=str(path))
+    w, h, rows, info = r.asDirect()
+    if info["bitdepth"] != 16 or info["planes"] < 3:
+        return None
+    a = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(h, w, info["planes"])
+    return a[..., :3].astype(np.float32) * (255.0 / 65535.0)
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decode an image file fully; raise ImageError('PATH: cause') for anything unusable."""
+    path = Path(path)
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                                 f"(a decompression bomb?); raise it with --max-pixels")
+            is_rgb48 = img.format == "PNG" and img.mode == "RGB" and img.info.get("bitdepth", 8) == 16
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            pic = picture_from_pil(oriented)
+            if is_rgb48 and oriented is img and (rgb := _read_rgb48(path)) is not None:
+                pic.rgb = rgb
+            return pic
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        size = path.stat().st_size if path.exists() else 0
+        cause = "empty file" if size == 0 else "not an image file Pillow can read"
+        raise ImageError(f"{path}: {cause}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: cannot decode ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone."""
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        raise ImageError(f"{path}: cannot read header ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def picture_to_pil(pic: Picture) -> Image.Image:
+    rgb = pic.rgb
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    if pic.alpha is not None:
+        alpha = pic.alpha if pic.alpha.size == img.size else pic.alpha.resize(img.size, Image.Resampling.LANCZOS)
+        img.putalpha(alpha)
+    if pic.icc_profile:
+        img.info["icc_profile"] = pic.icc_profile
+    return img
+
+
+def format_for(path: str | os.PathLike) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in _FORMATS:
+        raise ImageError(f"{path}: unknown output format {ext or '(no extension)'!r} "
+                         f"(use one of {', '.join(sorted(_FORMATS))})")
+    return _FORMATS[ext]
+
+
+def write_image(path: str | os.PathLike, pic: Picture, *, quality: int = 95) -> Path:
+    """Encode `pic` in the format named by the extension, atomically (no partial file on failure)."""
+    path = Path(path)
+    fmt = format_for(path)
+    img = picture_to_pil(pic)
+    if fmt in ("JPEG", "BMP", "PPM") and img.mode == "RGBA":
+        img = img.convert("RGB")  # formats without alpha
+    kwargs: dict = {}
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = quality
+    if pic.icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kwargs["icc_profile"] = pic.icc_profile
+    try:
+        with atomic_path(path) as tmp:
+            img.save(tmp, format=fmt, **kwargs)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write ({e})") from None
+    return path
+
+
+def resize_picture(pic: Picture, size: tuple[int, int]) -> Picture:
+    """Resample to (width, height) with Lanczos, keeping float precision for high-bit input."""
+    if pic.size == size:
+        return pic
+    if pic.rgb.dtype == np.uint8:
+        rgb = np.asarray(Image.fromarray(pic.rgb).resize(size, Image.Resampling.LANCZOS))
+    else:
+        rgb = np.stack([np.asarray(Image.fromarray(pic.rgb[..., c], "F").resize(size, Image.Resampling.LANCZOS))
+                        for c in range(3)], axis=2).clip(0, 255)
+    return Picture(rgb, pic.alpha, pic.icc_profile)
+
+
+def to_tensor(pictures: list[Picture]):
+    """Equal-size Pictures -> float32 tensor N,3,H,W in 0..255."""
+    import torch
+
+    return torch.from_numpy(np.stack([p.rgb for p in pictures]).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
+
+
+def rgb_from_tensor(t) -> np.ndarray:
+    """One C,H,W float tensor in 0..255 -> H,W,3 uint8 (rounded, clamped)."""
+    import torch
+
+    return t.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
