@@ -32,6 +32,10 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
 # name -> factory, or "module:function" resolved lazily
 _REGISTRY: dict[str, Factory | str] = {
     "eager": _eager,
+    "triton": "instyle.engine.fused:make_runner",
+    "compile": "instyle.engine.compiled:make_runner",
+    "onnxruntime": "instyle.export.ort_runner:make_runner",
+    "tensorrt": "instyle.export.trt_runner:make_runner",
 }
 
 
@@ -50,7 +54,9 @@ def factory(name: str) -> Factory:
         try:
             entry = getattr(importlib.import_module(module_name), attr)
         except ImportError as e:
-            raise BackendUnavailable(f"backend {name!r} needs {e.name or e}: install instyle[onnx] / "
-                                     f"instyle[tensorrt]") from None
+            if e.name and module_name.startswith(e.name):
+                raise BackendUnavailable(f"backend {name!r} is not available in this build of instyle") from None
+            extra = {"onnxruntime": " (pip install 'instyle[onnx]')", "tensorrt": " (pip install 'instyle[tensorrt]')"}
+            raise BackendUnavailable(f"backend {name!r} needs the package {e.name or e}{extra.get(name, '')}") from None
         _REGISTRY[name] = entry
     return entry
