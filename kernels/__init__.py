@@ -3,5 +3,6 @@
 Imports only torch and triton.
 """
 from .instance_norm import instance_norm, instance_norm_ref
+from . import instance_norm_backward  # noqa: F401  (registers autograd for instyle::instance_norm)
 
 __all__ = ["instance_norm", "instance_norm_ref"]
