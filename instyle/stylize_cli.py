@@ -1,0 +1,221 @@
+"""`instyle stylize`: batch-stylize files, folders (recursive) and globs.
+
+Outputs keep their paths relative to the folder or glob base they were found under; existing outputs
+are skipped unless --overwrite; every write is atomic; a bad file prints `error: PATH: cause` and the
+batch goes on. Exit code 0 when all succeeded, 1 when any file failed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from instyle.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from instyle.engine.backends import BACKENDS
+    from instyle.io import DEFAULT_MAX_PIXELS
+
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")
+    p.add_argument("--model", help="shipped style name or model file (.safetensors, pytorch/examples .pth)")
+    p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--max-side", type=int, metavar="PX", help="downscale so the longer side is at most PX")
+    size.add_argument("--scale", type=float, metavar="F", help="resize by factor F before stylizing")
+    p.add_argument("--tile", default="auto", help="auto | off | tile side in pixels (exact tiled inference)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="stylize up to N equal-size images at once")
+    p.add_argument("--format", metavar="EXT", help="output format (jpg, png, webp, ...); default: the input's")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images (decompression-bomb guard, default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    size: tuple[int, int] = (0, 0)  # (width, height) to stylize at
+
+
+def _is_image(path: Path) -> bool:
+    from instyle.io import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _glob_base(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    base = [q for q in parts[: next(i for i, q in enumerate(parts) if glob.has_magic(q))]]
+    return Path(*base) if base else Path(".")
+
+
+def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job], list[str]]:
+    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing."""
+    found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
+    errors = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found += [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and _is_image(f)]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        elif glob.has_magic(arg):
+            base = _glob_base(arg)
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
+            files = [m for m in matches if m.is_file() and _is_image(m)]
+            if not files:
+                errors.append(f"error: {arg}: no image files match")
+            found += [(f, f.relative_to(base)) for f in files]
+        else:
+            errors.append(f"error: {arg}: no such file or folder")
+    jobs, seen = [], {}
+    for src, rel in found:
+        dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt else rel)
+        key = dst.resolve()
+        if key == src.resolve():
+            errors.append(f"error: {src}: output would overwrite the input; choose another -o")
+        elif key in seen:
+            if seen[key] != src.resolve():
+                errors.append(f"error: {src}: output {dst} is also the output of {seen[key]}; use --format or -o")
+        else:
+            seen[key] = src.resolve()
+            jobs.append(Job(src, dst))
+    return jobs, errors
+
+
+def target_size(size: tuple[int, int], max_side: int | None, scale: float | None) -> tuple[int, int]:
+    w, h = size
+    if scale is not None:
+        return max(1, round(w * scale)), max(1, round(h * scale))
+    if max_side is not None and max(w, h) > max_side:
+        f = max_side / max(w, h)
+        return max(1, round(w * f)), max(1, round(h * f))
+    return w, h
+
+
+def _parse_tile(text: str):
+    if text in ("auto", "off"):
+        return text
+    try:
+        px = int(text)
+    except ValueError:
+        raise UsageError(f"--tile must be auto, off or a size in pixels, got {text!r}") from None
+    if px < 64:
+        raise UsageError(f"--tile must be at least 64 pixels, got {px}")
+    return px
+
+
+def _validate(args) -> None:
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.max_side is not None and args.max_side < 1:
+        raise UsageError(f"--max-side must be >= 1, got {args.max_side}")
+    if args.scale is not None and not 0 < args.scale <= 16:
+        raise UsageError(f"--scale must be in (0, 16], got {args.scale}")
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be in 1..100, got {args.quality}")
+    if args.format:
+        from instyle.io import ImageError, format_for
+
+        try:
+            format_for("x." + args.format.lstrip("."))
+        except ImageError as e:
+            raise UsageError(str(e).removeprefix("x." + args.format.lstrip(".") + ": ")) from None
+
+
+def _stylizer_kwargs(args) -> dict:
+    kwargs = dict(backend=args.backend, precision=args.precision, device=args.device)
+    tile = _parse_tile(args.tile)
+    if tile != "auto":
+        kwargs["tile"] = tile
+    return kwargs
+
+
+def run(args) -> int:
+    _validate(args)
+    kwargs = _stylizer_kwargs(args)
+    from tqdm import tqdm
+
+    import instyle
+    from instyle import io
+
+    jobs, errors = collect(args.inputs, Path(args.out_dir), args.format)
+    for line in errors:
+        print(line, file=sys.stderr)
+    failed = len(errors)
+    todo = [j for j in jobs if args.overwrite or not j.dst.exists()]
+    skipped = len(jobs) - len(todo)
+    if not todo:
+        if skipped:
+            print(f"nothing to do: {skipped} output(s) exist (use --overwrite)", file=sys.stderr)
+            return 1 if failed else 0
+        if not failed:
+            print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    # any tile setting other than auto needs an engine that supports it; load() says so if not
+    stylizer = instyle.load(args.model, **kwargs)
+    # Group equal-size images into batches; the header read also catches unreadable files early.
+    groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
+    for job in todo:
+        try:
+            job.size = target_size(io.image_size(job.src), args.max_side, args.scale)
+        except io.ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        groups[job.size].append(job)
+    batches = [g[i:i + args.batch] for g in groups.values() for i in range(0, len(g), args.batch)]
+    done = 0
+    with tqdm(total=sum(map(len, batches)), unit="img", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        for batch in batches:
+            ok = _stylize_batch(stylizer, batch, args)
+            done += ok
+            failed += len(batch) - ok
+            bar.update(len(batch))
+    summary = f"{done} stylized, {skipped} skipped (exist), {failed} failed -> {args.out_dir}"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _stylize_batch(stylizer, batch: list[Job], args) -> int:
+    """Read, stylize and write one batch; per-file errors are printed. Returns the number written."""
+    import torch
+
+    from instyle import io
+
+    pictures, ready = [], []
+    for job in batch:
+        try:
+            pic = io.read_image(job.src, max_pixels=args.max_pixels)
+            if pic.size != job.size:
+                pic = io.resize_picture(pic, job.size)
+            pictures.append(pic)
+            ready.append(job)
+        except io.ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+    if not ready:
+        return 0
+    try:
+        out = stylizer(io.to_tensor(pictures))
+    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
+        for job in ready:
+            print(f"error: {job.src}: stylizing failed ({str(e).splitlines()[0]})", file=sys.stderr)
+        return 0
+    written = 0
+    for job, pic, y in zip(ready, pictures, out):
+        try:
+            io.write_image(job.dst, io.Picture(io.rgb_from_tensor(y), pic.alpha, pic.icc_profile),
+                           quality=args.quality)
+            written += 1
+        except (io.ImageError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+    return written

@@ -1,0 +1,65 @@
+"""Image I/O: orientation, alpha, ICC, high-bit input, pixel limit, atomic writes."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from instyle import io
+
+
+def test_16bit_grayscale_png_keeps_full_precision(tmp_path):
+    values = (np.arange(480, dtype=np.uint32) * 131).astype(np.uint16).reshape(16, 30)  # 480 distinct levels
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    pic = io.read_image(tmp_path / "g16.png")
+    assert pic.rgb.dtype == np.float32
+    np.testing.assert_allclose(pic.rgb[..., 0], values * (255 / 65535), rtol=0, atol=1e-3)
+    assert len(np.unique(pic.rgb)) == 480, "8-bit quantisation would leave at most 256 levels"
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "CMYK", "RGBA", "I;16"])
+def test_modes_become_rgb(tmp_path, mode):
+    src = Image.new("RGB", (7, 5), (200, 30, 90)).convert(mode)
+    path = tmp_path / ("m.tif" if mode == "CMYK" else "m.png")
+    src.save(path)
+    pic = io.read_image(path)
+    assert pic.rgb.shape == (5, 7, 3)
+    assert (pic.alpha is not None) == (mode in ("LA", "RGBA"))
+
+
+def test_exif_orientation_applied(data):
+    path = data / "content" / "hires" / "exif_hdr_canon_hdr_NO.jpg"  # stored 2048x1536, Orientation=6
+    assert io.image_size(path) == (1536, 2048)
+
+
+def test_icc_profile_survives(tmp_path, data):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(tmp_path / "in.png", icc_profile=icc)
+    pic = io.read_image(tmp_path / "in.png")
+    io.write_image(tmp_path / "out.jpg", pic)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.info.get("icc_profile") == icc
+
+
+def test_pixel_limit_is_a_clear_error(tmp_path):
+    Image.new("1", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(io.ImageError, match=r"big.png: 300x200 = 60000 pixels is over the limit of 50000"):
+        io.read_image(tmp_path / "big.png", max_pixels=50_000)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    pic = io.Picture(np.zeros((4, 4, 3), np.uint8))
+
+    def broken_save(self, fp, *args, **kwargs):
+        open(fp, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(io.ImageError, match="out.png: cannot write"):
+        io.write_image(tmp_path / "out.png", pic)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_output_extension(tmp_path):
+    with pytest.raises(io.ImageError, match="unknown output format"):
+        io.write_image(tmp_path / "out.xyz", io.Picture(np.zeros((2, 2, 3), np.uint8)))
