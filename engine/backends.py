@@ -15,7 +15,7 @@ from torch import nn
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
-BACKENDS = ("eager", "triton", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("eager", "triton", "fused", "compile", "onnxruntime", "tensorrt")
 
 
 class BackendUnavailable(RuntimeError):
@@ -33,6 +33,7 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
 _REGISTRY: dict[str, Factory | str] = {
     "eager": _eager,
     "triton": "instyle.engine.fused:make_runner",
+    "fused": "instyle.engine.fused_chain:make_runner",
     "compile": "instyle.engine.compiled:make_runner",
     "onnxruntime": "instyle.export.ort_runner:make_runner",
     "tensorrt": "instyle.export.trt_runner:make_runner",
