@@ -1,0 +1,213 @@
+"""The benchmark matrix: backend x precision x size x batch, timed through the public Stylizer.
+
+What one row measures: `Stylizer.__call__` on a float32 N,3,H,W tensor already on the device, i.e. the
+padding, the generator, the crop and the clamp: what a caller of `instyle.load(...)(x)` gets.
+- Building the Stylizer (export, engine build) is `setup_s`; the first `warmup` calls at each shape are
+  `warmup_s` (this is where torch.compile, autotuning and CUDA-graph capture happen). Neither is in the
+  steady-state figures.
+- Steady state: `iters` calls, each timed on its own: CUDA events around the call on GPU (the stream is
+  synchronized after the last), time.perf_counter on CPU. Median, p10 and p90 of those.
+- Memory: on CUDA, torch.cuda.max_memory_allocated over warm-up and timed calls (the PyTorch allocator
+  only: memory that onnxruntime/TensorRT allocate themselves is not in it, so those rows say null). On
+  CPU there is no per-row peak for torch that is right, so the row carries the process's peak resident
+  set so far (ru_maxrss): a high-water mark of the whole run up to that row, labelled so in `mem_kind`.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from instyle.engine import BackendUnavailable, Stylizer
+from instyle.engine.padding import padded_size
+
+from . import flops as _flops
+from .devices import peak_tflops_for
+
+ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
+            "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
+            "setup_s", "warmup_s", "iters", "gflop", "mem_kind")
+TORCH_BACKENDS = ("eager", "triton", "compile")
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass
+class Matrix:
+    backends: list[str]
+    precisions: list[str]
+    sizes: list[tuple[int, int]]  # (height, width)
+    batches: list[int]
+    iters: int = 20
+    warmup: int = 3
+
+    def cells(self):
+        for backend in self.backends:
+            for precision in self.precisions:
+                for height, width in self.sizes:
+                    for batch in self.batches:
+                        yield backend, precision, batch, height, width
+
+    def __len__(self) -> int:
+        return len(self.backends) * len(self.precisions) * len(self.sizes) * len(self.batches)
+
+
+@dataclass
+class Result:
+    rows: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def empty_row(backend: str, precision: str, batch: int, height: int, width: int, skipped: str | None) -> dict:
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(backend=backend, precision=precision, batch=batch, height=height, width=width, skipped=skipped)
+    return row
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _time_calls(fn, x: torch.Tensor, n: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of n calls."""
+    if device.type == "cuda":
+        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        torch.cuda.synchronize(device)
+        for start, end in pairs:
+            start.record()
+            fn(x)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in pairs]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: int, warmup: int,
+            device: torch.device, conv_flops_per_px: float, weight_count: int, device_info: dict) -> dict:
+    """One row: warm-up, timed calls, derived rates and the lower bound."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, height, width, generator=gen) * 255).to(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(max(warmup, 1)):  # at least one call: the first call at a new shape is never timed
+        stylizer(x)
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    times = np.asarray(_time_calls(stylizer, x, iters, device))
+    median = float(np.median(times))
+
+    m = stylizer.stride_multiple
+    ph, pw = padded_size(height, m, stylizer.min_size), padded_size(width, m, stylizer.min_size)
+    conv_flops = conv_flops_per_px * batch * ph * pw  # the generator runs on the padded tensor
+    # the least traffic any implementation needs: read the float32 input, write the float32 output (the
+    # Stylizer's contract) and read the weights once at the run's precision; activations never leave chip
+    min_bytes = 2 * batch * 3 * height * width * 4 + weight_count * BYTES[stylizer.precision]
+    peak = peak_tflops_for(device_info.get("peak_tflops"), stylizer.precision)
+    tflops = conv_flops / (median / 1e3) / 1e12
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated(device) / 2**20 if stylizer.backend in TORCH_BACKENDS else None
+        mem_kind = "cuda_torch_allocator_peak" if mem is not None else None
+    else:
+        mem, mem_kind = _maxrss_mb(), "cpu_process_peak_rss_so_far"
+    return {
+        "median_ms": median,
+        "p10_ms": float(np.percentile(times, 10)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "images_per_s": batch / (median / 1e3),
+        "mpx_per_s": batch * height * width / 1e6 / (median / 1e3),
+        "peak_mem_mb": mem,
+        "mem_kind": mem_kind,
+        "tflops": tflops,
+        "pct_peak": 100 * tflops / peak if peak else None,
+        "bound_ms": _flops.bound_ms(conv_flops, min_bytes, peak, device_info.get("peak_gbps")),
+        "warmup_s": warmup_s,
+        "iters": iters,
+        "gflop": conv_flops / 1e9,
+    }
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "out of memory"
+    return text[:300] if isinstance(e, BackendUnavailable) else f"failed: {type(e).__name__}: {text[:280]}"
+
+
+def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_info: dict, *,
+        progress: bool | None = None) -> Result:
+    """Measure every cell of `matrix`; unavailable or failing cells become rows with `skipped` set.
+
+    Ctrl-C stops the run: the rows measured so far are kept and the rest are marked "interrupted".
+    """
+    from tqdm import tqdm
+
+    counted = _flops.count(model)
+    weight_count = sum(p.numel() for p in model.parameters())
+    result = Result()
+    bar = tqdm(total=len(matrix), desc="bench", unit="cfg", disable=True if progress is False else None)
+    done: set[tuple] = set()
+    try:
+        for backend in matrix.backends:
+            for precision in matrix.precisions:
+                _run_pair(model, backend, precision, matrix, device, device_info, counted["conv"],
+                          weight_count, result, done, bar)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        for cell in matrix.cells():
+            if cell not in done:
+                result.rows.append(empty_row(*cell, skipped="interrupted"))
+    finally:
+        bar.close()
+    order = {cell: i for i, cell in enumerate(matrix.cells())}
+    result.rows.sort(key=lambda r: order[(r["backend"], r["precision"], r["batch"], r["height"], r["width"])])
+    return result
+
+
+def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_px, weight_count,
+              result, done, bar) -> None:
+    cells = [c for c in matrix.cells() if c[:2] == (backend, precision)]
+
+    def finish(cell, row):
+        result.rows.append(row)
+        done.add(cell)
+        bar.set_postfix_str(f"{backend}/{precision} {cell[2]}x{cell[3]}x{cell[4]}")
+        bar.update()
+
+    t0 = time.perf_counter()
+    try:
+        # a copy per pair: the Stylizer casts its model in place and some backends swap its modules
+        stylizer = Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device=device)
+    except (BackendUnavailable, ValueError, RuntimeError, ImportError, NotImplementedError) as e:
+        for cell in cells:
+            finish(cell, empty_row(*cell, skipped=_reason(e)))
+        return
+    setup_s = time.perf_counter() - t0
+    for cell in cells:
+        row = empty_row(*cell, skipped=None)
+        _, _, batch, height, width = cell
+        try:
+            row.update(measure(stylizer, batch, height, width, iters=matrix.iters, warmup=matrix.warmup,
+                               device=device, conv_flops_per_px=conv_per_px, weight_count=weight_count,
+                               device_info=device_info))
+            row["setup_s"] = setup_s
+        except (BackendUnavailable, ValueError, RuntimeError, NotImplementedError) as e:
+            row = empty_row(*cell, skipped=_reason(e))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        finish(cell, row)
+    del stylizer
