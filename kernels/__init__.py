@@ -6,3 +6,6 @@ from .instance_norm import instance_norm, instance_norm_ref
 from . import instance_norm_backward  # noqa: F401  (registers autograd for instyle::instance_norm)
 
 __all__ = ["instance_norm", "instance_norm_ref"]
+
+from .conv_in import conv_in, conv_in_ref  # noqa: E402  (fused conv-IN blocks: kernels/conv_in.py)
+__all__ += ["conv_in", "conv_in_ref"]

@@ -1,0 +1,357 @@
+"""Fused conv blocks for the Johnson net: implicit-GEMM convolution whose prologue applies the previous
+instance norm (+ReLU, +skip) and whose epilogue gathers the statistics of the next one.
+
+What it fuses. An unfused `relu(IN(conv(pad(up(x)))))` materializes the upsampled tensor (4x the
+input), the padded tensor, the conv output, then reads/writes it again for IN's statistics, normalize
+and ReLU: about 4.4 KB per output pixel over the whole generator. Here each conv layer reads its raw
+input once (plus halo re-reads from L1/L2) and writes its raw output once; nothing else of activation
+size touches memory, about 0.9 KB per pixel:
+  * prologue, while loading an input tile: y = act((x - mean[n,c]) * scale[n,c] + beta[c]) [+ skip],
+    scale = gamma * rstd -- the *previous* layer's IN applied on the fly. Reflection padding and
+    nearest x2 upsampling live in the index math: a tap's padded coordinate p is reflected into
+    [0, size) of the (upsampled) input, then halved (p // 2) to address the stored, un-upsampled one.
+  * GEMM: M = output pixels of one image, N = output channels, K = (tap, input channel); weights are
+    pre-packed once as [KH*KW*Cin, Cout] (row (ky*KW + kx)*Cin + ci). Two K orders (constexpr FLAT_K):
+    tap-outer (per tap: row addresses once per pixel, then contiguous NHWC channel runs of BLOCK_K) for
+    Cin >= 16; flat (k -> (ky, kx, ci) per element) for the 9x9 first layer with Cin = 3, where a
+    per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256).
+    The 9x9 last layer (Cout = 3) runs the same GEMM with BLOCK_N = 16: it is 5% of the FLOPs and
+    tensor cores have FLOPs to spare, so the padding costs less than a separate direct kernel would.
+  * epilogue: + bias, one store of the raw output (any strides: NHWC between layers, NCHW fp32 for the
+    generator's output), and IN statistics of exactly the stored (rounded) values.
+
+Statistics (numerically safe, deterministic, no atomics). The epilogue splits its BLOCK_M rows into
+stat tiles of STAT_M rows (a constant across tile configs, so the partial layout does not depend on what
+autotune picks) and stores each tile's per-channel mean and M2 -- exact two-pass values from registers --
+into fp32 [N, T, C] buffers, T = cdiv(H*W, STAT_M). `finalize` merges them with Chan's formula
+(mean = sum(n_t m_t) / HW, M2 = sum(M2_t + n_t (m_t - mean)^2)), never E[x^2] - E[x]^2, in a few torch
+ops on [N, T, C] -> [N, 3, C] = (mean, gamma * rstd, beta), which the next conv's prologue reads.
+
+Residual blocks. A block's output x_k = IN(r2_k) + x_{k-1} cannot be written by the conv that makes
+r2_k (its statistics are not complete until that conv ends), so it stays pending: the next conv's
+prologue computes it from raw r2_k, its statistics and the materialized skip x_{k-1}. That conv (the
+next block's conv1, 3x3 stride 1) also has to leave x_k behind as the next skip: at the center tap
+input pixel == output pixel, so programs of the first channel tile store the prologue's tile there
+(WRITE_SKIP) -- every input pixel exactly once, with no extra read pass. x_0 = relu(IN3(a3)) is written
+the same way; after the last block, deconv1's prologue consumes x_B without writing it.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------------------------------
+# Tuning configs. On a GPU, triton.autotune sweeps _GPU_CONFIGS (pruned per layer to tiles that fit its
+# channel counts), keyed on channels, kernel, stride/upsampling and a log2 size bucket. Under the
+# interpreter: one config, no sweep, no CUDA query. STAT_M must divide every BLOCK_M. Starting points
+# chosen for H100 (128x64x32 fp16 tiles, 4-stage pipelines), not yet tuned on one.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TUNING = dict(block_m=64, block_n=64, block_k=32, stat_m=32, num_warps=1) if _INTERPRET else dict(stat_m=64)
+_GPU_CONFIGS = [
+    triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in [
+        (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (128, 64, 64, 4, 3),
+        (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (128, 16, 64, 4, 3),
+        (64, 32, 64, 4, 3), (64, 16, 32, 4, 4),
+    ]
+]
+
+
+def _prune(configs, nargs, **kw):
+    """Drop tiles wider than the layer: BLOCK_N > Cout, or BLOCK_K > Cin on the tap-outer path."""
+    cout_cap = max(16, triton.next_power_of_2(nargs["Cout"]))
+    cin_cap = 64 if kw["FLAT_K"] else max(16, triton.next_power_of_2(nargs["Cin"]))
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] <= cout_cap and c.kwargs["BLOCK_K"] <= cin_cap]
+    return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels.
+
+
+@triton.jit
+def _reflect(p, size):
+    """Reflection padding as index math: -1 -> 1, size -> size - 2 (pad < size)."""
+    p = tl.where(p < 0, -p, p)
+    return tl.where(p >= size, 2 * size - 2 - p, p)
+
+
+@triton.jit
+def _src(o, k, size_in, STRIDE: tl.constexpr, PAD: tl.constexpr, UPSAMPLE: tl.constexpr):
+    """Stored input coordinate of output coordinate o at tap offset k (broadcasts)."""
+    if UPSAMPLE:  # pad (reflect) in the 2x upsampled grid, then map to the stored pixel
+        return _reflect(o * STRIDE + k - PAD, 2 * size_in) // 2
+    else:
+        return _reflect(o * STRIDE + k - PAD, size_in)
+
+
+@triton.jit
+def _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin,
+              NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr):
+    """act((a - mean) * scale + beta) [+ skip] in fp32; masked lanes are 0 (they pad K)."""
+    a = a.to(tl.float32)
+    if NORM:
+        # norm [N, 3, Cin] fp32: mean, gamma * rstd, beta of the input's pending IN
+        nb = norm_ptr + n * 3 * Cin + ci
+        mean = tl.load(nb, mask=k_mask, other=0.0)
+        scale = tl.load(nb + Cin, mask=k_mask, other=0.0)
+        beta = tl.load(nb + 2 * Cin, mask=k_mask, other=0.0)
+        a = (a - mean[None, :]) * scale[None, :] + beta[None, :]
+    if RELU:
+        a = tl.maximum(a, 0.0)
+    if HAS_SKIP:
+        a += tl.load(skip_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+    return tl.where(mask, a, 0.0)
+
+
+@triton.jit
+def _conv_in_kernel(
+    x_ptr,                      # raw input, logical [N, Cin, Hin, Win], any strides (sx*)
+    norm_ptr,                   # fp32 [N, 3, Cin]: mean, gamma*rstd, beta of the input's pending IN (NORM)
+    skip_ptr,                   # skip added after the prologue's activation, like x, strides ss* (HAS_SKIP)
+    skip_out_ptr,               # out: the prologue's result (next skip), strides ss* (WRITE_SKIP)
+    w_ptr,                      # packed weights [KH*KW*Cin, Cout], contiguous
+    b_ptr,                      # fp32 bias [Cout] (HAS_BIAS)
+    y_ptr,                      # raw output, logical [N, Cout, Hout, Wout], any strides (sy*)
+    pmean_ptr, pm2_ptr,         # fp32 [N, T, Cout] out: per-stat-tile mean and M2 of y (HAS_STATS)
+    Cin, Hin, Win, Cout, Hout, Wout, T,
+    sxn, sxc, sxh, sxw,         # x strides (elements)
+    ssn, ssc, ssh, ssw,         # skip / skip_out strides
+    syn, syc, syh, syw,         # y strides
+    M_BUCKET,                   # log2 of Hout*Wout: autotune key only
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr,
+    NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr, WRITE_SKIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATS: tl.constexpr, FLAT_K: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAT_M: tl.constexpr,
+):
+    """One program: BLOCK_M output pixels of image n x BLOCK_N output channels."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    PAD: tl.constexpr = KH // 2
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # output pixel within image n (int64)
+    m_mask = m < Hout * Wout
+    oh = m // Wout
+    ow = m % Wout
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_mask = co < Cout
+    kr = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+
+    if FLAT_K:  # k -> (ky, kx, ci) per element: small Cin (the 9x9 RGB input layer)
+        K = KH * KW * Cin
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kr
+            k_mask = k < K
+            tap = k // Cin
+            ci = k - tap * Cin
+            ih = _src(oh[:, None], (tap // KW)[None, :], Hin, STRIDE, PAD, UPSAMPLE)
+            iw = _src(ow[:, None], (tap % KW)[None, :], Win, STRIDE, PAD, UPSAMPLE)
+            mask = m_mask[:, None] & k_mask[None, :]
+            a = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + ci[None, :] * sxc, mask=mask, other=0.0)
+            a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask,
+                          n * ssn + ih * ssh + iw * ssw + ci[None, :] * ssc, mask, Cin, NORM, RELU, HAS_SKIP)
+            # weight tile [BLOCK_K, BLOCK_N]: packed row k, column co
+            w = tl.load(w_ptr + k[:, None] * Cout + co[None, :], mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+            if DOT_IEEE:
+                acc = tl.dot(a.to(w.dtype), w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a.to(w.dtype), w, acc)
+    else:  # tap-outer: per tap one reflected/upsampled row address per pixel, then channel runs
+        for tap in range(0, KH * KW):
+            ih = _src(oh, tap // KW, Hin, STRIDE, PAD, UPSAMPLE)
+            iw = _src(ow, tap % KW, Win, STRIDE, PAD, UPSAMPLE)
+            x_row = n * sxn + ih * sxh + iw * sxw    # [BLOCK_M] pixel offsets into x
+            s_row = n * ssn + ih * ssh + iw * ssw    # same pixels in skip / skip_out
+            for c0 in range(0, Cin, BLOCK_K):
+                ci = c0 + kr
+                k_mask = ci < Cin
+                mask = m_mask[:, None] & k_mask[None, :]
+                a = tl.load(x_ptr + x_row[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
+                s_off = s_row[:, None] + ci[None, :] * ssc
+                a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin,
+                              NORM, RELU, HAS_SKIP)
+                a = a.to(w_ptr.dtype.element_ty)
+                if WRITE_SKIP:
+                    # center tap at stride 1: input pixel == output pixel, so each pixel is stored once
+                    if (tap == (KH * KW) // 2) & (pid_n == 0):
+                        tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
+                # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column co
+                w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * Cout + co[None, :],
+                            mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+                if DOT_IEEE:
+                    acc = tl.dot(a, w, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, w, acc)
+
+    # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=co_mask, other=0.0)[None, :]
+    out_mask = m_mask[:, None] & co_mask[None, :]
+    y = acc.to(y_ptr.dtype.element_ty)
+    # y tile: image n, channel co, pixel (oh, ow), with y's own strides
+    tl.store(y_ptr + n * syn + (oh * syh + ow * syw)[:, None] + co[None, :] * syc, y, mask=out_mask)
+    if HAS_STATS:
+        S: tl.constexpr = BLOCK_M // STAT_M
+        v = tl.reshape(y.to(tl.float32), [S, STAT_M, BLOCK_N])
+        t = pid_m * S + tl.arange(0, S)                      # stat tile index within image n
+        rows = t[:, None] * STAT_M + tl.arange(0, STAT_M)[None, :]
+        valid = (rows < Hout * Wout)[:, :, None]
+        cnt = tl.maximum(tl.minimum(Hout * Wout - t * STAT_M, STAT_M), 1).to(tl.float32)
+        mean = tl.sum(tl.where(valid, v, 0.0), axis=1) / cnt[:, None]         # [S, BLOCK_N]
+        dev = tl.where(valid, v - mean[:, None, :], 0.0)
+        m2 = tl.sum(dev * dev, axis=1)
+        p_off = (n * T + t)[:, None] * Cout + co[None, :]
+        p_mask = (t < T)[:, None] & co_mask[None, :]
+        tl.store(pmean_ptr + p_off, mean, mask=p_mask)
+        tl.store(pm2_ptr + p_off, m2, mask=p_mask)
+
+
+_conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
+    configs=_GPU_CONFIGS, key=["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K"],
+    prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launcher: all shape, layout and grid logic.
+
+
+class Stats(NamedTuple):
+    """Per-stat-tile IN partials of a conv output: fp32 [N, T, C] means and M2s, T = cdiv(hw, stat_m)."""
+    pmean: torch.Tensor
+    pm2: torch.Tensor
+    hw: int
+    stat_m: int
+
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Conv2d weight [Cout, Cin, KH, KW] -> GEMM layout [KH*KW*Cin, Cout] (row (ky*KW + kx)*Cin + ci)."""
+    cout = weight.shape[0]
+    return weight.detach().permute(2, 3, 1, 0).reshape(-1, cout).to(dtype).contiguous()
+
+
+def out_size(size: int, kernel: int, stride: int = 1, upsample: bool = False) -> int:
+    """Output size of (nearest x2 if upsample) -> reflect pad kernel // 2 -> conv(kernel, stride)."""
+    size = 2 * size if upsample else size
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor] = None, *, kernel: int,
+            stride: int = 1, upsample: bool = False, norm: Optional[torch.Tensor] = None, relu: bool = False,
+            skip: Optional[torch.Tensor] = None, skip_out: Optional[torch.Tensor] = None, stats: bool = True,
+            out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[Stats]]:
+    """y = conv(reflect_pad(up?(act(IN_pending(x)) + skip))) + bias, plus IN partial statistics of y.
+
+    x: raw input, N x Cin x H x W (any strides; channels_last is the fast layout). norm: fp32 [N, 3, Cin]
+    (mean, gamma*rstd, beta) from `finalize`, or None for no prologue normalize. skip_out (x's shape,
+    stride-1 odd kernels only) receives the prologue's result. y: channels_last in w_packed's dtype
+    unless `out` is given. Returns (y, Stats or None).
+    """
+    if not x.is_cuda and not _INTERPRET:
+        raise ValueError(f"conv_in: x is on {x.device}; the Triton kernels need a CUDA tensor "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    N, Cin, H, W = x.shape
+    K, Cout = w_packed.shape
+    assert K == kernel * kernel * Cin and w_packed.is_contiguous(), (tuple(w_packed.shape), kernel, Cin)
+    pad = kernel // 2
+    if pad >= (2 * min(H, W) if upsample else min(H, W)):
+        raise ValueError(f"conv_in: reflection padding {pad} needs an input larger than {H}x{W}")
+    Ho, Wo = out_size(H, kernel, stride, upsample), out_size(W, kernel, stride, upsample)
+    if out is None:
+        out = torch.empty((N, Cout, Ho, Wo), device=x.device, dtype=w_packed.dtype,
+                          memory_format=torch.channels_last)
+    assert out.shape == (N, Cout, Ho, Wo), (tuple(out.shape), (N, Cout, Ho, Wo))
+    flat = Cin < 16
+    if skip_out is not None:
+        assert not flat and stride == 1 and not upsample and kernel % 2 == 1
+        assert skip_out.shape == x.shape and (skip is None or skip.stride() == skip_out.stride())
+    if norm is not None:
+        assert norm.shape == (N, 3, Cin) and norm.dtype == torch.float32
+        norm = norm.contiguous()
+    s = skip if skip is not None else skip_out
+    assert s is None or s.shape == x.shape
+    hw = Ho * Wo
+    stat_m = TUNING["stat_m"]
+    T = triton.cdiv(hw, stat_m)
+    if stats:
+        pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32)
+        pm2 = torch.empty_like(pmean)
+    else:
+        pmean = pm2 = out
+    dummy = out  # never read or written when its flag is off
+    args = (x, norm if norm is not None else dummy, skip if skip is not None else dummy,
+            skip_out if skip_out is not None else dummy, w_packed,
+            bias.float().contiguous() if bias is not None else dummy, out, pmean, pm2,
+            Cin, H, W, Cout, Ho, Wo, T, *x.stride(), *(s.stride() if s is not None else (0, 0, 0, 0)),
+            *out.stride(), max(hw, 1).bit_length())
+    flags = dict(KH=kernel, KW=kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
+                 HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
+                 HAS_STATS=stats, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, STAT_M=stat_m)
+    if _INTERPRET:
+        # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
+        t = TUNING
+        bm, bn = t["block_m"], min(t["block_n"], max(16, triton.next_power_of_2(Cout)))
+        bk = t["block_k"] if flat else min(t["block_k"], max(16, triton.next_power_of_2(Cin)))
+        assert bm % stat_m == 0
+        _conv_in_kernel[(triton.cdiv(hw, bm), triton.cdiv(Cout, bn), N)](
+            *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=t["num_warps"])
+    else:
+        grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(Cout, meta["BLOCK_N"]), N)  # noqa: E731
+        _conv_in_tuned[grid](*args, **flags)
+    return out, (Stats(pmean, pm2, hw, stat_m) if stats else None)
+
+
+def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Chan-merge the partials -> fp32 [N, 3, C]: (mean, weight * rstd, bias) for the next prologue.
+
+    A handful of torch ops on [N, T, C] fp32 (T = pixels / stat_m); captured in the CUDA graph.
+    """
+    pmean, pm2, hw, stat_m = stats
+    T = pmean.shape[1]
+    cnt = (hw - stat_m * torch.arange(T, device=pmean.device, dtype=torch.float32)).clamp_(max=stat_m)[:, None]
+    mean = (pmean * cnt).sum(1) / hw
+    m2 = pm2.sum(1) + ((pmean - mean[:, None]).square_() * cnt).sum(1)
+    scale = torch.rsqrt(m2 / hw + eps) * weight.float()
+    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain-PyTorch reference (fp32): what one fused layer computes, written the unfused way.
+
+
+def norm_params_ref(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """[N, 3, C] (mean, weight * rstd, bias) of y's biased per-(n, c) statistics, two-pass in fp32."""
+    yf = y.float()
+    mean = yf.mean(dim=(2, 3))
+    var = (yf - mean[:, :, None, None]).square().mean(dim=(2, 3))
+    scale = torch.rsqrt(var + eps) * weight.float()
+    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
+
+
+def conv_in_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, stride: int = 1,
+                upsample: bool = False, norm: Optional[torch.Tensor] = None, relu: bool = False,
+                skip: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, a) in fp32: a = act((x - mean) * scale + beta) + skip (the prologue), y = conv(pad(up(a))) + bias.
+
+    weight is the unpacked Conv2d weight [Cout, Cin, KH, KW]. The caller gets y's IN statistics from
+    norm_params_ref(y, ...).
+    """
+    import torch.nn.functional as F
+
+    a = x.float()
+    if norm is not None:
+        mean, scale, beta = (t[:, :, None, None] for t in norm.float().unbind(1))
+        a = (a - mean) * scale + beta
+    if relu:
+        a = torch.relu(a)
+    if skip is not None:
+        a = a + skip.float()
+    u = F.interpolate(a, scale_factor=2, mode="nearest") if upsample else a
+    pad = weight.shape[-1] // 2
+    y = F.conv2d(F.pad(u, (pad,) * 4, mode="reflect"), weight.float(),
+                 None if bias is None else bias.float(), stride)
+    return y, a
