@@ -1,0 +1,109 @@
+"""The `onnxruntime` backend: the generator exported to ONNX (cached on disk), run by an InferenceSession.
+
+CPU by default; on a CUDA device it asks for the TensorRT and CUDA execution providers when this build of
+onnxruntime has them, and binds torch CUDA tensors to the session directly (IO binding, no host copies).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import onnx as onnx_export
+
+_PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyperthreads slow ORT's intra-op pool down)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text()
+        except OSError:
+            return len(allowed)
+        cores.add(siblings.strip())
+    return max(1, len(cores))
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # incl. NCHWc conv layouts
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convs: nothing to run in parallel
+    so.intra_op_num_threads = threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.enable_mem_pattern = True  # reuse the allocation plan while the shape repeats
+    so.enable_cpu_mem_arena = True
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+def providers_for(device: torch.device) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.type == "cuda":
+        wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        if not wanted:
+            from instyle.engine import BackendUnavailable
+
+            raise BackendUnavailable("onnxruntime on cuda needs onnxruntime-gpu (CUDA execution provider); "
+                                     f"this build has {', '.join(available)}")
+        return wanted + ["CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: str | os.PathLike, device: torch.device | str = "cpu", *, threads: int | None = None):
+    import onnxruntime as ort
+
+    device = torch.device(device)
+    providers = providers_for(device)
+    options = [{"device_id": device.index or 0} if p != "CPUExecutionProvider" else {} for p in providers]
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers,
+                                provider_options=options)
+
+
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
+    """Backend factory (engine/backends.py): padded N,3,H,W float 0..255 -> stylized float32 0..255."""
+    if dtype not in _PRECISION_OF:
+        from instyle.engine import BackendUnavailable
+
+        raise BackendUnavailable(f"the onnxruntime backend runs fp32 or fp16, not {dtype}")
+    device = torch.device(device)
+    session = make_session(onnx_export.cached_onnx(model, precision=_PRECISION_OF[dtype]), device)
+    if device.type == "cuda":
+        return _cuda_runner(session, device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        image = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (out,) = session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: image})
+        return torch.from_numpy(out)
+
+    return run
+
+
+def _cuda_runner(session, device: torch.device):
+    """Bind torch CUDA memory to the session: the input and a preallocated output, no host round trip."""
+    import numpy as np
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(device, torch.float32).contiguous()
+        y = torch.empty_like(x)  # the contract: stylized has the image's shape
+        binding = session.io_binding()
+        binding.bind_input(onnx_export.INPUT_NAME, "cuda", device.index or 0, np.float32, tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(onnx_export.OUTPUT_NAME, "cuda", device.index or 0, np.float32, tuple(y.shape),
+                            y.data_ptr())
+        torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream
+        session.run_with_iobinding(binding)
+        return y
+
+    return run
