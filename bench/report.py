@@ -61,6 +61,8 @@ def markdown(result: dict) -> str:
         f"Peak: {json.dumps(dev['peak_tflops']) + ' TFLOP/s' if dev['peak_tflops'] else 'unknown'}"
         f"{', %s GB/s' % dev['peak_gbps'] if dev['peak_gbps'] else ''}. " + result["notes"]["timing"],
         "",
+        *(["**Interrupted (Ctrl-C): rows marked `interrupted` were not measured.**", ""]
+          if result.get("interrupted") else []),
         "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |",
         "|" + "|".join("---" if k in ("backend", "precision", "size") else "---:" for k, _, _ in MD_COLUMNS) + "|",
     ]

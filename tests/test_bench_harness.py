@@ -128,6 +128,23 @@ def test_bound_and_peaks():
     assert flops.bound_ms(1e12, 1e9, None, None) is None
 
 
+def test_rates_and_bound_of_one_row():
+    """With a (made-up) known peak the row gets a bound and a % of peak that follow from its own numbers."""
+    from instyle.engine import Stylizer
+
+    model = JohnsonNet(width=4, blocks=0)
+    info = {"peak_tflops": {"fp32": 0.5, "tf32": 1.0}, "peak_gbps": 10.0}
+    row = harness.measure(Stylizer(model), 1, 30, 40, iters=2, warmup=0, device=torch.device("cpu"),
+                          conv_flops_per_px=1e6, weight_count=100, device_info=info)
+    flop = 1e6 * 32 * 40  # padded to the stride multiple (4): 30 -> 32
+    assert row["gflop"] == pytest.approx(flop / 1e9)
+    assert row["tflops"] == pytest.approx(flop / row["median_ms"] / 1e9)
+    assert row["pct_peak"] == pytest.approx(100 * row["tflops"] / 1.0)  # fp32 rows use the TF32 peak
+    min_bytes = 2 * 3 * 30 * 40 * 4 + 100 * 4
+    assert row["bound_ms"] == pytest.approx(max(flop / 1e12, min_bytes / 10e9) * 1e3)
+    assert row["mpx_per_s"] == pytest.approx(30 * 40 / 1e6 / (row["median_ms"] / 1e3))
+
+
 def test_unavailable_backend_becomes_skipped_row():
     m = harness.Matrix(backends=["tensorrt"], precisions=["fp32"], sizes=[(16, 16)], batches=[1], iters=1, warmup=0)
     result = harness.run(JohnsonNet(width=4, blocks=0), m, torch.device("cpu"), {"peak_tflops": None},
@@ -154,6 +171,7 @@ def test_ctrl_c_keeps_measured_rows(monkeypatch, tmp_path):
     assert main(argv) == 130
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert [r["skipped"] for r in rows] == [None, "interrupted", "interrupted"]
+    assert "Interrupted" in (tmp_path / "out" / "results.md").read_text()
     assert rows[0]["median_ms"] > 0
 
 
