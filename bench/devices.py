@@ -86,7 +86,7 @@ def device_info(device) -> dict:
 
 def slug(name: str) -> str:
     """A file-name-safe short form of a device name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    name = name.split(" (")[0]
+    name = re.sub(r"\((r|tm)\)", "", name.split(" (")[0], flags=re.IGNORECASE)
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "device"
 
 
