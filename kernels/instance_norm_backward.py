@@ -37,7 +37,7 @@ def _chunk_grad_sums(dy_ptr, x_ptr, dy_base, x_base, c, c_mask, shift, mean, rst
         # x and dy tiles [BLOCK_HW, BLOCK_C], each with its own (channel, flattened H*W) strides
         x = tl.load(x_ptr + x_base + hw[:, None] * stride_xhw + c[None, :] * stride_xc, mask=mask, other=0.0)
         dy = tl.load(dy_ptr + dy_base + hw[:, None] * stride_dyhw + c[None, :] * stride_dyc, mask=mask, other=0.0)
-        xc = (x.to(tl.float32) - shift[None, :]) - mean[None, :]
+        xc = tl.where(mask, (x.to(tl.float32) - shift[None, :]) - mean[None, :], 0.0)  # dead lanes: 0
         g = tl.where(mask, dy.to(tl.float32), 0.0)
         if APPLY_RELU:  # same expression as the forward, so the mask matches it bit for bit
             g = tl.where(xc * scale[None, :] + b[None, :] > 0.0, g, 0.0)
@@ -56,8 +56,8 @@ def _chunk_dx(dy_ptr, x_ptr, dx_ptr, dy_base, x_base, dx_base, c, c_mask, shift,
         mask = (hw < hw_end)[:, None] & c_mask[None, :]
         x = tl.load(x_ptr + x_base + hw[:, None] * stride_xhw + c[None, :] * stride_xc, mask=mask, other=0.0)
         dy = tl.load(dy_ptr + dy_base + hw[:, None] * stride_dyhw + c[None, :] * stride_dyc, mask=mask, other=0.0)
-        xc = (x.to(tl.float32) - shift[None, :]) - mean[None, :]
-        g = dy.to(tl.float32)
+        xc = tl.where(mask, (x.to(tl.float32) - shift[None, :]) - mean[None, :], 0.0)  # dead lanes: 0
+        g = tl.where(mask, dy.to(tl.float32), 0.0)
         if APPLY_RELU:
             g = tl.where(xc * scale[None, :] + b[None, :] > 0.0, g, 0.0)
         dx = scale[None, :] * (g - c1[None, :] - (xc * rstd[None, :]) * c2[None, :])
