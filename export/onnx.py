@@ -66,8 +66,11 @@ class ImageContract(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2], image.shape[-1]
         m = self.multiple
-        # (-h) % m traces to an ONNX Mod on the input's shape: the padding is computed in-graph
-        x = F.pad(image, (0, (-w) % m, 0, (-h) % m), mode="reflect")
+        # ceil(h / m) * m traces to ONNX Div/Mul on the input's shape: the padding is computed in-graph. (The
+        # form matters: torch.export proves ((h + m-1) // m * m) // m == (h + m-1) // m, which the pyramid's
+        # pooled scales need, but not the same of h + (-h) % m.)
+        hp, wp = (h + m - 1) // m * m, (w + m - 1) // m * m
+        x = F.pad(image, (0, wp - w, 0, hp - h), mode="reflect")
         y = self.generator(x.to(self.compute_dtype))[..., :h, :w]
         return y.float().clamp(0.0, 255.0)
 
