@@ -3,16 +3,24 @@
 The public face of the engine (`instyle.load` returns one). It owns the tensor contract: any N,3,H,W
 input (float 0..255 or uint8) comes back as float32 0..255 of the same shape; padding to the
 generator's stride multiple and the final clamp happen here, once, for every backend.
+
+It also decides between the backend's whole-image run and exact tiled inference (engine/tiled.py):
+`tile="off"` never tiles, an int tiles with that side (image pixels), `"auto"` tiles when the estimated
+memory of the whole-image run (memory.untiled_bytes) exceeds what is free on the device, and retries
+tiled when the whole-image run still runs out of memory. Tiled runs use the generator's own PyTorch
+convolutions and the engine's exact global-statistics normalization, whatever the backend.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from . import backends
+from . import backends, memory, plan, tiled
 from .padding import crop, pad_to_multiple
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_BACKENDS = ("eager", "triton", "compile")  # run the PyTorch module: channels_last on CUDA
+MIN_TILE = 32
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -24,24 +32,70 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def parse_tile(tile) -> str | int:
+    """"auto" | "off" | a tile side in pixels (int or digit string, >= MIN_TILE)."""
+    if isinstance(tile, str) and tile.strip().isdigit():
+        tile = int(tile)
+    if tile in ("auto", "off"):
+        return tile
+    if isinstance(tile, int) and not isinstance(tile, bool) and tile >= MIN_TILE:
+        return tile
+    raise ValueError(f"tile must be 'auto', 'off' or a side in pixels >= {MIN_TILE}, got {tile!r}")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator's failure (when the kernel refuses instead of overcommitting)."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
 class Stylizer:
     def __init__(self, model: nn.Module, *, backend: str = "eager", precision: str = "fp32",
-                 device: str | torch.device = "cpu", metadata: dict | None = None):
+                 device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto"):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
+        self.tile = parse_tile(tile)
         self.device = resolve_device(device)
         self.backend = backend
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.metadata = dict(metadata or {})
         self.model = model.eval().to(self.device, self.dtype)
+        self.channels_last = self.device.type == "cuda" and backend in TORCH_BACKENDS
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.stride_multiple = model.stride_multiple
         self.min_size = model.min_size
+        try:
+            self.steps = plan.build(self.model)
+        except ValueError:
+            self.steps = None  # a module without a plan: whole-image runs only
+        if self.steps is None and isinstance(self.tile, int):
+            raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
         self._run = backends.factory(backend)(self.model, self.device, self.dtype)
+        self.last_tile: int | None = None  # tile side of the last call (None: whole image)
 
     @property
     def style(self) -> str:
         return self.metadata.get("style", "")
+
+    def _auto_tile(self, x: torch.Tensor) -> int:
+        return memory.auto_tile(self.steps, tuple(x.shape), self.device, self.dtype.itemsize)
+
+    def plan_tile(self, x: torch.Tensor) -> int | None:
+        """The tile side a padded input will run with (None: whole image)."""
+        if self.tile == "off" or self.steps is None:
+            return None
+        if isinstance(self.tile, int):
+            return self.tile
+        need = memory.untiled_bytes(self.steps, tuple(x.shape), self.dtype.itemsize)
+        if need <= memory.HEADROOM * memory.available_bytes(self.device):
+            return None
+        return self._auto_tile(x)
+
+    def _tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        self.last_tile = tile
+        return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +104,25 @@ class Stylizer:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
         padded, size = pad_to_multiple(x, self.stride_multiple, self.min_size)
-        y = self._run(padded)
+        del x
+        tile = self.plan_tile(padded)
+        if tile is not None:
+            y = self._tiled(padded, tile)
+        else:
+            self.last_tile = None
+            try:
+                y = self._run(padded.contiguous(memory_format=torch.channels_last)
+                              if self.channels_last else padded)
+            except Exception as e:  # noqa: BLE001 -- only out-of-memory errors are handled
+                if not is_out_of_memory(e) or self.tile == "off" or self.steps is None:
+                    raise
+                oom = True
+            else:
+                oom = False
+            if oom:  # outside the except block, so the failed run's tensors are freed first
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                y = self._tiled(padded, self._auto_tile(padded))
         return crop(y, size).float().clamp_(0, 255)
 
     def stylize_image(self, image):
@@ -64,8 +136,14 @@ class Stylizer:
         return io.picture_to_pil(io.Picture(io.rgb_from_tensor(out), pic.alpha, pic.icc_profile))
 
 
-def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", **kwargs) -> Stylizer:
-    """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API)."""
+def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", *,
+         tile="auto", **kwargs) -> Stylizer:
+    """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
+
+    Defaults: backend "auto" = triton on CUDA; on CPU onnxruntime when its backend can be built here
+    (BackendUnavailable: eager). precision "auto" = fp16 on CUDA, fp32 on CPU. tile: "auto" | "off" |
+    side in pixels (see Stylizer).
+    """
     from instyle import checkpoint
 
     dev = resolve_device(device)
@@ -73,8 +151,14 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         module, meta = model, {}
     else:
         module, meta = checkpoint.load(checkpoint.resolve(model))
-    if backend == "auto":
-        backend = "eager"
     if precision == "auto":
         precision = "fp16" if dev.type == "cuda" else "fp32"
-    return Stylizer(module, backend=backend, precision=precision, device=dev, metadata=meta, **kwargs)
+    options = dict(precision=precision, device=dev, metadata=meta, tile=tile, **kwargs)
+    if backend != "auto":
+        return Stylizer(module, backend=backend, **options)
+    if dev.type == "cuda":
+        return Stylizer(module, backend="triton", **options)
+    try:
+        return Stylizer(module, backend="onnxruntime", **options)
+    except backends.BackendUnavailable:
+        return Stylizer(module, backend="eager", **options)

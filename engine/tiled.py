@@ -53,8 +53,8 @@ class _Stats:
         """Fold the tile in; return it in fp32 minus the shift (what the store keeps)."""
         t = y.float()
         n = t.shape[2] * t.shape[3]
-        m = t.mean((2, 3))
-        m2 = (t - m[..., None, None]).square_().sum((2, 3)).double()
+        var, m = torch.var_mean(t, dim=(2, 3), correction=0)  # two-pass within the tile, fp32
+        m2 = var.double() * n
         if self.shift is None:
             self.shift = m
             self.count, self.mean, self.m2 = n, m.double(), m2
@@ -64,7 +64,7 @@ class _Stats:
             self.mean += delta * (n / total)
             self.m2 += m2 + delta.square() * (self.count * n / total)
             self.count = total
-        return t.sub_(self.shift[..., None, None])
+        return t - self.shift[..., None, None]
 
     def affine(self, norm: torch.nn.InstanceNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
         """scale, offset (fp32, N x C x 1 x 1) mapping a stored value v to the normalized output."""
@@ -166,7 +166,7 @@ def _normalize(out: torch.Tensor, step: plan.Step, stats: _Stats, residual: torc
     scale, offset = stats.affine(step.norm)
     rows = max(1, side * side // out.shape[3])
     for r0 in range(0, out.shape[2], rows):
-        band = out[:, :, r0:r0 + rows].to(device, torch.float32).mul_(scale).add_(offset)
+        band = torch.addcmul(offset, out[:, :, r0:r0 + rows].to(device), scale)  # fp32
         if step.relu:
             band.relu_()
         if residual is not None:

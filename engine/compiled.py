@@ -1,0 +1,34 @@
+"""Backend "compile": torch.compile of the reference generator.
+
+Shapes: N, H and W are dynamic (`dynamic=True`), not bucketed. Bucketing pads an image up to a bucket
+size, and extra pixels change the instance-norm statistics, so a bucketed output would not equal the
+reference. With symbolic sizes one compiled graph serves all sizes; dynamo specializes only sizes 0
+and 1 (so batch 1 and batch > 1 are two graphs), not one graph per photo size -- no recompilation storm.
+
+Mode: on CUDA, inductor's max-autotune without its own CUDA graphs ("max-autotune-no-cudagraphs"):
+inductor's cudagraph trees would record one graph per distinct shape without bound, so the compiled
+function is wrapped in the engine's LRU GraphCache instead (engine/graphs.py, as the triton backend).
+On CPU, inductor's default mode. `compiler` is exposed for tests ("eager"/"aot_eager" skip codegen).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backends import Runner
+from .graphs import GraphCache
+
+
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, compiler: str = "inductor",
+                graphs: bool | None = None, cache_size: int = 4) -> Runner:
+    options = {}
+    if compiler == "inductor":
+        options["mode"] = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
+    compiled = torch.compile(model, backend=compiler, dynamic=True, **options)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return compiled(x.to(dtype))
+
+    if graphs is None:
+        graphs = device.type == "cuda"
+    return GraphCache(forward, cache_size) if graphs else forward
