@@ -1,0 +1,258 @@
+"""Backends of the engine: triton (fused instance norm, Triton interpreter on CPU) and compile against
+eager, the CUDA-graph LRU cache, load() defaults; GPU-only checks are marked `gpu`."""
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import need
+from instyle import checkpoint, io
+from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, fused, load, plan
+from instyle.engine.graphs import GraphCache
+from instyle.models import JohnsonNet, PyramidNet
+
+CPU = torch.device("cpu")
+# fp32 kernel vs F.instance_norm: different reduction order only
+ATOL = {torch.float32: 1e-4}
+
+
+def narrow(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = JohnsonNet(width=8, blocks=2, **kw).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.InstanceNorm2d):
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return m
+
+
+def image(n, h, w, seed=1):
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def assert_close(y, ref, atol):
+    d = (y.float() - ref.float()).abs()
+    i = int(d.argmax())
+    assert d.max() <= atol, (f"max |delta| {d.max().item():.3g} > {atol} at flat index {i}: "
+                             f"{y.flatten()[i].item()} vs {ref.flatten()[i].item()}")
+
+
+needs_interpreter = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape", [(1, 3, 20, 28), (2, 3, 12, 16)], ids=str)
+def test_triton_runner_matches_eager(shape):
+    m = narrow()
+    x = image(*shape[:1], *shape[2:])
+    run = fused.make_runner(m, CPU, torch.float32, graphs=False)
+    with torch.inference_mode():
+        ref = m(x)
+        y = run(x)
+    assert_close(y, ref, ATOL[torch.float32] * (1 + ref.abs().max().item()))
+
+
+@needs_interpreter
+def test_triton_backend_odd_batch_through_stylizer():
+    x = image(2, 21, 27)
+    y = Stylizer(narrow(upsampling="transposed"), backend="triton", tile="off")(x)
+    ref = Stylizer(narrow(upsampling="transposed"), backend="eager", tile="off")(x)
+    assert y.shape == x.shape
+    assert_close(y, ref, 1e-2)  # 0..255 scale
+
+
+@needs_interpreter
+def test_triton_backend_pyramid():
+    torch.manual_seed(0)
+    m = PyramidNet(ratios=(2, 1), channels=4).eval()
+    x = image(1, 8, 12)
+    with torch.inference_mode():
+        ref = m(x)
+        y = fused.make_runner(m, CPU, torch.float32, graphs=False)(x)
+    assert_close(y, ref, ATOL[torch.float32] * (1 + ref.abs().max().item()))
+
+
+def test_triton_reference_module_untouched():
+    m = narrow()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    names = [n for n, _ in m.named_modules()]
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available():
+        fused.make_runner(m, CPU if not torch.cuda.is_available() else torch.device("cuda"), torch.float32)
+    assert [n for n, _ in m.named_modules()] == names
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_triton_unavailable_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        fused.make_runner(narrow(), CPU, torch.float32)
+
+
+class FakeCapture:
+    """Stands in for CUDA graph capture: records captures, replays the function."""
+
+    def __init__(self):
+        self.captured = []
+
+    def __call__(self, fn, x):
+        self.captured.append(tuple(x.shape))
+        return fn
+
+
+def test_graph_cache_lru_evicts_least_recently_used():
+    fake = FakeCapture()
+    cache = GraphCache(lambda x: x * 2, capacity=2, warmup_calls=1, capture=fake)
+    a, b, c = torch.ones(1, 3, 4, 4), torch.ones(1, 3, 8, 4), torch.ones(2, 3, 4, 4)
+    assert torch.equal(cache(a), a * 2)  # warm-up: no capture yet
+    assert fake.captured == []
+    cache(a)  # second call of the shape: captured
+    cache(b), cache(b)
+    assert fake.captured == [(1, 3, 4, 4), (1, 3, 8, 4)]
+    cache(a)  # a becomes most recently used
+    cache(c), cache(c)  # capacity 2: evicts b
+    assert [k[0] for k in cache.keys()] == [(1, 3, 4, 4), (2, 3, 4, 4)]
+    assert cache.evictions == 1 and cache.captures == 3
+    cache(b)  # evicted shapes are warmed up again before a new capture
+    assert cache.captures == 3
+    cache(b)
+    assert cache.captures == 4 and [k[0] for k in cache.keys()] == [(2, 3, 4, 4), (1, 3, 8, 4)]
+    with pytest.raises(ValueError):
+        GraphCache(lambda x: x, capacity=0)
+
+
+def test_triton_runner_uses_graph_cache_when_asked():
+    if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
+        pytest.skip("the Triton kernels need CUDA or TRITON_INTERPRET=1")
+    run = fused.make_runner(narrow(), CPU, torch.float32, graphs=True, cache_size=3)
+    assert isinstance(run, GraphCache) and run.capacity == 3
+
+
+def test_compile_backend_marks_sizes_dynamic():
+    """Many sizes, one graph: sizes are symbolic (no per-size recompilation)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = JohnsonNet(width=4, blocks=1).eval()
+    run = compiled.make_runner(m, CPU, torch.float32, compiler="eager")
+    with torch.inference_mode():
+        for i, (h, w) in enumerate([(20, 28), (24, 32), (40, 44), (32, 20)]):
+            x = image(1, h, w)
+            assert_close(run(x), m(x), 1e-4)
+            if i == 0:
+                graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("INSTYLE_SLOW_TESTS"), reason="inductor codegen on CPU takes ~1.5 min; "
+                    "set INSTYLE_SLOW_TESTS=1")
+def test_compile_backend_inductor_matches_eager():
+    m = narrow()
+    run = compiled.make_runner(m, CPU, torch.float32)
+    with torch.inference_mode():
+        for h, w in [(20, 28), (24, 32)]:
+            x = image(1, h, w)
+            assert_close(run(x), m(x), 1e-3)
+
+
+def test_load_auto_on_cpu_prefers_onnxruntime_else_eager(monkeypatch):
+    real = backends.factory
+    calls = []
+
+    def factory(name):
+        calls.append(name)
+        if name == "onnxruntime":
+            raise BackendUnavailable("backend 'onnxruntime' needs the package onnxruntime (test)")
+        return real(name)
+
+    monkeypatch.setattr(backends, "factory", factory)
+    s = load(narrow(), device="cpu", tile="off")
+    assert calls == ["onnxruntime", "eager"]
+    assert (s.backend, s.precision, s.tile) == ("eager", "fp32", "off")
+
+
+def test_load_explicit_and_errors():
+    s = load(narrow(), backend="eager", precision="fp32", device="cpu", tile=64)
+    assert s.tile == 64 and s.dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown backend"):
+        load(narrow(), backend="warp", device="cpu")
+    with pytest.raises(ValueError, match="precision"):
+        load(narrow(), backend="eager", precision="fp8", device="cpu")
+
+
+def test_plan_rejects_unknown_modules():
+    class Tiny(torch.nn.Module):
+        stride_multiple, min_size = 1, 1
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="plan"):
+        plan.build(Tiny())
+    s = Stylizer(Tiny(), tile="auto")  # whole-image runs still work
+    assert torch.equal(s(image(1, 5, 5)), image(1, 5, 5))
+    with pytest.raises(ValueError, match="tiled"):
+        Stylizer(Tiny(), tile=64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU only
+
+
+def psnr(a, b):
+    mse = (a.float() - b.float()).square().mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def photo(data, h, w):
+    pic = io.read_image(need(data / "content" / "demo" / "amber.jpg"))
+    return io.to_tensor([pic])[:, :, :h, :w]
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replay_across_sizes():
+    m = narrow()
+    s = Stylizer(m, backend="triton", precision="fp32", device="cuda", tile="off")
+    ref = Stylizer(narrow(), backend="eager", precision="fp32", device="cuda", tile="off")
+    sizes = [(64, 96), (72, 64), (64, 96), (72, 64), (40, 40), (64, 96), (40, 40), (100, 52), (100, 52)]
+    for h, w in sizes:
+        x = image(1, h, w).cuda()
+        assert_close(s(x), ref(x), 1e-2)
+    assert s._run.captures >= 3 and s._run.replays >= 3
+    assert len(s._run.keys()) <= s._run.capacity
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_low_precision_psnr(data, precision):
+    weights = need(data / "pretrained" / "random-transformernet.pth")
+    x = photo(data, 512, 768).cuda()
+    ref = Stylizer(checkpoint.load(weights)[0], backend="eager", precision="fp32", device="cuda", tile="off")(x)
+    s = Stylizer(checkpoint.load(weights)[0], backend="triton", precision=precision, device="cuda", tile="off")
+    for _ in range(3):  # warm-up, capture, replay
+        y = s(x)
+        assert psnr(y, ref) >= 45, f"triton {precision}: PSNR {psnr(y, ref):.1f} dB vs fp32 eager"
+
+
+@pytest.mark.gpu
+def test_gpu_tiled_equals_untiled_fp16(data):
+    weights = need(data / "pretrained" / "random-transformernet.pth")
+    x = photo(data, 700, 1000).cuda()
+    whole = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile="off")
+    tiles = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile=256)
+    assert psnr(tiles(x), whole(x)) >= 45
+
+
+@pytest.mark.gpu
+def test_gpu_compile_backend():
+    m = narrow()
+    s = Stylizer(m, backend="compile", precision="fp32", device="cuda", tile="off")
+    ref = Stylizer(narrow(), backend="eager", precision="fp32", device="cuda", tile="off")
+    for h, w in [(64, 96), (64, 96), (72, 64), (72, 64)]:
+        x = image(1, h, w).cuda()
+        assert_close(s(x), ref(x), 1e-2)
+
