@@ -61,6 +61,15 @@ def _plane_block(pb, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _split_program(C, HW, NUM_CHUNKS, CHUNK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This split program's (n, channels, mask) and spatial chunk [hw_start, hw_end); 64-bit indices."""
+    pid = tl.program_id(0).to(tl.int64)
+    n, c, c_mask = _plane_block(pid // NUM_CHUNKS, C, BLOCK_C)
+    hw_start = (pid % NUM_CHUNKS) * CHUNK_HW
+    return n, c, c_mask, hw_start, tl.minimum(hw_start + CHUNK_HW, HW)
+
+
+@triton.jit
 def _plane_shift(x_ptr, x_base, c, c_mask, stride_xc):
     """The shift s of each plane: its first element, in fp32."""
     return tl.load(x_ptr + x_base + c * stride_xc, mask=c_mask, other=0.0).to(tl.float32)
@@ -77,6 +86,16 @@ def _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT: tl.constexpr, HAS_BIAS: t
     else:
         b = tl.zeros_like(rstd)
     return scale, b
+
+
+@triton.jit
+def _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask,
+                  HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Load a plane block's saved (mean of x - shift, rstd) and build its scale and offset."""
+    mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
+    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
+    return mean, rstd, scale, b
 
 
 @triton.jit
@@ -167,16 +186,12 @@ def _in_fwd_partial_stats_kernel(
     CHUNK_HW: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Split pass 1: one program per (n, channel block, spatial chunk)."""
-    pid = tl.program_id(0).to(tl.int64)
-    chunk = pid % NUM_CHUNKS
-    n, c, c_mask = _plane_block(pid // NUM_CHUNKS, C, BLOCK_C)
+    n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    hw_start = chunk * CHUNK_HW
-    hw_end = tl.minimum(hw_start + CHUNK_HW, HW)
     mean, m2 = _chunk_stats(x_ptr, x_base, c, c_mask, shift, hw_start, hw_end, stride_xc, stride_xhw,
                             BLOCK_HW, BLOCK_C)
-    out = (n * C + c) * NUM_CHUNKS + chunk
+    out = (n * C + c) * NUM_CHUNKS + hw_start // CHUNK_HW
     tl.store(pmean_ptr + out, mean, mask=c_mask)
     tl.store(pm2_ptr + out, m2, mask=c_mask)
 
@@ -224,16 +239,10 @@ def _in_fwd_normalize_kernel(
     CHUNK_HW: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Split pass 3: one program per (n, channel block, spatial chunk) writes its part of y."""
-    pid = tl.program_id(0).to(tl.int64)
-    chunk = pid % NUM_CHUNKS
-    n, c, c_mask = _plane_block(pid // NUM_CHUNKS, C, BLOCK_C)
+    n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
-    hw_start = chunk * CHUNK_HW
-    hw_end = tl.minimum(hw_start + CHUNK_HW, HW)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
     _chunk_normalize(x_ptr, r_ptr, y_ptr, x_base, n * stride_rn, n * stride_yn, c, c_mask, shift, mean, scale, b,
                      hw_start, hw_end, stride_xc, stride_xhw, stride_rc, stride_rhw, stride_yc, stride_yhw,
                      APPLY_RELU, HAS_RESIDUAL, BLOCK_HW, BLOCK_C)

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .instance_norm import _plane_block, _plane_shift, _affine, check_device, instance_norm_op, memory_format, \
-    plan, plane_strides
+from .instance_norm import _plane_block, _plane_shift, _split_program, check_device, instance_norm_op, \
+    memory_format, plan, plane_strides, _saved_affine
 
 
 @triton.jit
@@ -83,9 +83,7 @@ def _in_bwd_fused_kernel(
     n, c, c_mask = _plane_block(pb, C, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
     sg, sgx = _chunk_grad_sums(dy_ptr, x_ptr, n * stride_dyn, x_base, c, c_mask, shift, mean, rstd, scale, b, 0, HW,
                                stride_dyc, stride_dyhw, stride_xc, stride_xhw, APPLY_RELU, BLOCK_HW, BLOCK_C)
     tl.store(sg_ptr + n * C + c, sg, mask=c_mask)
@@ -107,20 +105,14 @@ def _in_bwd_partial_sums_kernel(
     CHUNK_HW: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Split pass 1: one program per (n, channel block, spatial chunk)."""
-    pid = tl.program_id(0).to(tl.int64)
-    chunk = pid % NUM_CHUNKS
-    n, c, c_mask = _plane_block(pid // NUM_CHUNKS, C, BLOCK_C)
+    n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
-    hw_start = chunk * CHUNK_HW
-    hw_end = tl.minimum(hw_start + CHUNK_HW, HW)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
     sg, sgx = _chunk_grad_sums(dy_ptr, x_ptr, n * stride_dyn, x_base, c, c_mask, shift, mean, rstd, scale, b,
                                hw_start, hw_end, stride_dyc, stride_dyhw, stride_xc, stride_xhw,
                                APPLY_RELU, BLOCK_HW, BLOCK_C)
-    out = (n * C + c) * NUM_CHUNKS + chunk
+    out = (n * C + c) * NUM_CHUNKS + hw_start // CHUNK_HW
     tl.store(psg_ptr + out, sg, mask=c_mask)
     tl.store(psgx_ptr + out, sgx, mask=c_mask)
 
@@ -138,18 +130,12 @@ def _in_bwd_dx_kernel(
     CHUNK_HW: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Split pass 2: one program per (n, channel block, spatial chunk) writes its part of dx."""
-    pid = tl.program_id(0).to(tl.int64)
-    chunk = pid % NUM_CHUNKS
-    n, c, c_mask = _plane_block(pid // NUM_CHUNKS, C, BLOCK_C)
+    n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
     c1 = tl.load(sg_ptr + n * C + c, mask=c_mask, other=0.0) / HW
     c2 = tl.load(sgx_ptr + n * C + c, mask=c_mask, other=0.0) / HW
-    hw_start = chunk * CHUNK_HW
-    hw_end = tl.minimum(hw_start + CHUNK_HW, HW)
     _chunk_dx(dy_ptr, x_ptr, dx_ptr, n * stride_dyn, x_base, n * stride_dxn, c, c_mask, shift, mean, rstd, scale, b,
               c1, c2, hw_start, hw_end, stride_dyc, stride_dyhw, stride_xc, stride_xhw, stride_dxc, stride_dxhw,
               APPLY_RELU, BLOCK_HW, BLOCK_C)
