@@ -47,9 +47,24 @@ def make_photo(src: Path, dst: Path, width: int, height: int) -> Path:
 
 def run_stylize(inputs: list[Path], out_dir: Path, model: str, threads: int) -> dict:
     """One `python -m instyle stylize` process: its CPU seconds, wall seconds and peak RSS (os.wait4)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "instyle", "stylize", *map(str, inputs), "-o", str(out_dir), "--model", model,
            "--backend", "eager", "--precision", "fp32", "--device", "cpu", "--overwrite"]
+    result = run_process(cmd, threads)
+    written = [p for p in out_dir.rglob("*") if p.is_file()]
+    if len(written) != len(inputs):
+        raise RuntimeError(f"instyle stylize wrote {len(written)} files for {len(inputs)} inputs")
+    return result
+
+
+def run_bare_forward(photo: Path, model: str, threads: int) -> dict:
+    """A process that only loads the model and the image and runs one forward: the model's own footprint."""
+    return run_process([sys.executable, "-m", "instyle.bench.cli_overhead", "--forward-only", str(photo),
+                        "--model", model, "--threads", str(threads)], threads)
+
+
+def run_process(cmd: list[str], threads: int) -> dict:
+    """CPU seconds (user + sys), wall seconds and peak RSS of one child process, from os.wait4."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -58,10 +73,7 @@ def run_stylize(inputs: list[Path], out_dir: Path, model: str, threads: int) -> 
     proc.stderr.close()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise RuntimeError(f"instyle stylize exited {code}: {err.strip()[-500:]}")
-    written = [p for p in out_dir.rglob("*") if p.is_file()]
-    if len(written) != len(inputs):
-        raise RuntimeError(f"instyle stylize wrote {len(written)} files for {len(inputs)} inputs")
+        raise RuntimeError(f"{' '.join(cmd[1:4])} exited {code}: {err.strip()[-500:]}")
     return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
@@ -76,12 +88,14 @@ def bare_forward(photo: Path, model_path: str, threads: int, repeats: int) -> di
     x = io.to_tensor([io.read_image(photo)]).float()
     cpu, wall = [], []
     with torch.inference_mode():
-        model(x)
+        model(x)  # warm-up (and, with repeats=0, the whole job of a --forward-only child)
         for _ in range(repeats):
             c0, t0 = time.process_time(), time.perf_counter()
             model(x)
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - t0)
+    if not repeats:
+        return {}
     return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall), "shape": list(x.shape)}
 
 
@@ -118,6 +132,7 @@ def measure(model: str, size: int, images: int, threads: int, repeats: int, four
         if four_k:
             photo4k = make_photo(hires / PHOTO_4K, tmp / "photo4k.jpg", 3840, 2160)
             result["stylize_4k"] = run_stylize([photo4k], tmp / "out4k", model, threads)
+            result["forward_4k"] = run_bare_forward(photo4k, model, threads)
     return result
 
 
@@ -137,11 +152,14 @@ def report(r: dict) -> str:
         f"{r['one_image_overhead_pct']:+.1f} % over the forward",
     ]
     if "stylize_4k" in r:
-        k = r["stylize_4k"]
+        k, b = r["stylize_4k"], r.get("forward_4k")
         gb = k["peak_rss_mb"] * 2**20 / 1e9
-        lines.append(f"  3840x2160 stylize: peak RSS {gb:.2f} GB (goal <= {GOAL_RSS_GB:.0f} GB: "
-                     f"{'met' if gb <= GOAL_RSS_GB else 'NOT met'}), cpu {k['cpu_s']:.1f} s, "
+        lines.append(f"  3840x2160 stylize: peak RSS {gb:.2f} GB = {k['peak_rss_mb'] / 1024:.2f} GiB (goal <= "
+                     f"{GOAL_RSS_GB:.0f} GB: {'met' if gb <= GOAL_RSS_GB else 'NOT met'}), cpu {k['cpu_s']:.1f} s, "
                      f"wall {k['wall_s']:.1f} s")
+        if b:
+            lines.append(f"  3840x2160 bare forward process (load model + image, model(x)): peak RSS "
+                         f"{b['peak_rss_mb'] * 2**20 / 1e9:.2f} GB, cpu {b['cpu_s']:.1f} s")
     return "\n".join(lines)
 
 
@@ -155,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed bare forwards (default 3)")
     p.add_argument("--no-4k", dest="four_k", action="store_false", help="skip the 3840x2160 peak-RSS run")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument("--forward-only", type=Path, metavar="IMAGE", help=argparse.SUPPRESS)  # run_bare_forward's child
     args = p.parse_args(argv)
+    if args.forward_only:
+        bare_forward(args.forward_only, args.model or default_model(), args.threads, repeats=0)
+        return 0
     if args.images < 2 or args.size < 8 or args.threads < 1 or args.repeats < 1:
         p.error("need --images >= 2, --size >= 8, --threads >= 1, --repeats >= 1")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for this process's forward too (before torch loads)

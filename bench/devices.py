@@ -139,10 +139,6 @@ def git_rev(root: Path | None = None) -> str | None:
     return rev.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
 
 
-def today() -> str:
-    return _dt.date.today().isoformat()
-
-
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
