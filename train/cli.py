@@ -1,0 +1,108 @@
+"""`instyle train --style IMG --data DIR --out PATH`: train a feed-forward generator (torchrun for multi-GPU)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .common import add_loss_arguments
+
+    p.add_argument("--style", required=True, help="style image (texture mode: the texture to reproduce)")
+    p.add_argument("--data", help="folder of content images, searched recursively (style mode)")
+    p.add_argument("--out", required=True, help="output generator .safetensors (state, log, samples go beside it)")
+    g = p.add_argument_group("generator")
+    g.add_argument("--arch", choices=("johnson", "pyramid"), default="johnson")
+    g.add_argument("--mode", choices=("style", "texture"), default="style",
+                   help="texture: pyramid generator fed noise only, style loss only")
+    g.add_argument("--norm", choices=("instance", "batch", "none"), default="instance")
+    g.add_argument("--padding", choices=("reflect", "zero"), default="reflect")
+    g.add_argument("--width", type=int, default=32, help="johnson: first-layer channels (default 32)")
+    g.add_argument("--blocks", type=int, default=5, help="johnson: residual blocks (default 5)")
+    g.add_argument("--upsampling", choices=("nearest", "transposed"), default="nearest", help="johnson")
+    g.add_argument("--ratios", default="32,16,8,4,2,1", help="pyramid: scales (default %(default)s)")
+    g.add_argument("--channels", type=int, default=8, help="pyramid: channels per scale (default 8)")
+    g.add_argument("--noise-channels", type=int, help="pyramid: noise channels (default: 3 texture, 0 style)")
+    t = p.add_argument_group("training")
+    t.add_argument("--iterations", type=int, default=40000)
+    t.add_argument("--batch-size", type=int, default=4, help="per GPU (default 4)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--image-size", type=int, default=256, help="training crop size (default 256)")
+    t.add_argument("--max-images", type=int, help="use a seeded random subset of N content images")
+    t.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast precision (auto: bf16 on CUDA, off on CPU); losses stay fp32")
+    t.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
+    t.add_argument("--compile", action="store_true", help="torch.compile the generator and VGG")
+    t.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
+                   help="fused Triton instance norm (auto: when CUDA and the kernel are available)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun picks the GPU per rank)")
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between resumable checkpoints")
+    t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids (0: never)")
+    t.add_argument("--log-every", type=int, default=10, help="steps between CSV log rows")
+    t.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
+    t.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="of the output generator")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loss_arguments(p)
+
+
+def model_config(args) -> dict:
+    if args.arch == "johnson":
+        return dict(width=args.width, blocks=args.blocks, norm=args.norm, padding=args.padding,
+                    upsampling=args.upsampling)
+    ratios = [int(r) for r in args.ratios.split(",") if r.strip()]
+    config = dict(ratios=ratios, channels=args.channels, norm=args.norm, padding=args.padding)
+    if args.noise_channels is not None:
+        config["noise_channels"] = args.noise_channels
+    return config
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from instyle.cli import UsageError
+
+    if args.mode == "style" and not args.data:
+        raise UsageError("--data DIR is required in style mode")
+    if args.mode == "texture" and args.arch != "pyramid":
+        raise UsageError("--mode texture needs --arch pyramid")
+    for name in ("iterations", "batch_size", "image_size", "checkpoint_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if not Path(args.style).is_file():
+        raise UsageError(f"--style {args.style}: no such file")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {out}: use a .safetensors file name")
+    try:
+        config = model_config(args)
+    except ValueError:
+        raise UsageError(f"--ratios {args.ratios!r}: expected comma-separated integers") from None
+
+    import os
+
+    import torch
+
+    from .common import loss_from_args, resolve_device
+    from .trainer import TrainConfig, train
+
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None:  # torchrun: one GPU per local rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    texture = args.mode == "texture"
+    loss, spec = loss_from_args(args, device, texture=texture)
+    cfg = TrainConfig(
+        style=args.style, out=str(out), data=args.data, arch=args.arch, model_config=config, mode=args.mode,
+        image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations, lr=args.lr,
+        seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+        compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
+        resume=args.resume, device=str(device), save_dtype=args.save_dtype, progress=not args.no_progress,
+        vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
+    )
+    trainer = train(cfg, loss)
+    if trainer.dist.is_main:
+        final = ", ".join(f"{k} {v:.4g}" for k, v in trainer.final_losses.items())
+        print(f"{out}: {trainer.step} steps on {len(trainer.files) or 'noise'} "
+              f"{'images' if trainer.files else ''}; final losses: {final}")
+    return 0

@@ -1,0 +1,83 @@
+"""Optional fused instance norm for training: swap nn.InstanceNorm2d modules for the Triton op.
+
+`instyle.kernels.instance_norm` (one custom op with a backward, statistics in fp32) replaces the
+reference layer when CUDA and Triton are available; otherwise, or if the op is missing or fails a
+one-shot check against the reference, the model is left as it is. Parameters are shared, not copied, so
+the state dict (and the saved checkpoint) keeps the reference names and values.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class FusedInstanceNorm(nn.Module):
+    """Drop-in for an affine nn.InstanceNorm2d without running stats, computed by `fn`."""
+
+    def __init__(self, ref: nn.InstanceNorm2d, fn: Callable):
+        super().__init__()
+        self.weight, self.bias, self.eps, self.fn = ref.weight, ref.bias, ref.eps, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, self.weight, self.bias, eps=self.eps)
+
+
+def find_op() -> Callable | None:
+    """instyle.kernels.instance_norm if it exists and Triton imports, else None."""
+    try:
+        import instyle.kernels as kernels
+
+        op = getattr(kernels, "instance_norm", None)
+        if op is None or not callable(op):  # not exported (yet), or the submodule itself
+            from instyle.kernels import instance_norm as module
+
+            op = getattr(module, "instance_norm", None)
+    except Exception:  # no triton, kernel not written yet, import error in a work-in-progress kernel
+        return None
+    return op if callable(op) else None
+
+
+def swap_instance_norm(model: nn.Module, fn: Callable) -> int:
+    """Replace every affine, stat-less InstanceNorm2d in `model` by FusedInstanceNorm(fn); returns the count."""
+    count = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if (isinstance(child, nn.InstanceNorm2d) and child.affine and not child.track_running_stats):
+                setattr(parent, name, FusedInstanceNorm(child, fn))
+                count += 1
+    return count
+
+
+def _agrees(fn: Callable, device: torch.device) -> bool:
+    """A tiny forward/backward of `fn` against F.instance_norm on `device`."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 7, generator=g).to(device).requires_grad_(True)
+    w = (1 + 0.1 * torch.randn(8, generator=g)).to(device).requires_grad_(True)
+    b = (0.1 * torch.randn(8, generator=g)).to(device).requires_grad_(True)
+    try:
+        y = fn(x, w, b, eps=1e-5)
+        gx, gw = torch.autograd.grad((y * y).sum(), (x, w))
+        ref = torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5)
+        rx, rw = torch.autograd.grad((ref * ref).sum(), (x, w))
+    except Exception as e:
+        warnings.warn(f"fused instance norm unusable ({type(e).__name__}: {e}); using the reference", stacklevel=3)
+        return False
+    ok = all(torch.allclose(a, r, atol=1e-3, rtol=1e-3) for a, r in ((y, ref), (gx, rx), (gw, rw)))
+    if not ok:
+        warnings.warn("fused instance norm disagrees with the reference; using the reference", stacklevel=3)
+    return ok
+
+
+def maybe_fuse(model: nn.Module, device: torch.device, mode: str = "auto") -> int:
+    """Swap in the fused op per `mode` (auto: when CUDA + the op work; on: required; off: never)."""
+    if mode == "off":
+        return 0
+    fn = find_op() if device.type == "cuda" else None
+    if fn is None or not _agrees(fn, device):
+        if mode == "on":
+            raise RuntimeError("--fused on needs a CUDA device, Triton and a working instyle.kernels.instance_norm")
+        return 0
+    return swap_instance_norm(model, fn)

@@ -1,0 +1,125 @@
+"""Perceptual losses (Gatys et al.; Johnson et al.; Ulyanov et al.): content, style (Gram), total variation.
+
+All loss arithmetic is fp32 even when the VGG forward runs under autocast: features are upcast before
+the Gram products and differences (autocast disabled there), so bf16/fp16 training only changes the
+network passes, not the loss values' precision.
+
+Magnitudes: a Gram matrix is normalised by C*H*W (size-independent); the content loss is the mean
+squared feature difference; each style layer's loss is the mean squared Gram difference. With the
+caffe-convention VGG (inputs 0..255) features are ~60x larger than with torchvision's (inputs ~N(0,1)),
+so content losses are ~60^2 and style losses ~60^4 larger: weights tuned for one file do not transfer.
+The defaults below are tuned for the shared caffe-convention file; `default_weights` scales them for
+torchvision-convention files.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vgg import VGGFeatures
+
+DEFAULT_CONTENT_LAYERS = ("relu2_2",)
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+# Defaults for the caffe-convention VGG-16 (shared vgg16-features.safetensors); see README/report for how
+# they were chosen: at the start of training (random generator, 256 px crops, style at 512) the weighted
+# content and style terms are of the same order.
+CAFFE_WEIGHTS = {"content": 1.0, "style": 2e-3, "tv": 1e-3}
+# torchvision input is ~1/57.6 of caffe's scale (x/255/std): content terms shrink by ~57.6^2, style by ~57.6^4
+_TV_SCALE = (255 * 0.226) ** 2
+TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,
+                       "style": CAFFE_WEIGHTS["style"] * _TV_SCALE**2, "tv": CAFFE_WEIGHTS["tv"]}
+
+
+def default_weights(convention: str) -> dict[str, float]:
+    return dict(CAFFE_WEIGHTS if convention == "caffe" else TORCHVISION_WEIGHTS)
+
+
+def gram(f: torch.Tensor) -> torch.Tensor:
+    """N,C,H,W features -> N,C,C Gram matrices / (C*H*W), in fp32 whatever the input dtype."""
+    n, c, h, w = f.shape
+    with torch.autocast(f.device.type, enabled=False):
+        f = f.float().reshape(n, c, h * w)
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (anisotropic L1 TV), fp32, pixel units."""
+    y = y.float()
+    return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
+
+
+def parse_layers(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [s.strip() for s in items if s.strip()]
+
+
+@dataclass
+class LossSpec:
+    content_layers: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENT_LAYERS))
+    style_layers: list[str] = field(default_factory=lambda: list(DEFAULT_STYLE_LAYERS))
+    style_layer_weights: list[float] | None = None  # None: equal (1 each)
+    content_weight: float = CAFFE_WEIGHTS["content"]
+    style_weight: float = CAFFE_WEIGHTS["style"]
+    tv_weight: float = CAFFE_WEIGHTS["tv"]
+
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys([*self.content_layers, *self.style_layers]))
+
+    def as_dict(self) -> dict:
+        return dict(content_layers=self.content_layers, style_layers=self.style_layers,
+                    style_layer_weights=self.layer_weights(), content_weight=self.content_weight,
+                    style_weight=self.style_weight, tv_weight=self.tv_weight)
+
+    def layer_weights(self) -> list[float]:
+        w = self.style_layer_weights or [1.0] * len(self.style_layers)
+        if len(w) != len(self.style_layers):
+            raise ValueError(f"{len(w)} style layer weights for {len(self.style_layers)} style layers")
+        return [float(x) for x in w]
+
+
+class PerceptualLoss(nn.Module):
+    """Weighted content + style + TV loss against one style image whose Grams are computed once."""
+
+    def __init__(self, vgg: VGGFeatures, spec: LossSpec):
+        super().__init__()
+        missing = [n for n in spec.layers() if n not in vgg.layers]
+        assert not missing, f"VGG was built without layers {missing}"
+        self.vgg, self.spec = vgg, spec
+        self.style_layer_weights = spec.layer_weights()
+        self.targets: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def set_style(self, style: torch.Tensor) -> None:
+        """`style`: 1,3,H,W RGB 0..255. Its Gram matrices (fp32, 1,C,C) become the targets."""
+        feats = self.vgg(style.float())
+        self.targets = {n: gram(feats[n]) for n in self.spec.style_layers}
+
+    def forward(self, y: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode).
+
+        Returns fp32 scalars: content, style, tv (each already weighted) and total.
+        """
+        spec = self.spec
+        feats = self.vgg(y)
+        zero = y.new_zeros((), dtype=torch.float32)
+        c_loss = zero
+        if content is not None and spec.content_weight:
+            assert content.shape[-2:] == y.shape[-2:], f"content {tuple(content.shape)} vs output {tuple(y.shape)}"
+            with torch.no_grad():
+                target = self.vgg(content)
+            with torch.autocast(y.device.type, enabled=False):
+                c_loss = sum(F.mse_loss(feats[n].float(), target[n].float()) for n in spec.content_layers)
+            c_loss = spec.content_weight * c_loss
+        s_loss = zero
+        if spec.style_weight:
+            with torch.autocast(y.device.type, enabled=False):
+                for n, w in zip(spec.style_layers, self.style_layer_weights):
+                    g = gram(feats[n])
+                    s_loss = s_loss + w * F.mse_loss(g, self.targets[n].to(g.device).expand_as(g))
+            s_loss = spec.style_weight * s_loss
+        tv = spec.tv_weight * total_variation(y) if spec.tv_weight else zero
+        return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv}

@@ -1,0 +1,327 @@
+"""The feed-forward trainer: generator + frozen VGG loss, Adam, AMP, checkpoints with exact resume.
+
+One step: a batch of content crops (style mode) or noise (texture mode) -> generator (under autocast) ->
+PerceptualLoss (VGG under autocast, loss arithmetic fp32) -> GradScaler-scaled backward -> Adam.
+Performance choices, each optional: bf16/fp16 autocast, channels_last on CUDA, the fused Triton instance
+norm (train/fused.py), torch.compile, DDP across GPUs (train/distributed.py).
+
+Exact resume: the state file (state.py) holds model, optimizer, scaler, RNG states and the global sample
+position; data crops and noise are pure functions of (seed, sample code / step), so a resumed run
+reproduces the uninterrupted one bit for bit (CPU, fixed worker count).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from instyle import checkpoint, models
+
+from . import distributed, fused
+from .data import list_images, make_loader
+from .logs import LossLog, sample_grid
+from .losses import PerceptualLoss
+from .state import git_rev, load_state, rng_state, save_state, set_rng_state, state_path
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+# settings that must match for --resume to continue the same run
+_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr")
+
+
+@dataclass
+class TrainConfig:
+    style: str
+    out: str
+    data: str | None = None  # content folder; None in texture mode
+    arch: str = "johnson"
+    model_config: dict = field(default_factory=dict)  # constructor arguments (norm, padding, width, ...)
+    mode: str = "style"  # style | texture (texture: pyramid generator fed noise, style loss only)
+    image_size: int = 256
+    batch_size: int = 4
+    iterations: int = 40000
+    lr: float = 1e-3
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool | None = None  # None: on CUDA
+    compile: bool = False
+    fused: str = "auto"  # auto | on | off
+    workers: int = 4
+    max_images: int | None = None
+    checkpoint_every: int = 1000
+    sample_every: int = 1000
+    log_every: int = 10
+    resume: bool = False
+    device: str = "auto"
+    save_dtype: str = "fp32"  # fp32 | fp16 (of the .safetensors generator)
+    progress: bool = True
+    vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
+
+
+def build_generator(cfg: TrainConfig) -> nn.Module:
+    config = dict(cfg.model_config)
+    if cfg.mode == "texture":
+        if cfg.arch != "pyramid":
+            raise ValueError("texture mode needs --arch pyramid (a generator fed noise only)")
+        config["mode"] = "texture"
+    return models.build(cfg.arch, config)
+
+
+class Trainer:
+    """Trains a generator of `cfg` against `loss` (a PerceptualLoss whose style Grams are already set)."""
+
+    def __init__(self, cfg: TrainConfig, loss: PerceptualLoss):
+        from .common import resolve_device
+
+        self.cfg, self.loss = cfg, loss
+        if cfg.mode not in ("style", "texture"):
+            raise ValueError(f"mode must be style or texture, got {cfg.mode!r}")
+        if cfg.amp not in (*AMP_DTYPES, "auto"):
+            raise ValueError(f"amp must be one of auto, {', '.join(AMP_DTYPES)}; got {cfg.amp!r}")
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+        dev = self.device
+        self.amp = cfg.amp if cfg.amp != "auto" else ("bf16" if dev.type == "cuda" else "off")
+        self.channels_last = dev.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+        self.out = Path(cfg.out)
+        self.texture = cfg.mode == "texture"
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = build_generator(cfg)
+        m = self.model.stride_multiple
+        if cfg.image_size % m or cfg.image_size < self.model.min_size:
+            raise ValueError(f"--image-size {cfg.image_size} must be a multiple of {m} and >= "
+                             f"{self.model.min_size} for this {cfg.arch} generator")
+        self.model.to(dev)
+        self.loss.to(dev)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.loss.vgg.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
+        self.n_fused = fused.maybe_fuse(self.model, dev, cfg.fused)
+
+        self.files = [] if self.texture else list_images(_need_data(cfg), cfg.max_images, cfg.seed)
+        self.step, self.position, self.elapsed = 0, 0, 0.0
+        self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"))
+        if cfg.resume:
+            self._resume()
+
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)
+            self.loss.vgg.forward = torch.compile(self.loss.vgg.forward)
+        self.net = net
+
+    # ------------------------------------------------------------------------------------ pieces
+
+    def _sibling(self, suffix: str) -> Path:
+        stem = self.out.stem if self.out.suffix == ".safetensors" else self.out.name
+        return self.out.with_name(stem + suffix)
+
+    def _autocast(self):
+        dtype = AMP_DTYPES[self.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _noise_generator(self, step: int, rank: int) -> torch.Generator:
+        """Noise for step `step` on `rank`: a pure function of (seed, step, rank), so resume needs no state."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.cfg.seed * 1_000_003 + step) * 1_009 + rank)
+        return g
+
+    def _inputs(self, content: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The generator's input for this step: content (+ noise channels) or, in texture mode, noise."""
+        g = self._noise_generator(step, self.dist.rank)
+        model = self.model
+        if self.texture:
+            s = self.cfg.image_size
+            x = model.sample_noise(self.cfg.batch_size, s, s, generator=g, device=self.device)
+        elif getattr(model, "noise_channels", 0):
+            x = model.with_noise(content, generator=g)
+        else:
+            x = content
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _loader(self):
+        if self.texture:
+            return None
+        cfg, d = self.cfg, self.dist
+        return make_loader(self.files, size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                           start=self.position, rank=d.rank, world_size=d.world_size, workers=cfg.workers,
+                           pin_memory=self.device.type == "cuda")
+
+    def train_step(self, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the detached fp32 loss terms."""
+        self.net.train()
+        with self._autocast():
+            y = self.net(self._inputs(content, self.step))
+            terms = self.loss(y, None if self.texture else content)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() for k, v in terms.items()}
+
+    # ---------------------------------------------------------------------------------- the loop
+
+    def fit(self) -> dict[str, float]:
+        """Train to cfg.iterations; returns the final (last logging window's mean) loss terms."""
+        cfg, d = self.cfg, self.dist
+        loader = self._loader()
+        batches = iter(loader) if loader is not None else None
+        bar = None
+        if cfg.progress and d.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.iterations, initial=self.step, desc="train", dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        window, t0, last = 0, time.perf_counter(), {}
+        try:
+            while self.step < cfg.iterations:
+                content = None
+                if batches is not None:
+                    content = next(batches).to(self.device, non_blocking=True).float()
+                    if self.channels_last:
+                        content = content.contiguous(memory_format=torch.channels_last)
+                terms = self.train_step(content)
+                self.step += 1
+                self.position += cfg.batch_size * d.world_size
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0) + v
+                window += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                    dt = time.perf_counter() - t0
+                    self.elapsed += dt
+                    means = distributed.mean_across(d, torch.stack([sums[k] for k in sorted(sums)]) / window)
+                    last = {k: float(v) for k, v in zip(sorted(sums), means.tolist())}
+                    ips = window * cfg.batch_size * d.world_size / max(dt, 1e-9)
+                    self.log.add(step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total")})
+                    sums, window, t0 = {}, 0, time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.write_samples()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.iterations:
+                    self.save_checkpoint(last)
+            self.final_losses = last
+            self.save_checkpoint(last)
+        finally:
+            if bar is not None:
+                bar.close()
+            del batches, loader
+        return last
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def _raw_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def training_metadata(self, losses: dict[str, float]) -> dict:
+        cfg = self.cfg
+        return {
+            "style": Path(cfg.style).name, "mode": cfg.mode,
+            "data": None if self.texture else str(cfg.data), "images": len(self.files),
+            "iterations": self.step, "batch_size": cfg.batch_size, "world_size": self.dist.world_size,
+            "image_size": cfg.image_size, "lr": cfg.lr, "amp": self.amp, "seed": cfg.seed,
+            "losses": self.loss.spec.as_dict(), "final_losses": losses, "vgg": cfg.vgg_info,
+            "git_rev": git_rev(), "elapsed_s": round(self.elapsed, 1),
+        }
+
+    def save_checkpoint(self, losses: dict[str, float]) -> None:
+        """Rank 0: the resumable state first, then the generator, then the log (each atomic)."""
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        save_state(state_path(self.out), {
+            "step": self.step, "position": self.position, "elapsed": self.elapsed,
+            "model": self._raw_state(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}, "losses": losses,
+        })
+        dtype = {"fp32": None, "fp16": torch.float16}[cfg.save_dtype]
+        checkpoint.save(self.model, self.out, style=Path(cfg.style).stem,
+                        training=self.training_metadata(losses), dtype=dtype)
+        self.log.flush()
+
+    def _resume(self) -> None:
+        cfg = self.cfg
+        state = load_state(state_path(self.out))
+        saved = state["config"]
+        mine = {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}
+        diff = [k for k in _RESUME_KEYS if k in saved and saved[k] != mine[k]]
+        if diff:
+            raise ValueError(f"--resume: {state_path(self.out)} was trained with different settings: "
+                             + ", ".join(f"{k}={saved[k]!r} (now {mine[k]!r})" for k in diff))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step, self.position, self.elapsed = state["step"], state["position"], state["elapsed"]
+        self.final_losses = state.get("losses", {})
+        self.log = LossLog.resume(self.log.csv_path, self.log.plot_path, self.step)
+
+    # --------------------------------------------------------------------------------- samples
+
+    def _sample_inputs(self) -> torch.Tensor | None:
+        """Fixed inputs for sample grids: central crops of the first 4 content images (style mode)."""
+        if self.texture:
+            return None
+        if not hasattr(self, "_samples"):
+            from .data import ContentImages
+
+            ds = ContentImages(self.files[:4], self.cfg.image_size, seed=self.cfg.seed, scale=(1.0, 1.0),
+                               flip=False)
+            self._samples = torch.stack([ds[i] for i in range(len(ds))]).float()
+        return self._samples
+
+    @torch.no_grad()
+    def write_samples(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        from .common import save_image
+
+        content = self._sample_inputs()
+        self.model.eval()
+        try:
+            n = 4 if content is None else content.shape[0]
+            if self.texture:
+                s = self.cfg.image_size
+                g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+                x = self.model.sample_noise(n, s, s, generator=g, device=self.device)
+            else:
+                content = content.to(self.device)
+                x = content
+                if getattr(self.model, "noise_channels", 0):
+                    x = self.model.with_noise(content, generator=torch.Generator(self.device).manual_seed(0))
+            with self._autocast():
+                y = self.model(x).float()
+        finally:
+            self.model.train()
+        path = self._sibling(".samples") / f"{self.step:08d}.png"
+        return save_image(path, sample_grid(content, y))
+
+
+def _need_data(cfg: TrainConfig) -> str:
+    if not cfg.data:
+        raise ValueError("style mode needs --data DIR (a folder of content images)")
+    return cfg.data
+
+
+def train(cfg: TrainConfig, loss: PerceptualLoss) -> Trainer:
+    """Build a Trainer, run it to cfg.iterations, tear down the process group; returns the trainer."""
+    trainer = Trainer(cfg, loss)
+    try:
+        trainer.fit()
+    finally:
+        distributed.teardown(trainer.dist)
+    return trainer
