@@ -50,7 +50,12 @@ import triton.language as tl
 # interpreter: one config, no sweep, no CUDA query. STAT_M must divide every BLOCK_M. Starting points
 # chosen for H100 (128x64x32 fp16 tiles, 4-stage pipelines), not yet tuned on one.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-TUNING = dict(block_m=64, block_n=64, block_k=32, stat_m=32, num_warps=1) if _INTERPRET else dict(stat_m=64)
+# Interpreter: cost is per op and per program, not per element, so tiles are as large as the layer
+# (a whole 9x9x3 K in one step); tests shrink them to cover multi-tile masking.
+# The interpreter also takes the flat K order wherever it may (fewer, larger steps than 81 taps); tests set
+# flat_max_cin=0 to run the tap-outer path. On a GPU only Cin < 16 (the RGB input layer) is flat.
+TUNING = (dict(block_m=256, block_n=128, block_k=256, stat_m=64, flat_max_cin=1 << 30, num_warps=1)
+          if _INTERPRET else dict(stat_m=64, flat_max_cin=15))
 _GPU_CONFIGS = [
     triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=s)
     for bm, bn, bk, w, s in [
@@ -265,9 +270,9 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
         out = torch.empty((N, Cout, Ho, Wo), device=x.device, dtype=w_packed.dtype,
                           memory_format=torch.channels_last)
     assert out.shape == (N, Cout, Ho, Wo), (tuple(out.shape), (N, Cout, Ho, Wo))
-    flat = Cin < 16
+    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None
     if skip_out is not None:
-        assert not flat and stride == 1 and not upsample and kernel % 2 == 1
+        assert stride == 1 and not upsample and kernel % 2 == 1
         assert skip_out.shape == x.shape and (skip is None or skip.stride() == skip_out.stride())
     if norm is not None:
         assert norm.shape == (N, 3, Cin) and norm.dtype == torch.float32
@@ -295,7 +300,7 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
         # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
         t = TUNING
         bm, bn = t["block_m"], min(t["block_n"], max(16, triton.next_power_of_2(Cout)))
-        bk = t["block_k"] if flat else min(t["block_k"], max(16, triton.next_power_of_2(Cin)))
+        bk = min(t["block_k"], max(16, triton.next_power_of_2(kernel * kernel * Cin if flat else Cin)))
         assert bm % stat_m == 0
         _conv_in_kernel[(triton.cdiv(hw, bm), triton.cdiv(Cout, bn), N)](
             *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=t["num_warps"])

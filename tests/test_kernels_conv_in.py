@@ -1,0 +1,204 @@
+"""instyle.kernels.conv_in: one fused layer against its plain-PyTorch _ref and against the generator's own
+layers written with torch.nn.functional (F.instance_norm -> relu -> + skip -> F.interpolate -> F.pad ->
+F.conv2d), under the Triton interpreter on tiny shapes (batch 2, odd sizes where the layer allows).
+
+Tolerances are derived: the fused output must satisfy
+    max|fused - ref_fp32| <= 2 * max|torch_lowp - ref_fp32| + atol[dtype] * max(1, max|ref_fp32|)
+where ref_fp32 is the F.* chain in fp32 on the (dtype-rounded) inputs and torch_lowp is the same chain
+rounded where a low-precision pipeline must round: the conv's input and weights, and its output.
+bf16 runs only on a GPU: the interpreter's bf16 tl.dot is not faithful.
+"""
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instyle.kernels import conv_in, conv_in_ref
+
+CI = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
+
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+# name: (Cin, Cout, kernel, stride, upsample, norm, relu, skip, write_skip, (H, W))
+CASES = {
+    "rgb9x9": (3, 8, 9, 1, False, False, False, False, False, (9, 11)),       # conv1: raw NCHW image in
+    "down": (16, 16, 3, 2, False, True, True, False, False, (7, 9)),           # conv2/conv3: stride 2, odd
+    "res_first": (16, 16, 3, 1, False, True, True, False, True, (7, 5)),      # res1.conv1: writes x_0
+    "res_skip": (16, 16, 3, 1, False, True, False, True, True, (5, 7)),       # resk.conv1: x_k = IN + x_{k-1}
+    "up_skip": (16, 8, 3, 1, True, True, False, True, False, (3, 5)),         # deconv1 after the blocks
+    "up": (16, 8, 3, 1, True, True, True, False, False, (3, 4)),              # deconv2
+    "out9x9": (16, 3, 9, 1, False, True, True, False, False, (7, 9)),          # deconv3: bias, NCHW fp32 out
+}
+
+
+def _id(v):
+    return str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else None
+
+
+def _combos():
+    """(case, K order, dtype): the order the GPU runs (taps, except the Cin=3 input layer) in fp32 and fp16,
+    plus the flat order the interpreter's whole-net runs use, in fp32. Skip-writing layers are always taps."""
+    for name, case in CASES.items():
+        if case[0] < 16:
+            yield name, "flat", torch.float32
+            yield name, "flat", torch.float16
+            continue
+        yield name, "taps", torch.float32
+        yield name, "taps", torch.float16
+        if not case[8]:
+            yield name, "flat", torch.float32
+
+
+def small_tiles(monkeypatch, path, block_m=32):
+    """Small tiles (several M/N/K tiles, ragged edges, 2 stat tiles per M tile) on either K order."""
+    monkeypatch.setitem(CI.TUNING, "flat_max_cin", 1 << 30 if path == "flat" else 0)
+    monkeypatch.setitem(CI.TUNING, "block_m", block_m)
+    monkeypatch.setitem(CI.TUNING, "block_n", 16)
+    monkeypatch.setitem(CI.TUNING, "block_k", 16)
+    monkeypatch.setitem(CI.TUNING, "stat_m", 16)
+
+
+def make_case(name, dtype, seed=0):
+    cin, cout, k, stride, up, has_norm, relu, has_skip, wskip, (H, W) = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    cl = torch.channels_last
+    if has_norm:  # a raw previous conv output: per-channel offsets and scales, so means are not ~0
+        x = torch.randn(2, cin, H, W, generator=g) * (0.5 + 2 * torch.rand(1, cin, 1, 1, generator=g)) \
+            + 3 * torch.randn(1, cin, 1, 1, generator=g)
+        x = x.to(dtype).contiguous(memory_format=cl)
+    else:  # an image: 0..255, NCHW fp32, read in place
+        x = torch.rand(2, cin, H, W, generator=g) * 255
+    w = (torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5).to(dtype)
+    bias = torch.randn(cout, generator=g)
+    gamma = 1 + 0.3 * torch.randn(cin, generator=g)
+    beta = 0.3 * torch.randn(cin, generator=g)
+    skip = torch.randn(2, cin, H, W, generator=g).to(dtype).contiguous(memory_format=cl) if has_skip else None
+    return dict(x=x, w=w, bias=bias, gamma=gamma, beta=beta, skip=skip, k=k, stride=stride, up=up,
+                norm=has_norm, relu=relu, wskip=wskip)
+
+
+def functional_layer(c, round_to=None):
+    """The generator's layer with torch.nn.functional, in fp32; round_to rounds conv input/weights/output."""
+    a = c["x"].float()
+    if c["norm"]:
+        a = F.instance_norm(a, weight=c["gamma"], bias=c["beta"], eps=1e-5)
+    if c["relu"]:
+        a = torch.relu(a)
+    if c["skip"] is not None:
+        a = a + c["skip"].float()
+    w = c["w"].float()
+    if round_to is not None:
+        a, w = a.to(round_to).float(), w.to(round_to).float()
+    if c["up"]:
+        a = F.interpolate(a, scale_factor=2, mode="nearest")
+    pad = c["k"] // 2
+    y = F.conv2d(F.pad(a, (pad,) * 4, mode="reflect"), w, c["bias"], c["stride"])
+    return y if round_to is None else y.to(round_to).float()
+
+
+def run_fused(c, dtype, out=None):
+    norm = CI.norm_params_ref(c["x"], c["gamma"], c["beta"]) if c["norm"] else None
+    skip_out = torch.empty_like(c["x"], dtype=dtype) if c["wskip"] else None
+    y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype), c["bias"], kernel=c["k"], stride=c["stride"],
+                       upsample=c["up"], norm=norm, relu=c["relu"], skip=c["skip"], skip_out=skip_out,
+                       stats=out is None, out=out)
+    return y, stats, skip_out, norm
+
+
+def assert_derived_close(name, fused, ref, lowp, dtype):
+    """max|fused - ref| <= 2 max|lowp - ref| + atol * max(1, max|ref|); prints the worst elements if not."""
+    assert fused.shape == ref.shape, f"{name}: shape {tuple(fused.shape)} != {tuple(ref.shape)}"
+    fused, ref = fused.float(), ref.float()
+    err = (fused - ref).abs()
+    base = 0.0 if lowp is None else (lowp.float() - ref).abs().max().item()
+    tol = 2 * base + ATOL[dtype] * max(1.0, ref.abs().max().item())
+    worst = err.max().item()
+    if not worst <= tol:  # also catches NaN
+        flat = torch.nan_to_num(err, nan=float("inf")).flatten()
+        lines = []
+        for i in flat.topk(min(5, flat.numel())).indices.tolist():
+            idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), err.shape))
+            lines.append(f"  at {idx}: fused {fused[idx].item():.6g}  ref_fp32 {ref[idx].item():.6g}")
+        pytest.fail(f"{name} ({dtype}): max|fused - ref_fp32| = {worst:.4g} > tol {tol:.4g} "
+                    f"(2 * torch_lowp err {base:.4g} + atol {ATOL[dtype]:g} * scale)\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize("name,path,dtype", list(_combos()), ids=lambda v: _id(v) or str(v))
+def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
+    c = make_case(name, dtype)
+    last = name == "out9x9"  # deconv3: straight into an NCHW fp32 output buffer, no statistics
+    small_tiles(monkeypatch, path, block_m=64 if c["k"] == 9 else 32)  # 9x9 taps: fewer interpreted steps
+    out = torch.empty(2, 3, 7, 9) if last else None
+    y, stats, skip_out, norm = run_fused(c, dtype, out=out)
+    ref = functional_layer(c)
+    lowp = None if dtype == torch.float32 else functional_layer(c, round_to=dtype)
+    if last:
+        assert y is out and stats is None
+    else:
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert_derived_close("y", y, ref, lowp, dtype)
+    # the _ref computes the same layer (its prologue from the same norm params) in fp32
+    y_ref, a_ref = conv_in_ref(c["x"], c["w"], c["bias"], stride=c["stride"], upsample=c["up"], norm=norm,
+                               relu=c["relu"], skip=c["skip"])
+    torch.testing.assert_close(y_ref, ref, rtol=1e-5, atol=1e-4)
+    assert_derived_close("y vs _ref", y, y_ref, lowp, dtype)
+    if skip_out is not None:  # the center-tap store: the prologue's result, rounded once
+        torch.testing.assert_close(skip_out.float(), a_ref.to(dtype).float(), rtol=0,
+                                   atol=2 * torch.finfo(dtype).eps * a_ref.abs().max().item())
+    if last:
+        return
+    # statistics of exactly the stored y, Chan-merged over ragged stat tiles
+    gamma = 1 + torch.rand(y.shape[1])
+    beta = torch.randn(y.shape[1])
+    got, want = CI.finalize(stats, gamma, beta), CI.norm_params_ref(y, gamma, beta)
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-5)
+
+
+def test_statistics_are_shift_safe(monkeypatch):
+    """Channels with |mean| >> std: Chan-merged per-tile M2 keeps the variance (E[x^2]-E[x]^2 would not)."""
+    monkeypatch.setitem(CI.TUNING, "stat_m", 16)
+    monkeypatch.setitem(CI.TUNING, "block_m", 32)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(16, 16, 3, 3)
+    w[:, :, 1, 1] = torch.eye(16)  # identity conv: y = x + bias
+    bias = torch.full((16,), 3e4)
+    y, stats = conv_in(x, CI.pack_weight(w, torch.float32), bias, kernel=3)
+    torch.testing.assert_close(y, x + 3e4)
+    ones, zeros = torch.ones(16), torch.zeros(16)
+    got, want = CI.finalize(stats, ones, zeros), CI.norm_params_ref(y.double(), ones, zeros).float()
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=0)  # rstd to ~fp32 rounding of y at 3e4
+
+
+def test_constant_output_gives_eps_rstd():
+    """A constant conv output has M2 == 0 exactly: rstd = 1/sqrt(eps), as F.instance_norm."""
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    y, stats = conv_in(x, CI.pack_weight(torch.zeros(16, 16, 3, 3), torch.float32), torch.full((16,), 7.0),
+                       kernel=3)
+    p = CI.finalize(stats, torch.ones(16), torch.zeros(16))
+    assert torch.equal(p[:, 0], torch.full((2, 16), 7.0))
+    torch.testing.assert_close(p[:, 1], torch.full((2, 16), 1e-5 ** -0.5))
+
+
+def test_rejects_inputs_smaller_than_the_padding():
+    x = torch.randn(1, 3, 4, 9)
+    with pytest.raises(ValueError, match="reflection padding 4"):
+        conv_in(x, CI.pack_weight(torch.randn(8, 3, 9, 9), torch.float32), kernel=9)
+
+
+def _on(c, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=_id)
+@pytest.mark.parametrize("name", list(CASES))
+def test_layer_on_gpu_autotuned(name, dtype):
+    """The autotuned GPU configs (no TUNING override) against the same derived tolerance."""
+    c = make_case(name, dtype)
+    y, stats, _, _ = run_fused(_on(c, "cuda"), dtype)
+    assert_derived_close("y", y.cpu(), functional_layer(c), functional_layer(c, round_to=dtype), dtype)
+    gamma, beta = torch.ones(y.shape[1]), torch.zeros(y.shape[1])
+    torch.testing.assert_close(CI.finalize(stats, gamma.cuda(), beta.cuda()).cpu(),
+                               CI.norm_params_ref(y.cpu(), gamma, beta), rtol=2e-5, atol=1e-5)
