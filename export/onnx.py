@@ -20,8 +20,10 @@ around it (its mean/variance over H*W pixels is where fp16 loses accuracy); inpu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -171,6 +173,22 @@ def _relabel_opset_17(proto) -> None:
             imp.version = 17
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's warnings and log lines (e.g. "torchvision is not installed") for one export."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                   static: tuple[int, int] | None = None, metadata: dict | None = None):
     """Export `model` (an instyle generator) under the image contract; returns the onnx.ModelProto."""
@@ -188,8 +206,7 @@ def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEF
     dims = {0: torch.export.Dim("batch")}
     if static is None:
         dims.update({2: torch.export.Dim("height", min=lo), 3: torch.export.Dim("width", min=lo)})
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             wrapper, (sample,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes={"image": dims}, opset_version=max(opset, DEFAULT_OPSET), verbose=False,

@@ -33,12 +33,13 @@ def physical_cores() -> int:
 
 
 def session_options(threads: int | None = None):
+    """Tuned CPU options; intra-op threads: `threads`, else $INSTYLE_ORT_THREADS, else physical cores."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # incl. NCHWc conv layouts
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convs: nothing to run in parallel
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads or int(os.environ.get("INSTYLE_ORT_THREADS") or 0) or physical_cores()
     so.inter_op_num_threads = 1
     so.enable_mem_pattern = True  # reuse the allocation plan while the shape repeats
     so.enable_cpu_mem_arena = True
@@ -77,6 +78,12 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
         from instyle.engine import BackendUnavailable
 
         raise BackendUnavailable(f"the onnxruntime backend runs fp32 or fp16, not {dtype}")
+    try:
+        onnx_export.check_exportable(model)
+    except ValueError as e:
+        from instyle.engine import BackendUnavailable
+
+        raise BackendUnavailable(f"onnxruntime backend: {e}") from None
     device = torch.device(device)
     session = make_session(onnx_export.cached_onnx(model, precision=_PRECISION_OF[dtype]), device)
     if device.type == "cuda":

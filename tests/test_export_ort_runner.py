@@ -82,3 +82,9 @@ def test_session_options():
     so = ort_runner.session_options()
     assert so.intra_op_num_threads == ort_runner.physical_cores() >= 1
     assert ort_runner.providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]
+
+
+def test_texture_models_are_unavailable_not_wrong():
+    texture = PyramidNet(ratios=(2, 1), channels=4, mode="texture")
+    with pytest.raises(BackendUnavailable, match="texture"):
+        ort_runner.make_runner(texture, torch.device("cpu"), torch.float32)
