@@ -1,0 +1,151 @@
+"""Backend "fused": the whole JohnsonNet as a chain of fused conv-IN kernels, against the eager model.
+
+Tolerance (fp32), derived: the eager model in float64 is the truth; eager fp32 differs from it by
+e32 (summation order, rounding). The chain rounds in different places (per-tile statistics, Chan
+merge, bias folded into IN, different conv summation order), errors of the same kind and size, which
+the 5 residual blocks and 5 INs amplify alike. So the chain must satisfy
+    max|fused - eager64| <= 4 * e32 + 1e-5 * max(1, max|eager64|)    (and never more than 1e-2),
+i.e. within a small factor of what fp32 itself costs (measured: the pretrained net on the photo crop has
+e32 = 5.1e-4 and a fused error of 4.7e-4 on outputs ~90..164). fp16 is judged by PSNR against the fp32
+chain output (a low-precision run cannot be closer than fp16 rounding of ~1e-3 relative allows).
+Without CUDA the kernels run in the Triton interpreter, so sizes are small.
+"""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import need
+from instyle import checkpoint
+from instyle.engine import Stylizer, backends
+from instyle.models.johnson import JohnsonNet
+
+FC = importlib.import_module("instyle.engine.fused_chain")
+
+
+def psnr(a, b, peak=255.0):
+    mse = (a.double() - b.double()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def photo_crop(data, h=40, w=56, top=180, left=300):
+    img = np.asarray(Image.open(need(data / "content/demo/chicago.jpg")).convert("RGB"))
+    return torch.from_numpy(img[top:top + h, left:left + w].copy()).permute(2, 0, 1)[None].float()
+
+
+@pytest.fixture(scope="module")
+def pretrained(data):
+    model, _ = checkpoint.load(need(data / "pretrained/random-transformernet.pth"))
+    return model.eval()
+
+
+def narrow_net(seed=0, blocks=2):
+    """width 8 (Cin 8..32), two blocks (both ping-pong skip buffers), IN affine params away from 1/0."""
+    torch.manual_seed(seed)
+    model = JohnsonNet(width=8, blocks=blocks).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def assert_chain_close(fused, model, x):
+    with torch.no_grad():
+        ref64 = model.double()(x.double())
+        e32 = (model.float()(x) - ref64).abs().max().item()
+    err = (fused.double() - ref64).abs()
+    tol = min(4 * e32 + 1e-5 * max(1.0, ref64.abs().max().item()), 1e-2)
+    worst = err.max().item()
+    assert worst <= tol, (f"max|fused - eager64| = {worst:.3g} > {tol:.3g} (eager fp32 err {e32:.3g}); "
+                          f"worst at {np.unravel_index(err.argmax().item(), err.shape)}")
+
+
+def test_pretrained_generator_on_a_photo(data, pretrained):
+    """The real checkpoint on a 40x56 crop of chicago.jpg, fp32: every layer type, 5 residual blocks."""
+    x = photo_crop(data)
+    run = FC.make_runner(pretrained, torch.device("cpu"), torch.float32)
+    y = run(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert_chain_close(y, pretrained, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_narrow_generator_batch2(dtype):
+    """Batch 2 (different images, so per-image statistics), width 8, 2 blocks, 16x20."""
+    model = narrow_net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 16, 20, generator=g) * 255
+    y = FC.make_runner(model, torch.device("cpu"), dtype)(x)
+    if dtype == torch.float32:
+        assert_chain_close(y, model, x)
+        assert not torch.equal(y[0], y[1])
+    else:
+        y32 = FC.make_runner(model, torch.device("cpu"), torch.float32)(x)
+        assert psnr(y, y32, peak=y32.abs().max().item()) >= 45
+
+
+def test_backend_registry_and_stylizer_padding():
+    """Stylizer(backend="fused") resolves through the registry; odd sizes are padded and cropped."""
+    assert backends.factory("fused") is FC.make_runner
+    model = narrow_net(blocks=1)
+    x = torch.rand(1, 3, 9, 13) * 255
+    fused = Stylizer(model, backend="fused", precision="fp32", device="cpu")(x)
+    eager = Stylizer(narrow_net(blocks=1), backend="eager", precision="fp32", device="cpu")(x)
+    assert fused.shape == x.shape
+    torch.testing.assert_close(fused, eager, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(norm="batch"), "norm='instance'"),
+    (dict(norm="none"), "norm='instance'"),
+    (dict(padding="zero"), "padding='reflect'"),
+    (dict(upsampling="transposed"), "upsampling='nearest'"),
+])
+def test_unsupported_johnson_configs(kwargs, reason):
+    with pytest.raises(backends.BackendUnavailable, match=reason):
+        FC.make_runner(JohnsonNet(width=8, blocks=1, **kwargs), torch.device("cpu"), torch.float32)
+
+
+def test_unsupported_arch_and_dtype():
+    from instyle.models import PyramidNet
+
+    with pytest.raises(backends.BackendUnavailable, match="Johnson"):
+        FC.make_runner(PyramidNet(), torch.device("cpu"), torch.float32)
+    with pytest.raises(backends.BackendUnavailable, match="fp32, fp16 and bf16"):
+        FC.make_runner(JohnsonNet(width=8, blocks=1), torch.device("cpu"), torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained):
+    x = photo_crop(data, 256, 256).cuda()
+    model = pretrained.cuda()
+    with torch.no_grad():
+        ref = model.float()(x)
+    y = FC.make_runner(model, torch.device("cuda"), torch.float16)(x)
+    assert psnr(y.clamp(0, 255), ref.clamp(0, 255)) >= 45
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replay_and_lru(pretrained):
+    model = pretrained.cuda()
+    run = FC.make_runner(model, torch.device("cuda"), torch.float16)
+    assert isinstance(run, FC._GraphRunner)
+    shapes = [(1, 3, 64, 96), (2, 3, 64, 64)] + [(1, 3, 32 + 4 * i, 32) for i in range(FC.GRAPH_CACHE_SIZE)]
+    xs = [torch.rand(s, device="cuda") * 255 for s in shapes]
+    first = run(xs[0])
+    again = run(xs[0].clone())
+    torch.testing.assert_close(again, first, rtol=0, atol=0)  # replay is deterministic (no atomics)
+    other = run(xs[0].flip(-1))
+    assert not torch.equal(other, first)  # the static input really is refilled
+    eager = FC.FusedChain(model, torch.float16)(xs[1])
+    torch.testing.assert_close(run(xs[1]), eager, rtol=0, atol=0)
+    for x in xs[2:]:
+        run(x)
+    assert len(run.graphs) == FC.GRAPH_CACHE_SIZE and (1, 64, 96) not in run.graphs
