@@ -107,6 +107,9 @@ def _constrain_norms_to_fp32(trt, network: trt.INetworkDefinition) -> None:
         if layer.type == trt.LayerType.NORMALIZATION:
             layer.precision = trt.float32
             layer.set_output_type(0, trt.float32)
+            # get_layer returns the ILayer base; view it as INormalizationLayer for its compute precision
+            layer.__class__ = trt.INormalizationLayer
+            layer.compute_precision = trt.float32
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *,
@@ -139,7 +142,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
     blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    config.set_timing_cache(config.create_timing_cache(blob), False)  # False: refuse a foreign cache
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
