@@ -29,9 +29,9 @@ def stylize(loss: PerceptualLoss, content: torch.Tensor, *, steps: int = 300, op
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    content = content.detach().float()
+    content = content.detach().float().contiguous()
     if init == "content":
-        x = content.clone()
+        x = content.clone(memory_format=torch.contiguous_format)
     else:
         g = torch.Generator().manual_seed(seed)
         x = (128 + 20 * torch.randn(content.shape, generator=g)).to(content.device)

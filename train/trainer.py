@@ -67,7 +67,14 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
         if cfg.arch != "pyramid":
             raise ValueError("texture mode needs --arch pyramid (a generator fed noise only)")
         config["mode"] = "texture"
-    return models.build(cfg.arch, config)
+    model = models.build(cfg.arch, config)
+    # Start from mid-gray: the output contract is 0..255 but a fresh final conv outputs ~0, and Adam moves a
+    # bias by ~lr per step, so without this the first thousands of steps only brighten the image.
+    last = {"johnson": "deconv3.conv2d", "pyramid": "to_rgb"}.get(cfg.arch)
+    if last is not None:
+        with torch.no_grad():
+            model.get_submodule(last).bias.fill_(127.5)
+    return model
 
 
 class Trainer:
