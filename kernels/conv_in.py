@@ -50,18 +50,19 @@ import triton.language as tl
 # interpreter: one config, no sweep, no CUDA query. STAT_M must divide every BLOCK_M. Starting points
 # chosen for H100 (128x64x32 fp16 tiles, 4-stage pipelines), not yet tuned on one.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+GPU_STAT_M = 128  # rows per statistics partial: 8 B of fp32 (mean, M2) per 128 pixels and channel, ~3%
 # Interpreter: cost is per op and per program, not per element, so tiles are as large as the layer
 # (a whole 9x9x3 K in one step); tests shrink them to cover multi-tile masking.
 # The interpreter also takes the flat K order wherever it may (fewer, larger steps than 81 taps); tests set
 # flat_max_cin=0 to run the tap-outer path. On a GPU only Cin < 16 (the RGB input layer) is flat.
 TUNING = (dict(block_m=256, block_n=128, block_k=256, stat_m=64, flat_max_cin=1 << 30, num_warps=1)
-          if _INTERPRET else dict(stat_m=64, flat_max_cin=15))
+          if _INTERPRET else dict(stat_m=GPU_STAT_M, flat_max_cin=15))
 _GPU_CONFIGS = [
     triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=s)
     for bm, bn, bk, w, s in [
         (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (128, 64, 64, 4, 3),
-        (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (128, 16, 64, 4, 3),
-        (64, 32, 64, 4, 3), (64, 16, 32, 4, 4),
+        (256, 128, 32, 8, 3), (256, 64, 32, 8, 4), (128, 32, 32, 4, 4), (128, 16, 64, 4, 3),
+        (256, 32, 64, 8, 3), (256, 16, 32, 8, 4),
     ]
 ]
 
@@ -134,11 +135,12 @@ def _conv_in_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAT_M: tl.constexpr,
 ):
     """One program: BLOCK_M output pixels of image n x BLOCK_N output channels."""
-    pid_m = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
+    n = tl.program_id(2).to(tl.int64)  # every offset below is n * stride + ...: 64-bit from here on
     PAD: tl.constexpr = KH // 2
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # output pixel within image n (int64)
+    # pixel coordinates stay int32 (one image's H*W < 2^31); offsets are int64 (a batch may not fit)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # output pixel within image n
     m_mask = m < Hout * Wout
     oh = m // Wout
     ow = m % Wout
@@ -154,8 +156,8 @@ def _conv_in_kernel(
             k_mask = k < K
             tap = k // Cin
             ci = k - tap * Cin
-            ih = _src(oh[:, None], (tap // KW)[None, :], Hin, STRIDE, PAD, UPSAMPLE)
-            iw = _src(ow[:, None], (tap % KW)[None, :], Win, STRIDE, PAD, UPSAMPLE)
+            ih = _src(oh[:, None], (tap // KW)[None, :], Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            iw = _src(ow[:, None], (tap % KW)[None, :], Win, STRIDE, PAD, UPSAMPLE).to(tl.int64)
             mask = m_mask[:, None] & k_mask[None, :]
             a = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + ci[None, :] * sxc, mask=mask, other=0.0)
             a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask,
@@ -166,32 +168,33 @@ def _conv_in_kernel(
                 acc = tl.dot(a.to(w.dtype), w, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a.to(w.dtype), w, acc)
-    else:  # tap-outer: per tap one reflected/upsampled row address per pixel, then channel runs
-        for tap in range(0, KH * KW):
-            ih = _src(oh, tap // KW, Hin, STRIDE, PAD, UPSAMPLE)
-            iw = _src(ow, tap % KW, Win, STRIDE, PAD, UPSAMPLE)
-            x_row = n * sxn + ih * sxh + iw * sxw    # [BLOCK_M] pixel offsets into x
-            s_row = n * ssn + ih * ssh + iw * ssw    # same pixels in skip / skip_out
-            for c0 in range(0, Cin, BLOCK_K):
-                ci = c0 + kr
-                k_mask = ci < Cin
-                mask = m_mask[:, None] & k_mask[None, :]
-                a = tl.load(x_ptr + x_row[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
-                s_off = s_row[:, None] + ci[None, :] * ssc
-                a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin,
-                              NORM, RELU, HAS_SKIP)
-                a = a.to(w_ptr.dtype.element_ty)
-                if WRITE_SKIP:
-                    # center tap at stride 1: input pixel == output pixel, so each pixel is stored once
-                    if (tap == (KH * KW) // 2) & (pid_n == 0):
-                        tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
-                # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column co
-                w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * Cout + co[None, :],
-                            mask=k_mask[:, None] & co_mask[None, :], other=0.0)
-                if DOT_IEEE:
-                    acc = tl.dot(a, w, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, w, acc)
+    else:  # tap-outer: per step one reflected/upsampled row address per pixel, then a channel run
+        # one flat loop over (tap, channel block) rather than two nested ones: the compiler pipelines
+        # (num_stages) the innermost loop, and Cin = 32 with BLOCK_K = 32 would leave it one step long
+        NUM_CB = tl.cdiv(Cin, BLOCK_K)
+        for step in range(0, KH * KW * NUM_CB):
+            tap = step // NUM_CB
+            ci = (step - tap * NUM_CB) * BLOCK_K + kr
+            ih = _src(oh, tap // KW, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            iw = _src(ow, tap % KW, Win, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            k_mask = ci < Cin
+            mask = m_mask[:, None] & k_mask[None, :]
+            # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw), channels ci (contiguous in NHWC)
+            a = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
+            s_off = (n * ssn + ih * ssh + iw * ssw)[:, None] + ci[None, :] * ssc  # same pixels in skip(_out)
+            a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin, NORM, RELU, HAS_SKIP)
+            a = a.to(w_ptr.dtype.element_ty)
+            if WRITE_SKIP:
+                # center tap at stride 1: input pixel == output pixel, so each pixel is stored once
+                if (tap == (KH * KW) // 2) & (pid_n == 0):
+                    tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
+            # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column co
+            w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * Cout + co[None, :],
+                        mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+            if DOT_IEEE:
+                acc = tl.dot(a, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w, acc)
 
     # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
     if HAS_BIAS:
@@ -199,7 +202,7 @@ def _conv_in_kernel(
     out_mask = m_mask[:, None] & co_mask[None, :]
     y = acc.to(y_ptr.dtype.element_ty)
     # y tile: image n, channel co, pixel (oh, ow), with y's own strides
-    tl.store(y_ptr + n * syn + (oh * syh + ow * syw)[:, None] + co[None, :] * syc, y, mask=out_mask)
+    tl.store(y_ptr + n * syn + (oh.to(tl.int64) * syh + ow * syw)[:, None] + co[None, :] * syc, y, mask=out_mask)
     if HAS_STATS:
         S: tl.constexpr = BLOCK_M // STAT_M
         v = tl.reshape(y.to(tl.float32), [S, STAT_M, BLOCK_N])
@@ -210,7 +213,7 @@ def _conv_in_kernel(
         mean = tl.sum(tl.where(valid, v, 0.0), axis=1) / cnt[:, None]         # [S, BLOCK_N]
         dev = tl.where(valid, v - mean[:, None, :], 0.0)
         m2 = tl.sum(dev * dev, axis=1)
-        p_off = (n * T + t)[:, None] * Cout + co[None, :]
+        p_off = (n * T + t)[:, None] * Cout + co[None, :]      # int64 via n
         p_mask = (t < T)[:, None] & co_mask[None, :]
         tl.store(pmean_ptr + p_off, mean, mask=p_mask)
         tl.store(pm2_ptr + p_off, m2, mask=p_mask)
