@@ -1,19 +1,20 @@
 """Export a generator to ONNX under the image contract (DESIGN.md, Export contract).
 
 The graph takes `image` (float32 N,3,H,W, RGB 0..255, dynamic N/H/W) and returns `stylized` (same shape,
-float32, clamped 0..255). The stride padding lives in the graph: H and W are reflect-padded bottom/right by
-(-H) mod m (m = the generator's stride multiple, computed from the input's shape at run time) and the output
-is cropped back, so a Triton-server or TensorRT user can send any H, W >= the generator's `min_size`.
-Smaller images are padded by the engine's runner (engine/padding.py), which also replicates when reflection
-cannot reach far enough.
+float32, clamped 0..255). The stride padding lives in the graph: H and W are reflect-padded bottom/right up
+to the next multiple of m, the generator's stride multiple (the amount, (-H) mod m as in engine/padding.py,
+is computed from the input's shape at run time), and the output is cropped back, so a Triton-server or
+TensorRT user can send any H, W >= the generator's `min_size`. Smaller images are padded by the engine's
+runner (engine/padding.py), which also replicates where reflection cannot reach far enough.
 
 Exporter choice: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript). With torch 2.13 it emits
 native `InstanceNormalization` nodes (epsilon kept) and plain `Pad(mode=reflect)`, with dynamic N/H/W from
 `torch.export.Dim`; the legacy TorchScript exporter also emits InstanceNormalization but warns it exports
 "train=True", builds every Pad out of Reshape/Transpose/ConstantOfShape chains, and is deprecated. The cost
-is ~5 s per export (cached by the onnxruntime backend). Its native opset is 18: ONNX's version converter has
-no Pad adapter down to 17, so opset 17 is produced by relabelling an opset-18 graph whose ops all mean the
-same at 17 (checked op by op, see `_relabel_opset_17`).
+is ~5 s of tracing per export on a 2-core CPU (0.3 s with the legacy exporter), paid once per model by the
+onnxruntime backend's cache. Its native opset is 18: ONNX's version converter has no Pad adapter down to
+17, so opset 17 is produced by relabelling an opset-18 graph whose ops all mean the same at 17 (checked op
+by op, see `_relabel_opset_17`).
 
 fp16: the convolutions and activations run in fp16, while every InstanceNormalization stays fp32 with Casts
 around it (its mean/variance over H*W pixels is where fp16 loses accuracy); input and output stay float32.

@@ -148,8 +148,8 @@ def test_static_size(trained_ckpt, tmp_path):
 
 
 def test_cli_triton_repo_from_onnx_file(tnet_onnx, tmp_path):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
     repo = tmp_path / "repo"
     assert main(["export", "triton-repo", "--model", str(tnet_onnx), "-o", str(repo), "--max-batch", "4"]) == 0
