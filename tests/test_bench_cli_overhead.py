@@ -1,0 +1,26 @@
+"""The CLI-overhead script's pieces that need no long run: the test photo and the arithmetic of the report."""
+from __future__ import annotations
+
+from PIL import Image
+
+from conftest import need
+from instyle.bench import cli_overhead
+
+
+def test_make_photo_crops_to_the_requested_size(data, tmp_path):
+    src = need(data / "content" / "hires" / cli_overhead.PHOTO_1K)
+    out = cli_overhead.make_photo(src, tmp_path / "p.jpg", 96, 64)
+    with Image.open(out) as im:
+        assert im.size == (96, 64) and im.format == "JPEG" and im.mode == "RGB"
+
+
+def test_report_states_goals_and_overheads():
+    r = {"model": "/x/m.pth", "threads": 1, "size": 1024, "images": 3, "backend": "eager/fp32/cpu",
+         "forward": {"cpu_s": 2.0, "wall_s": 2.0}, "stylize_1": {"cpu_s": 3.0, "wall_s": 3.0},
+         "stylize_n": {"cpu_s": 7.2, "wall_s": 7.2}, "per_image_cpu_s": 2.1, "fixed_cpu_s": 0.9,
+         "per_image_overhead_pct": 5.0, "one_image_overhead_pct": 50.0,
+         "stylize_4k": {"cpu_s": 9.0, "wall_s": 9.0, "peak_rss_mb": 7000.0},
+         "forward_4k": {"cpu_s": 8.0, "wall_s": 8.0, "peak_rss_mb": 5000.0}}
+    text = cli_overhead.report(r)
+    assert "+5.0 % of the forward (goal <= 15 %: met)" in text
+    assert "7.34 GB" in text and "NOT met" in text and "bare forward process" in text
