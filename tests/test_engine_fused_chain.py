@@ -119,6 +119,20 @@ def test_unsupported_arch_and_dtype():
         FC.make_runner(JohnsonNet(width=8, blocks=1), torch.device("cpu"), torch.float64)
 
 
+def test_layer_report_matches_the_issue_numbers(capsys):
+    """bench/fused_layers: 2.55 TFLOP at 3840x2160 (0.308 MFLOP/px), ~0.9 KB/px minimum traffic in fp16."""
+    from instyle.bench import fused_layers
+
+    rows = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16")
+    assert [r["name"] for r in rows][:3] == ["conv1", "conv2", "conv3"] and len(rows) == 16
+    flops, moved = sum(r["flops"] for r in rows), sum(r["bytes"] for r in rows)
+    assert abs(flops / 2.5512e12 - 1) < 1e-3
+    assert 850 < moved / (2160 * 3840) < 1000
+    if not torch.cuda.is_available():
+        fused_layers.main(["--size", "64x48"])
+        assert "timings need CUDA" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 
 

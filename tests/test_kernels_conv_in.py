@@ -9,6 +9,9 @@ rounded where a low-precision pipeline must round: the conv's input and weights,
 bf16 runs only on a GPU: the interpreter's bf16 tl.dot is not faithful.
 """
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,6 +188,54 @@ def test_rejects_inputs_smaller_than_the_padding():
     x = torch.randn(1, 3, 4, 9)
     with pytest.raises(ValueError, match="reflection padding 4"):
         conv_in(x, CI.pack_weight(torch.randn(8, 3, 9, 9), torch.float32), kernel=9)
+
+
+def test_gpu_configs_fit_the_statistics_layout():
+    """Every autotune config splits into whole stat tiles; pruning keeps tiles no wider than the layer."""
+    assert all(c.kwargs["BLOCK_M"] % CI.GPU_STAT_M == 0 for c in CI._GPU_CONFIGS)
+    last = CI._prune(CI._GPU_CONFIGS, dict(Cin=32, Cout=3), FLAT_K=False)
+    assert last and all(c.kwargs["BLOCK_N"] == 16 and c.kwargs["BLOCK_K"] <= 32 for c in last)
+    first = CI._prune(CI._GPU_CONFIGS, dict(Cin=3, Cout=32), FLAT_K=True)
+    assert first and all(c.kwargs["BLOCK_N"] <= 32 for c in first)
+    assert len(CI._prune(CI._GPU_CONFIGS, dict(Cin=128, Cout=128), FLAT_K=False)) == len(CI._GPU_CONFIGS)
+
+
+_COMPILE_SM90 = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+CI = importlib.import_module("instyle.kernels.conv_in")
+k = CI._conv_in_kernel
+base = dict(KH=3, KW=3, STRIDE=1, UPSAMPLE=False, NORM=True, RELU=False, HAS_SKIP=True, WRITE_SKIP=True,
+            HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, STAT_M=CI.GPU_STAT_M)
+variants = [  # (pointer dtype, flags, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+    ("fp16", base, 128, 128, 32, 8, 3),                                                  # res conv1, x_k store
+    ("bf16", dict(base, UPSAMPLE=True, WRITE_SKIP=False), 256, 64, 32, 8, 4),            # deconv1
+    ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, FLAT_K=True), 128, 32, 64, 4, 3),
+    ("fp16", dict(base, KH=9, KW=9, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False),
+     128, 16, 32, 4, 4),                                                                 # deconv3
+    ("fp32", dict(base, STRIDE=2, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, DOT_IEEE=True), 128, 64, 32, 4, 4),
+]
+fp32 = {"norm_ptr", "b_ptr", "pmean_ptr", "pm2_ptr"}
+for dt, flags, bm, bn, bk, warps, stages in variants:
+    consts = dict(flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    sig = {n: "constexpr" if n in consts else ("*fp32" if n in fp32 else "*" + dt) if n.endswith("_ptr") else "i32"
+           for n in k.arg_names}
+    triton.compile(ASTSource(k, sig, consts), target=GPUTarget("cuda", 90, 32),
+                   options=dict(num_warps=warps, num_stages=stages))
+print("compiled")
+"""
+
+
+def test_kernel_compiles_for_sm90_without_a_gpu():
+    """The interpreter does not type-check like the compiler: build the kernel's variants for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr.lower():
+        pytest.skip("Triton's ptxas is not available")
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
 
 
 def _on(c, device):
