@@ -27,7 +27,7 @@ DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 # Defaults for the caffe-convention VGG-16 (shared vgg16-features.safetensors); see README/report for how
 # they were chosen: at the start of training (random generator, 256 px crops, style at 512) the weighted
 # content and style terms are of the same order.
-CAFFE_WEIGHTS = {"content": 1.0, "style": 2e-3, "tv": 1e-3}
+CAFFE_WEIGHTS = {"content": 1.0, "style": 1.0, "tv": 10.0}
 # torchvision input is ~1/57.6 of caffe's scale (x/255/std): content terms shrink by ~57.6^2, style by ~57.6^4
 _TV_SCALE = (255 * 0.226) ** 2
 TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,

@@ -1,0 +1,179 @@
+"""Training with the real VGG file and real photos: layer outputs vs a plain functional VGG, file
+resolution and conventions, and `instyle train|gatys|texture` end to end (a few steps, tiny sizes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import need
+from instyle import checkpoint
+from instyle.cli import main
+from instyle.train.vgg import VGGFeatures, VGGWeightsError, load_vgg, resolve_path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def functional_vgg16(x_rgb255, state, layers):
+    """VGG-16 written out with torch.nn.functional, caffe convention (BGR, 0..255, minus mean)."""
+    mean = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+    h = x_rgb255.flip(1) - mean
+    convs = [0, 2, None, 5, 7, None, 10, 12, 14, None, 17, 19, 21, None, 24, 26, 28]
+    names = ["1_1", "1_2", None, "2_1", "2_2", None, "3_1", "3_2", "3_3", None, "4_1", "4_2", "4_3", None,
+             "5_1", "5_2", "5_3"]
+    out = {}
+    for idx, name in zip(convs, names):
+        if idx is None:
+            h = F.max_pool2d(h, 2, 2)
+            continue
+        h = F.relu(F.conv2d(h, state[f"features.{idx}.weight"].float(), state[f"features.{idx}.bias"].float(),
+                            padding=1))
+        if f"relu{name}" in layers:
+            out[f"relu{name}"] = h
+        if len(out) == len(layers):
+            return out
+    return out
+
+
+def test_real_vgg_matches_functional_forward(data):
+    from safetensors.torch import load_file
+
+    path = need(data / "vgg" / "vgg16-features.safetensors")
+    layers = ["relu1_1", "relu2_2", "relu3_3", "relu4_2", "relu5_1"]
+    vgg = load_vgg(layers, path)
+    assert (vgg.arch, vgg.convention) == ("vgg16", "caffe") and len(vgg.features) == 26
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 40, 36, generator=g) * 255
+    got = vgg(x)
+    want = functional_vgg16(x, load_file(str(path)), layers)
+    for name in layers:
+        assert got[name].shape == want[name].shape
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-3)
+    # the fp16 device bundle: same weights to fp16 rounding, conv1_1..conv4_3 only
+    bundle = need(data / "device-bundle" / "vgg16-features-relu4_3-fp16.safetensors")
+    small = load_vgg(["relu2_2"], bundle)
+    assert small.convention == "caffe"
+    torch.testing.assert_close(small(x)["relu2_2"], got["relu2_2"], rtol=2e-2, atol=0.5)
+    with pytest.raises(VGGWeightsError, match="conv5_1"):
+        load_vgg(["relu5_1"], bundle)
+
+
+def test_vgg_file_resolution_and_torchvision_pth(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTYLE_DATA", str(tmp_path / "nothing"))
+    monkeypatch.delenv("INSTYLE_VGG", raising=False)
+    with pytest.raises(VGGWeightsError, match="vgg16-397923af.pth"):
+        resolve_path(None)
+    with pytest.raises(VGGWeightsError, match="no such VGG weights file"):
+        resolve_path(tmp_path / "missing.pth")
+    # a torchvision-layout .pth (random weights) in a folder named by $INSTYLE_VGG: RGB 0..1 mean/std input
+    ref = VGGFeatures(["relu2_1"], widths=(64, 128, 256, 512, 512))
+    torch.manual_seed(0)
+    for p in ref.parameters():
+        p.data.normal_(0, 0.05)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save({f"features.{k}": v for k, v in ref.features.state_dict().items()}, folder / "vgg16-397923af.pth")
+    monkeypatch.setenv("INSTYLE_VGG", str(folder))
+    vgg = load_vgg(["relu2_1"])
+    assert vgg.convention == "torchvision"
+    x = torch.rand(1, 3, 8, 8) * 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(vgg(x)["relu2_1"], ref.features((x / 255 - mean) / std))
+    assert load_vgg(["relu2_1"], convention="caffe").convention == "caffe"  # the flag overrides
+
+
+def test_cli_train_end_to_end_and_resume(data, tmp_path, capsys):
+    vgg = need(data / "vgg" / "vgg16-features.safetensors")
+    content = need(data / "content" / "train")
+    out = tmp_path / "mosaic.safetensors"
+    argv = ["train", "--style", str(need(data / "styles" / "mosaic.jpg")), "--data", str(content),
+            "--max-images", "4", "--out", str(out), "--iterations", "3", "--batch-size", "2", "--image-size", "32",
+            "--width", "8", "--blocks", "1", "--workers", "0", "--style-size", "64", "--checkpoint-every", "2",
+            "--sample-every", "3", "--log-every", "1", "--vgg", str(vgg), "--style-layers", "relu1_2,relu2_2",
+            "--no-progress"]
+    assert main(argv) == 0
+    model, meta = checkpoint.load(out)
+    training = json.loads(meta["training"])
+    assert meta["style"] == "mosaic" and training["iterations"] == 3 and training["images"] == 4
+    assert training["data"] == str(content) and training["losses"]["style_layers"] == ["relu1_2", "relu2_2"]
+    assert training["vgg"]["convention"] == "caffe" and set(training["final_losses"]) >= {"content", "style"}
+    assert "git_rev" in training
+    y = model(torch.rand(1, 3, 32, 32) * 255)
+    assert y.shape == (1, 3, 32, 32) and torch.isfinite(y).all()
+    assert (tmp_path / "mosaic.samples" / "00000003.png").is_file()
+    assert main([*argv[:-1], "--iterations", "4", "--resume", "--no-progress"]) == 0
+    assert json.loads(checkpoint.read_metadata(out)["training"])["iterations"] == 4
+    rows = (tmp_path / "mosaic.log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3", "4"]
+    assert main(["train", "--style", "nope.jpg", "--data", str(content), "--out", str(out)]) == 2
+    assert main(["train", "--style", str(data / "styles" / "mosaic.jpg"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err
+
+
+def test_cli_gatys_and_texture(data, tmp_path, capsys):
+    vgg = need(data / "vgg" / "vgg16-features.safetensors")
+    out = tmp_path / "g.png"
+    assert main(["gatys", str(need(data / "content" / "demo" / "chicago.jpg")), str(data / "styles" / "candy.jpg"),
+                 "-o", str(out), "--steps", "6", "--size", "32", "--style-size", "48", "--vgg", str(vgg),
+                 "--style-layers", "relu1_2,relu2_2", "--optimizer", "adam"]) == 0
+    assert Image.open(out).size == (32, 21)
+    assert "loss" in capsys.readouterr().out
+    model_path = tmp_path / "tex.safetensors"
+    assert main(["train", "--mode", "texture", "--arch", "pyramid", "--ratios", "4,2,1", "--channels", "4",
+                 "--style", str(data / "styles" / "candy.jpg"), "--out", str(model_path), "--iterations", "2",
+                 "--batch-size", "1", "--image-size", "32", "--style-size", "48", "--vgg", str(vgg),
+                 "--style-layers", "relu1_1,relu2_1", "--no-progress", "--sample-every", "0"]) == 0
+    png = tmp_path / "t.png"
+    assert main(["texture", "--model", str(model_path), "--size", "50x30", "-o", str(png)]) == 0
+    assert Image.open(png).size == (50, 30)
+    assert main(["texture", "--model", str(model_path), "--size", "5xq", "-o", str(png)]) == 2
+    assert main(["train", "--mode", "texture", "--style", str(data / "styles" / "candy.jpg"),
+                 "--out", str(model_path)]) == 2
+
+
+def test_torn_state_write_by_kill(tmp_path):
+    """A process killed (SIGKILL) in the middle of writing the state never corrupts the last good one."""
+    script = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+torch.set_num_threads(1)
+from test_train_core import tiny_loss
+from instyle.train import state as S
+from instyle.train.trainer import TrainConfig, Trainer
+cfg = TrainConfig(style="s.png", out={str(tmp_path / "k.safetensors")!r}, arch="pyramid", mode="texture",
+                  model_config=dict(ratios=[2, 1], channels=2), image_size=16, batch_size=1, iterations=4,
+                  checkpoint_every=2, sample_every=0, progress=False)
+tr = Trainer(cfg, tiny_loss(texture=True))
+real = torch.save
+calls = []
+def dying_save(obj, f, *a, **k):
+    calls.append(1)
+    real(obj, f, *a, **k)
+    if len(calls) == 2:  # the second checkpoint: half the bytes, then the process dies
+        data = open(f, "rb").read()
+        open(f, "wb").write(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+S.torch.save = dying_save
+tr.fit()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    from instyle.train.state import load_state
+
+    assert load_state(tmp_path / "k.state.pt")["step"] == 2
+    model, _ = checkpoint.load(tmp_path / "k.safetensors")
+    assert model.mode == "texture"
