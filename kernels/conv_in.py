@@ -273,32 +273,40 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
         out = torch.empty((N, Cout, Ho, Wo), device=x.device, dtype=w_packed.dtype,
                           memory_format=torch.channels_last)
     assert out.shape == (N, Cout, Ho, Wo), (tuple(out.shape), (N, Cout, Ho, Wo))
-    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None
     if skip_out is not None:
         assert stride == 1 and not upsample and kernel % 2 == 1
         assert skip_out.shape == x.shape and (skip is None or skip.stride() == skip_out.stride())
     if norm is not None:
         assert norm.shape == (N, 3, Cin) and norm.dtype == torch.float32
         norm = norm.contiguous()
-    s = skip if skip is not None else skip_out
-    assert s is None or s.shape == x.shape
+    assert skip is None or skip.shape == x.shape
+    T = triton.cdiv(Ho * Wo, TUNING["stat_m"])
+    pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32) if stats else None
+    pm2 = torch.empty_like(pmean) if stats else None
+    conv_in_op(x, w_packed, bias.float().contiguous() if bias is not None else None, norm, skip, skip_out, out,
+               pmean, pm2, kernel, stride, upsample, relu)
+    return out, (Stats(pmean, pm2, Ho * Wo, TUNING["stat_m"]) if stats else None)
+
+
+def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu):
+    """Pick the K order and grid, launch once. Buffers are allocated and checked by `conv_in`."""
+    N, Cin, H, W = x.shape
+    Cout, Ho, Wo = out.shape[1:]
     hw = Ho * Wo
     stat_m = TUNING["stat_m"]
     T = triton.cdiv(hw, stat_m)
-    if stats:
-        pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32)
-        pm2 = torch.empty_like(pmean)
-    else:
-        pmean = pm2 = out
+    assert pmean is None or pmean.shape == (N, T, Cout)
+    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None
+    s = skip if skip is not None else skip_out
     dummy = out  # never read or written when its flag is off
     args = (x, norm if norm is not None else dummy, skip if skip is not None else dummy,
-            skip_out if skip_out is not None else dummy, w_packed,
-            bias.float().contiguous() if bias is not None else dummy, out, pmean, pm2,
+            skip_out if skip_out is not None else dummy, w_packed, bias if bias is not None else dummy, out,
+            pmean if pmean is not None else dummy, pm2 if pm2 is not None else dummy,
             Cin, H, W, Cout, Ho, Wo, T, *x.stride(), *(s.stride() if s is not None else (0, 0, 0, 0)),
             *out.stride(), max(hw, 1).bit_length())
     flags = dict(KH=kernel, KW=kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
                  HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
-                 HAS_STATS=stats, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, STAT_M=stat_m)
+                 HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, STAT_M=stat_m)
     if _INTERPRET:
         # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
         t = TUNING
@@ -308,9 +316,24 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
         _conv_in_kernel[(triton.cdiv(hw, bm), triton.cdiv(Cout, bn), N)](
             *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=t["num_warps"])
     else:
+        # same grid; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size bucket)
         grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(Cout, meta["BLOCK_N"]), N)  # noqa: E731
         _conv_in_tuned[grid](*args, **flags)
-    return out, (Stats(pmean, pm2, hw, stat_m) if stats else None)
+
+
+# One torch.library op (out-parameter style: it fills y, the next skip and the statistics partials), so
+# torch.compile and CUDA graphs see a single node per layer.
+@torch.library.custom_op("instyle::conv_in_", mutates_args=("skip_out", "out", "pmean", "pm2"))
+def conv_in_op(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor], norm: Optional[torch.Tensor],
+               skip: Optional[torch.Tensor], skip_out: Optional[torch.Tensor], out: torch.Tensor,
+               pmean: Optional[torch.Tensor], pm2: Optional[torch.Tensor], kernel: int, stride: int,
+               upsample: bool, relu: bool) -> None:
+    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu)
+
+
+@conv_in_op.register_fake
+def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu):
+    return None
 
 
 def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

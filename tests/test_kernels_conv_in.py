@@ -190,6 +190,25 @@ def test_rejects_inputs_smaller_than_the_padding():
         conv_in(x, CI.pack_weight(torch.randn(8, 3, 9, 9), torch.float32), kernel=9)
 
 
+def test_torch_library_op_checks_and_compiles():
+    """instyle::conv_in_ passes opcheck (schema, fake tensors, mutation) and torch.compile(fullgraph)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w = CI.pack_weight(torch.randn(16, 16, 3, 3, generator=g), torch.float32)
+    norm = CI.norm_params_ref(x, torch.ones(16), torch.zeros(16))
+    T = -(-35 // CI.TUNING["stat_m"])
+    args = (x, w, None, norm, torch.randn_like(x), torch.empty_like(x), torch.empty_like(x),
+            torch.empty(2, T, 16), torch.empty(2, T, 16), 3, 1, False, False)
+    torch.library.opcheck(CI.conv_in_op, args)
+
+    def layer(x):
+        y, stats = conv_in(x, w, None, kernel=3, norm=norm, relu=True)
+        return y, CI.finalize(stats, torch.ones(16), torch.zeros(16))
+
+    for got, want in zip(torch.compile(layer, fullgraph=True)(x), layer(x)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_gpu_configs_fit_the_statistics_layout():
     """Every autotune config splits into whole stat tiles; pruning keeps tiles no wider than the layer."""
     assert all(c.kwargs["BLOCK_M"] % CI.GPU_STAT_M == 0 for c in CI._GPU_CONFIGS)
