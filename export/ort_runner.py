@@ -62,12 +62,24 @@ def providers_for(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _provider_options(provider: str, device: torch.device) -> dict[str, str]:
+    if provider == "CPUExecutionProvider":
+        return {}
+    options = {"device_id": str(device.index or 0)}
+    if provider == "TensorrtExecutionProvider":  # engines take minutes to build: keep them between runs
+        from .cache import cache_dir
+
+        options.update(trt_engine_cache_enable="True", trt_timing_cache_enable="True",
+                       trt_engine_cache_path=str(cache_dir("ort-tensorrt")))
+    return options
+
+
 def make_session(path: str | os.PathLike, device: torch.device | str = "cpu", *, threads: int | None = None):
     import onnxruntime as ort
 
     device = torch.device(device)
     providers = providers_for(device)
-    options = [{"device_id": device.index or 0} if p != "CPUExecutionProvider" else {} for p in providers]
+    options = [_provider_options(p, device) for p in providers]
     return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers,
                                 provider_options=options)
 
