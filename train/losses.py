@@ -90,13 +90,17 @@ class PerceptualLoss(nn.Module):
         assert not missing, f"VGG was built without layers {missing}"
         self.vgg, self.spec = vgg, spec
         self.style_layer_weights = spec.layer_weights()
-        self.targets: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
         """`style`: 1,3,H,W RGB 0..255. Its Gram matrices (fp32, 1,C,C) become the targets."""
         feats = self.vgg(style.float())
-        self.targets = {n: gram(feats[n]) for n in self.spec.style_layers}
+        for n in self.spec.style_layers:  # buffers: .to(device) moves them with the module
+            self.register_buffer(f"target_{n}", gram(feats[n]), persistent=False)
+
+    @property
+    def targets(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, f"target_{n}") for n in self.spec.style_layers}
 
     def forward(self, y: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode).
@@ -104,7 +108,7 @@ class PerceptualLoss(nn.Module):
         Returns fp32 scalars: content, style, tv (each already weighted) and total.
         """
         spec = self.spec
-        feats = self.vgg(y)
+        feats = self.vgg(y.float())  # normalisation in fp32; the convs still run in the autocast dtype
         zero = y.new_zeros((), dtype=torch.float32)
         c_loss = zero
         if content is not None and spec.content_weight:
@@ -119,7 +123,7 @@ class PerceptualLoss(nn.Module):
             with torch.autocast(y.device.type, enabled=False):
                 for n, w in zip(spec.style_layers, self.style_layer_weights):
                     g = gram(feats[n])
-                    s_loss = s_loss + w * F.mse_loss(g, self.targets[n].to(g.device).expand_as(g))
+                    s_loss = s_loss + w * F.mse_loss(g, getattr(self, f"target_{n}").expand_as(g))
             s_loss = spec.style_weight * s_loss
         tv = spec.tv_weight * total_variation(y) if spec.tv_weight else zero
         return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv}
