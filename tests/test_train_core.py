@@ -275,3 +275,24 @@ def test_fused_swap_shares_parameters_and_matches():
     assert isinstance(fused.in1, FusedInstanceNorm) and set(fused.state_dict()) == set(ref.state_dict())
     x = torch.rand(1, 3, 16, 16) * 255
     assert torch.allclose(fused(x), ref(x), atol=1e-4) and len(calls) == 7
+
+
+def test_fused_kernel_trains_like_reference():
+    """The real instyle.kernels op (Triton interpreter on CPU) in a generator: same output and gradients."""
+    from instyle.train.fused import find_op
+
+    op = find_op()
+    if op is None:
+        pytest.skip("instyle.kernels.instance_norm not available")
+    torch.manual_seed(0)
+    ref = JohnsonNet(width=4, blocks=1)
+    fused = JohnsonNet(width=4, blocks=1)
+    fused.load_state_dict(ref.state_dict())
+    assert swap_instance_norm(fused, op) == 7
+    x = torch.rand(1, 3, 12, 12) * 255
+    y_ref, y = ref(x), fused(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-3)
+    y_ref.square().mean().backward()
+    y.square().mean().backward()
+    for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-3, msg=name)

@@ -29,15 +29,24 @@ class LossLog:
             rows = [r for r in rows if r.get("step", 0) <= step]
         return cls(csv_path, plot_path, rows)
 
-    def add(self, **row) -> None:
+    @staticmethod
+    def _format(r: dict) -> dict:
+        return {k: (int(v) if k == "step" else f"{v:.6g}") for k, v in r.items() if k in FIELDS}
+
+    def add(self, write: bool = True, **row) -> None:
+        """Keep `row`; with `write`, also append it to the CSV at once (progress visible mid-run)."""
         self.rows.append(row)
+        if write and self.csv_path.is_file():
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore").writerow(self._format(row))
 
     def flush(self, plot: bool = True) -> None:
+        """Rewrite the whole CSV atomically (and the plot): at start, on resume and at checkpoints."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in self.rows:
-            writer.writerow({k: (int(v) if k == "step" else f"{v:.6g}") for k, v in r.items() if k in FIELDS})
+            writer.writerow(self._format(r))
         with atomic_path(self.csv_path) as tmp:
             tmp.write_text(buf.getvalue())
         if plot and self.rows:

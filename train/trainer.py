@@ -115,6 +115,8 @@ class Trainer:
         self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"))
         if cfg.resume:
             self._resume()
+        if self.dist.is_main:
+            self.log.flush(plot=False)  # a fresh run starts a fresh CSV; a resumed one drops rows past its step
 
         net: nn.Module = self.model
         if self.dist.enabled:
@@ -210,7 +212,7 @@ class Trainer:
                     means = distributed.mean_across(d, torch.stack([sums[k] for k in sorted(sums)]) / window)
                     last = {k: float(v) for k, v in zip(sorted(sums), means.tolist())}
                     ips = window * cfg.batch_size * d.world_size / max(dt, 1e-9)
-                    self.log.add(step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
+                    self.log.add(write=d.is_main, step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
                     if bar is not None:
                         bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total")})
                     sums, window, t0 = {}, 0, time.perf_counter()
