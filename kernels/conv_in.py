@@ -15,8 +15,11 @@ size touches memory, about 0.9 KB per pixel:
     tap-outer (per tap: row addresses once per pixel, then contiguous NHWC channel runs of BLOCK_K) for
     Cin >= 16; flat (k -> (ky, kx, ci) per element) for the 9x9 first layer with Cin = 3, where a
     per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256).
-    The 9x9 last layer (Cout = 3) runs the same GEMM with BLOCK_N = 16: it is 5% of the FLOPs and
-    tensor cores have FLOPs to spare, so the padding costs less than a separate direct kernel would.
+    The 9x9 last layer (Cout = 3) runs the same GEMM with BLOCK_N = 8, which sm_90 compiles to
+    wgmma m64n8k16 (checked in the PTX): 5% of the useful FLOPs, 8/3 of that in tensor-core work -- at
+    3840x2160 ~0.35 ms at H100 fp16 peak against ~0.2 ms of memory traffic (BLOCK_N = 16 would double
+    it; CUDA-core FMA would be slower still). Not done yet: put 5 horizontally adjacent output pixels x
+    3 channels into N (weights shifted per pixel, K over 13 instead of 9 columns), 1.5x instead of 2.7x.
   * epilogue: + bias, one store of the raw output (any strides: NHWC between layers, NCHW fp32 for the
     generator's output), and IN statistics of exactly the stored (rounded) values.
 
@@ -45,16 +48,19 @@ import triton
 import triton.language as tl
 
 # ----------------------------------------------------------------------------------------------------
-# Tuning configs. On a GPU, triton.autotune sweeps _GPU_CONFIGS (pruned per layer to tiles that fit its
-# channel counts), keyed on channels, kernel, stride/upsampling and a log2 size bucket. Under the
-# interpreter: one config, no sweep, no CUDA query. STAT_M must divide every BLOCK_M. Starting points
-# chosen for H100 (128x64x32 fp16 tiles, 4-stage pipelines), not yet tuned on one.
+# Tuning configs.
+#   GPU: triton.autotune sweeps _GPU_CONFIGS (pruned per layer to tiles no wider than its channels),
+#     keyed on channels, kernel, stride/upsampling, K order and a log2 size bucket. Starting points for
+#     H100 (128-256 x 8-128 x 32-64 fp16 tiles, 3-4 stage pipelines), not yet tuned on one.
+#   Interpreter: one config, no sweep, no CUDA query. Its cost is per op and per program, not per
+#     element, so tiles are as large as the layer and the flat K order is taken wherever allowed (a 9x9
+#     layer in a few K steps instead of 81). Tests shrink the tiles and set flat_max_cin=0 to run the
+#     tap-outer order a GPU uses.
+#   stat_m: rows per statistics partial; it must divide every BLOCK_M, and fixes the partials' layout
+#     whatever autotune picks. 128 rows cost 8 B of fp32 (mean, M2) per 128 pixels and channel (~3%).
+#   flat_max_cin: layers with Cin <= this use the flat K order (GPU: the RGB input layer only).
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-GPU_STAT_M = 128  # rows per statistics partial: 8 B of fp32 (mean, M2) per 128 pixels and channel, ~3%
-# Interpreter: cost is per op and per program, not per element, so tiles are as large as the layer
-# (a whole 9x9x3 K in one step); tests shrink them to cover multi-tile masking.
-# The interpreter also takes the flat K order wherever it may (fewer, larger steps than 81 taps); tests set
-# flat_max_cin=0 to run the tap-outer path. On a GPU only Cin < 16 (the RGB input layer) is flat.
+GPU_STAT_M = 128
 TUNING = (dict(block_m=256, block_n=128, block_k=256, stat_m=64, flat_max_cin=1 << 30, num_warps=1)
           if _INTERPRET else dict(stat_m=GPU_STAT_M, flat_max_cin=15))
 _GPU_CONFIGS = [
@@ -62,14 +68,14 @@ _GPU_CONFIGS = [
     for bm, bn, bk, w, s in [
         (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (128, 64, 64, 4, 3),
         (256, 128, 32, 8, 3), (256, 64, 32, 8, 4), (128, 32, 32, 4, 4), (128, 16, 64, 4, 3),
-        (256, 32, 64, 8, 3), (256, 16, 32, 8, 4),
+        (256, 32, 64, 8, 3), (256, 16, 32, 8, 4), (128, 8, 32, 4, 4), (128, 8, 64, 4, 3), (256, 8, 32, 8, 3),
     ]
 ]
 
 
 def _prune(configs, nargs, **kw):
     """Drop tiles wider than the layer: BLOCK_N > Cout, or BLOCK_K > Cin on the tap-outer path."""
-    cout_cap = max(16, triton.next_power_of_2(nargs["Cout"]))
+    cout_cap = max(8, triton.next_power_of_2(nargs["Cout"]))
     cin_cap = 64 if kw["FLAT_K"] else max(16, triton.next_power_of_2(nargs["Cin"]))
     keep = [c for c in configs if c.kwargs["BLOCK_N"] <= cout_cap and c.kwargs["BLOCK_K"] <= cin_cap]
     return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]))]
@@ -310,7 +316,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     if _INTERPRET:
         # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
         t = TUNING
-        bm, bn = t["block_m"], min(t["block_n"], max(16, triton.next_power_of_2(Cout)))
+        bm, bn = t["block_m"], min(t["block_n"], max(8, triton.next_power_of_2(Cout)))
         bk = min(t["block_k"], max(16, triton.next_power_of_2(kernel * kernel * Cin if flat else Cin)))
         assert bm % stat_m == 0
         _conv_in_kernel[(triton.cdiv(hw, bm), triton.cdiv(Cout, bn), N)](
