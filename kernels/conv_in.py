@@ -345,13 +345,22 @@ def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, 
 def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Chan-merge the partials -> fp32 [N, 3, C]: (mean, weight * rstd, bias) for the next prologue.
 
-    A handful of torch ops on [N, T, C] fp32 (T = pixels / stat_m); captured in the CUDA graph.
+    All tiles but the last hold stat_m pixels, so their means merge with one torch.var_mean (Welford)
+    over T - 1 tiles: M2_full = sum(M2_t) + stat_m * (T - 1) * var(m_t); the ragged last tile joins with
+    Chan's two-group formula. Two reads of the [N, T, C] partials and a few [N, C] ops, all capturable
+    in a CUDA graph.
     """
     pmean, pm2, hw, stat_m = stats
     T = pmean.shape[1]
-    cnt = (hw - stat_m * torch.arange(T, device=pmean.device, dtype=torch.float32)).clamp_(max=stat_m)[:, None]
-    mean = (pmean * cnt).sum(1) / hw
-    m2 = pm2.sum(1) + ((pmean - mean[:, None]).square_() * cnt).sum(1)
+    m2 = pm2.sum(1)
+    if T == 1:
+        mean = pmean[:, 0]
+    else:
+        n_a, n_b = stat_m * (T - 1), hw - stat_m * (T - 1)
+        var_a, mean_a = torch.var_mean(pmean[:, :-1], dim=1, correction=0)
+        delta = pmean[:, -1] - mean_a
+        mean = mean_a + delta * (n_b / hw)
+        m2 = m2 + var_a * n_a + delta.square() * (n_a * n_b / hw)
     scale = torch.rsqrt(m2 / hw + eps) * weight.float()
     return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
 
