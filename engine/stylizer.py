@@ -95,7 +95,7 @@ class Stylizer:
 
     def _tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         self.last_tile = tile
-        return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype)
+        return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype, channels_last=self.channels_last)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,8 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
          tile="auto", **kwargs) -> Stylizer:
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
 
-    Defaults: backend "auto" = triton on CUDA; on CPU onnxruntime when its backend can be built here
-    (BackendUnavailable: eager). precision "auto" = fp16 on CUDA, fp32 on CPU. tile: "auto" | "off" |
+    Defaults: backend "auto" = triton on CUDA, onnxruntime on CPU, each only when its backend can be
+    built here (BackendUnavailable: eager). precision "auto" = fp16 on CUDA, fp32 on CPU. tile: "auto" | "off" |
     side in pixels (see Stylizer).
     """
     from instyle import checkpoint
@@ -156,9 +156,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     options = dict(precision=precision, device=dev, metadata=meta, tile=tile, **kwargs)
     if backend != "auto":
         return Stylizer(module, backend=backend, **options)
-    if dev.type == "cuda":
-        return Stylizer(module, backend="triton", **options)
     try:
-        return Stylizer(module, backend="onnxruntime", **options)
+        return Stylizer(module, backend="triton" if dev.type == "cuda" else "onnxruntime", **options)
     except backends.BackendUnavailable:
         return Stylizer(module, backend="eager", **options)

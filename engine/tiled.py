@@ -139,10 +139,11 @@ def choose_storage(steps: list[plan.Step], shape: tuple[int, ...], dtype: torch.
 
 
 def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torch.dtype | None = None,
-              storage: torch.dtype | None = None) -> torch.Tensor:
+              storage: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
     """Run the plan on x (N,C,H,W, padded to the strides, on the compute device) in tiles of `tile`
     image pixels; returns the raw fp32 output on x's device. `storage` is the inter-layer store dtype
-    (None: choose_storage)."""
+    (None: choose_storage); `channels_last` lays the device windows out as the model's weights are."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     dtype = dtype or x.dtype
     device = x.device
     host = torch.device("cpu")
@@ -165,7 +166,7 @@ def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torc
             a, b, fr = _window(r0, r1, step, h_in)
             for c0, c1 in _tiles(shapes[i][3], side):
                 c, d, fc = _window(c0, c1, step, w_in)
-                win = [acts[s][:, :, a:b, c:d].to(device, dtype) for s in step.srcs]
+                win = [acts[s][:, :, a:b, c:d].to(device, dtype, memory_format=fmt) for s in step.srcs]
                 y = step.layer(torch.cat(win, 1) if len(win) > 1 else win[0])
                 del win
                 y = y[:, :, fr:fr + r1 - r0, fc:fc + c1 - c0]
