@@ -12,8 +12,9 @@ Deliberate choices:
     IN(conv) exactly, and the epilogue skips an add; only deconv3 keeps its bias;
   * activations between layers are channels_last (NHWC) in the run dtype; conv1 reads the NCHW fp32
     image in place and deconv3 writes the NCHW fp32 output directly (the kernels take any strides);
-  * on CUDA, one CUDA graph per input shape (N, H, W), in a small LRU dict: at 4K the chain is ~30
-    launches plus the statistics ops, whose launch latency a graph replay removes.
+  * on CUDA, one CUDA graph per input shape (N, H, W), in a small LRU dict: the chain is 16 conv
+    launches plus ~8 small statistics ops after each, ~140 launches whose CPU-side latency (the
+    autotuner's dispatch included) a graph replay removes. GPU-only code, kept to `_GraphRunner`.
 """
 from __future__ import annotations
 

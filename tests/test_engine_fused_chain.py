@@ -94,13 +94,15 @@ def test_narrow_generator_batch2(monkeypatch, dtype, k_order):
         assert psnr(y, y32, peak=y32.abs().max().item()) >= 45  # random init: outputs ~1, not 255
 
 
-def test_backend_registry_and_stylizer_padding():
-    """Stylizer(backend="fused") resolves through the registry; odd sizes are padded and cropped."""
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_backend_registry_and_stylizer_padding(blocks):
+    """Stylizer(backend="fused") resolves through the registry; odd sizes are padded and cropped; with
+    no residual blocks deconv1's prologue takes relu(IN3) directly."""
     assert backends.factory("fused") is FC.make_runner
-    model = narrow_net(blocks=1)
+    model = narrow_net(blocks=blocks)
     x = torch.rand(1, 3, 9, 13) * 255
     fused = Stylizer(model, backend="fused", precision="fp32", device="cpu")(x)
-    eager = Stylizer(narrow_net(blocks=1), backend="eager", precision="fp32", device="cpu")(x)
+    eager = Stylizer(narrow_net(blocks=blocks), backend="eager", precision="fp32", device="cpu")(x)
     assert fused.shape == x.shape
     torch.testing.assert_close(fused, eager, rtol=0, atol=2e-3)
 
