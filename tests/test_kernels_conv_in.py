@@ -26,6 +26,7 @@ ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # name: (Cin, Cout, kernel, stride, upsample, norm, relu, skip, write_skip, (H, W))
 CASES = {
     "rgb9x9": (3, 8, 9, 1, False, False, False, False, False, (9, 11)),       # conv1: raw NCHW image in
+    "rgb9x9_wide": (3, 8, 9, 1, False, False, False, False, False, (12, 40)),  # + interior (no-reflect) tiles
     "down": (16, 16, 3, 2, False, True, True, False, False, (7, 9)),           # conv2/conv3: stride 2, odd
     "res_first": (16, 16, 3, 1, False, True, True, False, True, (7, 5)),      # res1.conv1: writes x_0
     "res_skip": (16, 16, 3, 1, False, True, False, True, True, (5, 7)),       # resk.conv1: x_k = IN + x_{k-1}
@@ -53,12 +54,12 @@ def _combos():
             yield name, "flat", torch.float32
 
 
-def small_tiles(monkeypatch, path, block_m=32):
+def small_tiles(monkeypatch, path, block_m=32, block_k=16):
     """Small tiles (several M/N/K tiles, ragged edges, 2 stat tiles per M tile) on either K order."""
     monkeypatch.setitem(CI.TUNING, "flat_max_cin", 1 << 30 if path == "flat" else 0)
     monkeypatch.setitem(CI.TUNING, "block_m", block_m)
     monkeypatch.setitem(CI.TUNING, "block_n", 16)
-    monkeypatch.setitem(CI.TUNING, "block_k", 16)
+    monkeypatch.setitem(CI.TUNING, "block_k", block_k)
     monkeypatch.setitem(CI.TUNING, "stat_m", 16)
 
 
@@ -131,7 +132,10 @@ def assert_derived_close(name, fused, ref, lowp, dtype):
 def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
     c = make_case(name, dtype)
     last = name == "out9x9"  # deconv3: straight into an NCHW fp32 output buffer, no statistics
-    small_tiles(monkeypatch, path, block_m=64 if c["k"] == 9 else 32)  # 9x9 taps: fewer interpreted steps
+    if name == "rgb9x9_wide":  # 16-pixel tiles inside one row: rows 4..7, columns 16..31 are interior
+        small_tiles(monkeypatch, path, block_m=16, block_k=64)
+    else:
+        small_tiles(monkeypatch, path, block_m=64 if c["k"] == 9 else 32)  # 9x9: fewer interpreted steps
     out = torch.empty(2, 3, 7, 9) if last else None
     y, stats, skip_out, norm = run_fused(c, dtype, out=out)
     ref = functional_layer(c)
