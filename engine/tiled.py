@@ -151,14 +151,14 @@ def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torc
         reserve = memory.tile_bytes(steps, tuple(x.shape), tile, dtype.itemsize) if device.type == "cpu" else 0
         storage = choose_storage(steps, tuple(x.shape), dtype, reserve)
     shapes = memory.shapes(steps, *x.shape)
-    scales = plan.scales(steps)
+    sides = memory.tile_sides(steps, x.shape[1], tile)
     last = plan.last_use(steps)
     acts: dict[int, torch.Tensor] = {0: x}
     for i, step in enumerate(steps, 1):
         final = i == len(steps)
         out = (torch.empty(shapes[i], dtype=torch.float32, device=device) if final
                else _empty(shapes[i], storage, host, pin=device.type == "cuda"))
-        side = memory.tile_side(tile, scales[i])
+        side = sides[i - 1]
         stats = _Stats() if step.instance_norm else None
         residual = None if step.residual is None else acts[step.residual]
         h_in, w_in = shapes[step.srcs[0]][2:]
