@@ -184,6 +184,13 @@ def test_load_explicit_and_errors():
         load(narrow(), backend="eager", precision="fp8", device="cpu")
 
 
+def test_top_level_load_passes_tile():
+    import instyle
+
+    s = instyle.load(narrow(), backend="eager", device="cpu", tile="off")
+    assert s.tile == "off" and s.precision == "fp32"
+
+
 def test_plan_rejects_unknown_modules():
     class Tiny(torch.nn.Module):
         stride_multiple, min_size = 1, 1
@@ -215,15 +222,24 @@ def photo(data, h, w):
 
 @pytest.mark.gpu
 def test_gpu_graph_replay_across_sizes():
-    m = narrow()
-    s = Stylizer(m, backend="triton", precision="fp32", device="cuda", tile="off")
+    """Replays stay correct across sizes, through captures, evictions and re-captures."""
+    cuda = torch.device("cuda")
+    m = narrow().cuda()
+    run = fused.make_runner(m, cuda, torch.float32, cache_size=2)
+    shapes = [(1, 64, 96), (1, 64, 96), (1, 72, 64), (1, 72, 64), (1, 64, 96), (1, 40, 40), (1, 40, 40),
+              (1, 72, 64), (1, 72, 64), (1, 64, 96), (2, 40, 40)]
+    with torch.inference_mode():
+        for n, h, w in shapes:
+            x = image(n, h, w).cuda()
+            assert_close(run(x), m(x), 1e-2)
+    assert run.captures >= 4 and run.evictions >= 2 and run.replays >= 5
+    assert len(run.keys()) == 2
+    s = Stylizer(narrow(), backend="triton", precision="fp32", device="cuda", tile="off")
     ref = Stylizer(narrow(), backend="eager", precision="fp32", device="cuda", tile="off")
-    sizes = [(64, 96), (72, 64), (64, 96), (72, 64), (40, 40), (64, 96), (40, 40), (100, 52), (100, 52)]
-    for h, w in sizes:
+    for h, w in [(61, 93), (61, 93), (61, 93)]:  # odd size, channels_last, graph replay
         x = image(1, h, w).cuda()
         assert_close(s(x), ref(x), 1e-2)
-    assert s._run.captures >= 3 and s._run.replays >= 3
-    assert len(s._run.keys()) <= s._run.capacity
+    assert s._run.replays == 2
 
 
 @pytest.mark.gpu
