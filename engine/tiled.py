@@ -184,8 +184,9 @@ def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torc
         if stats is not None:
             _normalize(out, step, stats, residual, device, side)
         acts[i] = out
-        for a in [a for a in acts if 0 < a < i + 1 and last.get(a, 0) <= i and not (final and a == i)]:
-            del acts[a]  # free each store as soon as its last reader is done
+        del out, residual
+        for k in [k for k in acts if 0 < k <= i and last.get(k, 0) <= i and not (final and k == i)]:
+            del acts[k]  # free each store as soon as its last reader is done
         trim_host_heap()
     return acts[len(steps)]
 
