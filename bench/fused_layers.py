@@ -6,7 +6,9 @@ Prints, for every launch of engine/fused_chain.py at the given size, its conv FL
 bench/flops.py counts them) and the minimum bytes that launch must move in the fused design: its raw
 input once, the skip read/write of residual blocks, its raw output once, weights, and the IN partial
 statistics (written by the epilogue, read back by `finalize`). Halo re-reads are cache hits and not
-counted. On CUDA it then times each launch (+ its statistics finalize) with CUDA events after a warm-up
+counted. Layers marked +pre normalize their input in a separate pass first (engine/fused_chain.py
+PRENORM_MIN_REUSE; --prenorm all|none forces either way). On CUDA it then times each layer (normalize
+pass + conv + statistics finalize) with CUDA events after a warm-up
 (which autotunes) and adds ms, achieved TFLOP/s and GB/s; on CPU it prints the analytic table only.
 """
 from __future__ import annotations
@@ -25,10 +27,12 @@ BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str = "fp16") -> list[dict]:
-    """One row per fused launch: name, shapes, conv FLOPs and minimum bytes moved."""
+def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str = "fp16",
+                prenorm: str = "auto") -> list[dict]:
+    """One row per fused layer (its conv launch, plus its separate normalize pass where the chain uses
+    one): name, shapes, conv FLOPs and minimum bytes moved."""
     b = BYTES[precision]
-    chain = FC.FusedChain(model, DTYPES[precision])
+    chain = FC.FusedChain(model, DTYPES[precision], prenorm)
     layers = chain.layers()
     rows = []
     writes_skip = [c1.name for c1, _ in chain.blocks]       # every block's conv1 stores x_k (center tap)
@@ -41,12 +45,14 @@ def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str =
         act_in = n * h * w * L.cin
         moved = {
             "input": act_in * in_b,
-            "skip": act_in * b * ((L.name in reads_skip) + (L.name in writes_skip)),
+            # separate normalize pass: read raw (+ skip), write normalized (into the next skip buffer)
+            "prenorm": act_in * b * (2 + (L.name in reads_skip)) if L.prenorm else 0,
+            "skip": 0 if L.prenorm else act_in * b * ((L.name in reads_skip) + (L.name in writes_skip)),
             "weights": L.weight.numel() * b,
             "output": n * ho * wo * L.cout * out_b,
             "stats": 0 if L.in_weight is None else 2 * 2 * n * -(-ho * wo // stat_m) * L.cout * 4,
         }
-        rows.append(dict(name=L.name, k=L.kernel, stride=L.stride, up=L.upsample, cin=L.cin, cout=L.cout,
+        rows.append(dict(name=L.name + ("+pre" if L.prenorm else ""), k=L.kernel, stride=L.stride, up=L.upsample, cin=L.cin, cout=L.cout,
                          hin=h, win=w, hout=ho, wout=wo,
                          flops=2 * n * ho * wo * L.cout * L.cin * L.kernel * L.kernel,
                          bytes=sum(moved.values()), **{f"b_{k}": v for k, v in moved.items()}))
@@ -54,9 +60,11 @@ def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str =
     return rows
 
 
-def time_layers(model, x: torch.Tensor, precision: str, iters: int) -> dict[str, float]:
-    """Median ms per launch (CUDA events around conv + finalize), after one warm-up run that autotunes."""
-    chain = FC.FusedChain(model, DTYPES[precision])
+def time_layers(model, x: torch.Tensor, precision: str, iters: int, prenorm: str = "auto") -> dict[str, float]:
+    """Median ms per layer (CUDA events around normalize pass + conv + finalize), after one warm-up run
+    that autotunes."""
+    chain = FC.FusedChain(model, DTYPES[precision], prenorm)
+    pre = {L.name for L in chain.layers() if L.prenorm}
     chain(x)
     torch.cuda.synchronize()
     samples: dict[str, list[float]] = {}
@@ -65,7 +73,7 @@ def time_layers(model, x: torch.Tensor, precision: str, iters: int) -> dict[str,
         chain(x, trace=trace)
         torch.cuda.synchronize()
         for name, start, end in trace:
-            samples.setdefault(name, []).append(start.elapsed_time(end))
+            samples.setdefault(name + ("+pre" if name in pre else ""), []).append(start.elapsed_time(end))
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
@@ -77,23 +85,26 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--prenorm", choices=FC.PRENORM_MODES, default="auto",
+                   help="where the previous IN is applied: auto (engine default), all (separate pass), none (prologue)")
     a = p.parse_args(argv)
     wdt, hgt = (int(v) for v in a.size.lower().split("x"))
     hgt, wdt = max(-(-hgt // 4) * 4, 8), max(-(-wdt // 4) * 4, 8)
     model = JohnsonNet(width=a.width, blocks=a.blocks).eval()
-    rows = layer_table(model, a.batch, hgt, wdt, a.precision)
+    rows = layer_table(model, a.batch, hgt, wdt, a.precision, a.prenorm)
     timed = None
     if torch.cuda.is_available():
         model = model.cuda().to(DTYPES[a.precision])
         x = torch.rand(a.batch, 3, hgt, wdt, device="cuda") * 255
-        timed = time_layers(model, x, a.precision, a.iters)
+        timed = time_layers(model, x, a.precision, a.iters, a.prenorm)
     px = a.batch * hgt * wdt
-    print(f"fused chain, JohnsonNet(width={a.width}, blocks={a.blocks}), {a.batch}x3x{hgt}x{wdt}, {a.precision}")
-    head = f"{'layer':<12}{'k':>3}{'s':>2}{'up':>3}{'cin':>5}{'cout':>5}{'out HxW':>12}{'GFLOP':>9}{'MB min':>9}"
+    print(f"fused chain, JohnsonNet(width={a.width}, blocks={a.blocks}), {a.batch}x3x{hgt}x{wdt}, {a.precision}, "
+          f"prenorm={a.prenorm} (+pre: the layer's input is normalized in a separate pass)")
+    head = f"{'layer':<16}{'k':>3}{'s':>2}{'up':>3}{'cin':>5}{'cout':>5}{'out HxW':>12}{'GFLOP':>9}{'MB min':>9}"
     head += f"{'B/px':>7}{'FLOP/B':>8}" + (f"{'ms':>8}{'TFLOP/s':>9}{'GB/s':>8}" if timed else "")
     print(head)
     for r in rows:
-        line = (f"{r['name']:<12}{r['k']:>3}{r['stride']:>2}{'x2' if r['up'] else '':>3}{r['cin']:>5}{r['cout']:>5}"
+        line = (f"{r['name']:<16}{r['k']:>3}{r['stride']:>2}{'x2' if r['up'] else '':>3}{r['cin']:>5}{r['cout']:>5}"
                 f"{str(r['hout']) + 'x' + str(r['wout']):>12}{r['flops'] / 1e9:>9.1f}{r['bytes'] / 1e6:>9.1f}"
                 f"{r['bytes'] / px:>7.1f}{r['flops'] / r['bytes']:>8.0f}")
         if timed:
@@ -101,7 +112,7 @@ def main(argv=None) -> None:
             line += f"{ms:>8.3f}{r['flops'] / ms / 1e9:>9.1f}{r['bytes'] / ms / 1e6:>8.0f}"
         print(line)
     flops, moved = sum(r["flops"] for r in rows), sum(r["bytes"] for r in rows)
-    total = f"{'total':<12}{'':>30}{flops / 1e9:>9.1f}{moved / 1e6:>9.1f}{moved / px:>7.1f}{flops / moved:>8.0f}"
+    total = f"{'total':<16}{'':>30}{flops / 1e9:>9.1f}{moved / 1e6:>9.1f}{moved / px:>7.1f}{flops / moved:>8.0f}"
     if timed:
         ms = sum(timed.values())
         total += f"{ms:>8.3f}{flops / ms / 1e9:>9.1f}{moved / ms / 1e6:>8.0f}"

@@ -8,6 +8,8 @@ the next block's conv1 stores as a by-product of its center tap (see kernels/con
 
 Deliberate choices:
   * weights are packed once, here, into the GEMM layout [KH*KW*Cin, Cout] in the run dtype;
+  * the previous IN is applied in the conv's prologue for the 3x3 convs, but in one separate pass for
+    layers whose input elements are loaded 36-81 times (see PRENORM_MIN_REUSE);
   * biases of convs followed by IN are dropped: IN subtracts the per-channel mean, so IN(conv + b) ==
     IN(conv) exactly, and the epilogue skips an add; only deconv3 keeps its bias;
   * activations between layers are channels_last (NHWC) in the run dtype; conv1 reads the NCHW fp32
@@ -28,6 +30,14 @@ from torch import nn
 from .backends import BackendUnavailable
 
 ci = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
+cn = importlib.import_module("instyle.kernels.conv_in_normalize")
+
+# Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
+# prologue when each stored input element is loaded this many times or more (taps x upsampling area):
+# deconv1/deconv2 (36) and deconv3 (81) by default; the 3x3 convs (9, or 9/4 at stride 2) keep the
+# prologue. A modeled choice (see that file's docstring); bench/fused_layers --prenorm compares both.
+PRENORM_MIN_REUSE = 36
+PRENORM_MODES = ("auto", "all", "none")
 
 GRAPH_CACHE_SIZE = 4
 
@@ -45,6 +55,7 @@ class Layer(NamedTuple):
     in_weight: Optional[torch.Tensor]  # fp32 gamma of the following IN
     in_bias: Optional[torch.Tensor]    # fp32 beta
     eps: float
+    prenorm: bool                      # normalize the input in a separate pass, not in the prologue
 
 
 def check_supported(model: nn.Module) -> None:
@@ -60,39 +71,44 @@ def check_supported(model: nn.Module) -> None:
 
 
 def _layer(name: str, conv: nn.Conv2d, norm: Optional[nn.InstanceNorm2d], *, stride: int, upsample: bool,
-           dtype: torch.dtype) -> Layer:
+           dtype: torch.dtype, prenorm: str = "auto") -> Layer:
     cout, cin, k, _ = conv.weight.shape
+    reuse = k * k * (4 if upsample else 1) / (stride * stride)
+    pre = name != "conv1" and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
     return Layer(name, ci.pack_weight(conv.weight.float(), dtype),
                  None if norm is not None else conv.bias.detach().float().contiguous(),
                  k, stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps))
+                 1e-5 if norm is None else float(norm.eps), pre)
 
 
 class FusedChain:
     """The JohnsonNet forward pass as fused conv-IN launches (no CUDA graphs; see `make_runner`)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto"):
         check_supported(model)
+        if prenorm not in PRENORM_MODES:
+            raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
         m = model
         self.dtype = dtype
+        kw = dict(dtype=dtype, prenorm=prenorm)
         self.head = [
-            _layer("conv1", m.conv1.conv2d, m.in1, stride=1, upsample=False, dtype=dtype),
-            _layer("conv2", m.conv2.conv2d, m.in2, stride=2, upsample=False, dtype=dtype),
-            _layer("conv3", m.conv3.conv2d, m.in3, stride=2, upsample=False, dtype=dtype),
+            _layer("conv1", m.conv1.conv2d, m.in1, stride=1, upsample=False, **kw),
+            _layer("conv2", m.conv2.conv2d, m.in2, stride=2, upsample=False, **kw),
+            _layer("conv3", m.conv3.conv2d, m.in3, stride=2, upsample=False, **kw),
         ]
         self.blocks = [
             (_layer(f"{r}.conv1", getattr(m, r).conv1.conv2d, getattr(m, r).in1, stride=1, upsample=False,
-                    dtype=dtype),
+                    **kw),
              _layer(f"{r}.conv2", getattr(m, r).conv2.conv2d, getattr(m, r).in2, stride=1, upsample=False,
-                    dtype=dtype))
+                    **kw))
             for r in m.res_names
         ]
         self.tail = [
-            _layer("deconv1", m.deconv1.conv2d, m.in4, stride=1, upsample=True, dtype=dtype),
-            _layer("deconv2", m.deconv2.conv2d, m.in5, stride=1, upsample=True, dtype=dtype),
-            _layer("deconv3", m.deconv3.conv2d, None, stride=1, upsample=False, dtype=dtype),
+            _layer("deconv1", m.deconv1.conv2d, m.in4, stride=1, upsample=True, **kw),
+            _layer("deconv2", m.deconv2.conv2d, m.in5, stride=1, upsample=True, **kw),
+            _layer("deconv3", m.deconv3.conv2d, None, stride=1, upsample=False, **kw),
         ]
 
     def layers(self) -> list[Layer]:
@@ -103,6 +119,9 @@ class FusedChain:
         if trace is not None:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
+        if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
+            x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
+            norm, relu, skip, skip_out = None, False, None, None
         y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
                               upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
                               stats=layer.in_weight is not None, out=out)
@@ -170,7 +189,8 @@ class _GraphRunner:
         return static_out.clone()  # the graph's buffer is overwritten by the next replay
 
 
-def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, cuda_graphs: bool = True):
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, cuda_graphs: bool = True,
+                prenorm: str = "auto"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
     check_supported(model)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -179,7 +199,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, c
     if device.type != "cuda" and not ci._INTERPRET:
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
-    chain = FusedChain(model, dtype)
+    chain = FusedChain(model, dtype, prenorm)
     if device.type == "cuda" and cuda_graphs:
         return _GraphRunner(chain)
     return lambda x: chain(x.to(device))

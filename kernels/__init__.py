@@ -9,3 +9,5 @@ __all__ = ["instance_norm", "instance_norm_ref"]
 
 from .conv_in import conv_in, conv_in_ref  # noqa: E402  (fused conv-IN blocks: kernels/conv_in.py)
 __all__ += ["conv_in", "conv_in_ref"]
+from .conv_in_normalize import in_apply, in_apply_ref  # noqa: E402  (IN applied once: kernels/conv_in_normalize.py)
+__all__ += ["in_apply", "in_apply_ref"]

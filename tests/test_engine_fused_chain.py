@@ -73,18 +73,21 @@ def test_pretrained_generator_on_a_photo(data, pretrained):
     assert_chain_close(y, pretrained, x)
 
 
-@pytest.mark.parametrize("dtype,k_order", [(torch.float32, "interpreter"), (torch.float16, "interpreter"),
-                                           (torch.float32, "gpu")], ids=["float32", "float16", "float32-gpu-order"])
-def test_narrow_generator_batch2(monkeypatch, dtype, k_order):
+@pytest.mark.parametrize("dtype,k_order,prenorm", [
+    (torch.float32, "interpreter", "auto"), (torch.float16, "interpreter", "auto"),
+    (torch.float32, "gpu", "none"), (torch.float32, "interpreter", "all")],
+    ids=["float32", "float16", "float32-gpu-order-all-prologue", "float32-all-prenorm"])
+def test_narrow_generator_batch2(monkeypatch, dtype, k_order, prenorm):
     """Batch 2 (different images, so per-image statistics), width 8, 2 blocks, 16x20. "gpu" runs every
     layer but the RGB input one on the tap-outer K order, as a GPU does (the interpreter's default
-    takes the flat order wherever it may, for speed)."""
+    takes the flat order wherever it may, for speed). prenorm: where each layer's input IN is applied
+    (auto: deconvs in a separate pass; none: every prologue; all: every separate pass)."""
     if k_order == "gpu":
         monkeypatch.setitem(FC.ci.TUNING, "flat_max_cin", 3)
     model = narrow_net()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 16, 20, generator=g) * 255
-    y = FC.make_runner(model, torch.device("cpu"), dtype)(x)
+    y = FC.make_runner(model, torch.device("cpu"), dtype, prenorm=prenorm)(x)
     if dtype == torch.float32:
         assert_chain_close(y, model, x)
         assert not torch.equal(y[0], y[1])
@@ -131,11 +134,15 @@ def test_layer_report_matches_the_issue_numbers(capsys):
     """bench/fused_layers: 2.55 TFLOP at 3840x2160 (0.308 MFLOP/px), ~0.9 KB/px minimum traffic in fp16."""
     from instyle.bench import fused_layers
 
-    rows = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16")
+    px = 2160 * 3840
+    rows = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16", prenorm="none")
     assert [r["name"] for r in rows][:3] == ["conv1", "conv2", "conv3"] and len(rows) == 16
     flops, moved = sum(r["flops"] for r in rows), sum(r["bytes"] for r in rows)
     assert abs(flops / 2.5512e12 - 1) < 1e-3
-    assert 850 < moved / (2160 * 3840) < 1000
+    assert 850 < moved / px < 1000  # everything in prologues: the issue's ~0.9 KB per pixel
+    auto = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16")
+    assert [r["name"] for r in auto][-3:] == ["deconv1+pre", "deconv2+pre", "deconv3+pre"]
+    assert moved < sum(r["bytes"] for r in auto) < 1.3 * moved  # + one pass over three inputs
     if not torch.cuda.is_available():
         fused_layers.main(["--size", "64x48"])
         assert "timings need CUDA" in capsys.readouterr().out

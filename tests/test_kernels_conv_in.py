@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instyle.kernels import conv_in, conv_in_ref
+from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
 
 CI = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
 
@@ -162,6 +162,26 @@ def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
     torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=_id)
+@pytest.mark.parametrize("relu,skip", [(True, False), (False, True)], ids=["relu", "skip"])
+def test_in_apply_vs_instance_norm(monkeypatch, dtype, relu, skip):
+    """The separate normalize pass: act(IN(x)) [+ skip] as F.instance_norm computes it, x NHWC, tiles ragged."""
+    NA = importlib.import_module("instyle.kernels.conv_in_normalize")
+    monkeypatch.setitem(NA.TUNING, "block_hw", 16)
+    monkeypatch.setitem(NA.TUNING, "block_c", 8)
+    c = make_case("res_skip", dtype)  # x: 2 x 16 x 5 x 7 raw, with per-channel offsets
+    norm = CI.norm_params_ref(c["x"], c["gamma"], c["beta"])
+    s = c["skip"] if skip else None
+    y = in_apply(c["x"], norm, relu=relu, skip=s)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    ref = F.instance_norm(c["x"].float(), weight=c["gamma"], bias=c["beta"], eps=1e-5)
+    ref = torch.relu(ref) if relu else ref
+    ref = ref + s.float() if skip else ref
+    assert_derived_close("y", y, ref, ref.to(dtype), dtype)
+    torch.testing.assert_close(y, in_apply_ref(c["x"], norm, relu=relu, skip=s), rtol=0,
+                               atol=2 * torch.finfo(dtype).eps * ref.abs().max().item())
+
+
 def test_statistics_are_shift_safe(monkeypatch):
     """Channels with |mean| >> std: Chan-merged per-tile M2 keeps the variance (E[x^2]-E[x]^2 would not)."""
     monkeypatch.setitem(CI.TUNING, "stat_m", 16)
@@ -247,6 +267,12 @@ for dt, flags, bm, bn, bk, warps, stages in variants:
            for n in k.arg_names}
     triton.compile(ASTSource(k, sig, consts), target=GPUTarget("cuda", 90, 32),
                    options=dict(num_warps=warps, num_stages=stages))
+NA = importlib.import_module("instyle.kernels.conv_in_normalize")
+a = NA._in_apply_kernel
+consts = dict(RELU=True, HAS_SKIP=True, BLOCK_HW=64, BLOCK_C=64)
+sig = {n: "constexpr" if n in consts else ("*fp32" if n == "norm_ptr" else "*bf16") if n.endswith("_ptr") else "i32"
+       for n in a.arg_names}
+triton.compile(ASTSource(a, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 print("compiled")
 """
 

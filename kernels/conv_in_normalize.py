@@ -1,0 +1,97 @@
+"""Apply a finalized instance norm once: y = act((x - mean) * scale + beta) [+ skip], NHWC, one pass.
+
+Why a separate pass exists beside conv_in's prologue. The prologue normalizes every input element each
+time the implicit GEMM loads it: KH*KW times, x4 more behind a nearest x2 upsampling. That is ~6
+CUDA-core ops per loaded element against BLOCK_N tensor-core FMAs; on an H100 (128 FP32 lanes vs
+~2048 fp16 tensor FMAs per SM and clock) the prologue costs about 96 / BLOCK_N times the MMA. For the
+3x3 convs at 64-128 output channels it hides behind the MMA; for deconv1/deconv2 (reuse 36, Cout 64/32)
+and the 9x9 deconv3 (reuse 81, Cout 3) it would dominate the layer (at 3840x2160 roughly 0.5, 0.9 and
+4 ms of CUDA-core work), while normalizing their stored inputs once costs one read and one write of
+133, 265 and 530 MB (~0.05-0.3 ms). engine/fused_chain.py picks per layer (a modeled choice, to be
+confirmed with bench/fused_layers on a GPU).
+
+Layout: x, skip and y are logical N x C x H x W tensors with any strides (channels_last is the fast
+one: [BLOCK_HW, BLOCK_C] tiles whose rows are contiguous channel runs). norm is fp32 [N, 3, C] =
+(mean, gamma * rstd, beta) from conv_in.finalize.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# Tuning: one config (elementwise; no sweep needed). The interpreter prefers big tiles (cost per op).
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TUNING = dict(block_hw=256, block_c=64, num_warps=1) if _INTERPRET else dict(block_hw=64, block_c=64, num_warps=4)
+
+
+@triton.jit
+def _in_apply_kernel(
+    x_ptr,                          # raw input, logical [N, C, H, W], strides sx*
+    norm_ptr,                       # fp32 [N, 3, C]: mean, gamma * rstd, beta
+    skip_ptr,                       # skip added after the activation, strides ss* (HAS_SKIP)
+    y_ptr,                          # output, strides sy*
+    C, HW, W,
+    sxn, sxc, sxh, sxw,             # x strides
+    ssn, ssc, ssh, ssw,             # skip strides
+    syn, syc, syh, syw,             # y strides
+    RELU: tl.constexpr, HAS_SKIP: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One program: BLOCK_HW pixels x BLOCK_C channels of image n."""
+    n = tl.program_id(2).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    mask = (p < HW)[:, None] & c_mask[None, :]
+    h = (p // W).to(tl.int64)
+    w = p % W
+    nb = norm_ptr + n * 3 * C + c
+    mean = tl.load(nb, mask=c_mask, other=0.0)
+    scale = tl.load(nb + C, mask=c_mask, other=0.0)
+    beta = tl.load(nb + 2 * C, mask=c_mask, other=0.0)
+    # x tile [BLOCK_HW, BLOCK_C]: pixel (h, w), channel c
+    x = tl.load(x_ptr + n * sxn + (h * sxh + w * sxw)[:, None] + c[None, :] * sxc, mask=mask, other=0.0)
+    y = (x.to(tl.float32) - mean[None, :]) * scale[None, :] + beta[None, :]
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    if HAS_SKIP:
+        y += tl.load(skip_ptr + n * ssn + (h * ssh + w * ssw)[:, None] + c[None, :] * ssc, mask=mask,
+                     other=0.0).to(tl.float32)
+    tl.store(y_ptr + n * syn + (h * syh + w * syw)[:, None] + c[None, :] * syc, y.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def in_apply(x: torch.Tensor, norm: torch.Tensor, *, relu: bool = False, skip: Optional[torch.Tensor] = None,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """act((x - mean) * scale + beta) [+ skip] with norm = fp32 [N, 3, C]; y is channels_last in x's dtype."""
+    if not x.is_cuda and not _INTERPRET:
+        raise ValueError(f"in_apply: x is on {x.device}; the Triton kernels need a CUDA tensor "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    N, C, H, W = x.shape
+    assert norm.shape == (N, 3, C) and norm.dtype == torch.float32, (tuple(norm.shape), norm.dtype)
+    assert skip is None or skip.shape == x.shape
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+    t = TUNING
+    bc = min(t["block_c"], triton.next_power_of_2(C))
+    s = skip if skip is not None else x
+    # grid: (pixel tiles, channel tiles, images)
+    _in_apply_kernel[(triton.cdiv(H * W, t["block_hw"]), triton.cdiv(C, bc), N)](
+        x, norm.contiguous(), s, out, C, H * W, W, *x.stride(), *s.stride(), *out.stride(),
+        RELU=relu, HAS_SKIP=skip is not None, BLOCK_HW=t["block_hw"], BLOCK_C=bc, num_warps=t["num_warps"])
+    return out
+
+
+def in_apply_ref(x: torch.Tensor, norm: torch.Tensor, *, relu: bool = False,
+                 skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Plain PyTorch, fp32 math, x's dtype out."""
+    mean, scale, beta = (v[:, :, None, None] for v in norm.float().unbind(1))
+    y = (x.float() - mean) * scale + beta
+    if relu:
+        y = torch.relu(y)
+    if skip is not None:
+        y = y + skip.float()
+    return y.to(x.dtype)
