@@ -22,6 +22,10 @@ size touches memory, about 0.9 KB per pixel:
     3 channels into N (weights shifted per pixel, K over 13 instead of 9 columns), 1.5x instead of 2.7x.
   * epilogue: + bias, one store of the raw output (any strides: NHWC between layers, NCHW fp32 for the
     generator's output), and IN statistics of exactly the stored (rounded) values.
+The prologue re-normalizes an input element each time it is loaded (KH*KW times, x4 behind an
+upsampling): free next to the MMA for the 3x3 convs at 64-128 output channels, not for the deconvs,
+whose inputs engine/fused_chain.py normalizes once with kernels/conv_in_normalize.py instead (that
+file's docstring has the numbers); the 0.9 KB/pixel above is the all-prologue figure, ~1.2 KB with it.
 
 Statistics (numerically safe, deterministic, no atomics). The epilogue splits its BLOCK_M rows into
 stat tiles of STAT_M rows (a constant across tile configs, so the partial layout does not depend on what
