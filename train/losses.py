@@ -24,11 +24,15 @@ from .vgg import VGGFeatures
 
 DEFAULT_CONTENT_LAYERS = ("relu2_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
-# Defaults for the caffe-convention VGG-16 (shared vgg16-features.safetensors); see README/report for how
-# they were chosen: at the start of training (random generator, 256 px crops, style at 512) the weighted
-# content and style terms are of the same order.
-CAFFE_WEIGHTS = {"content": 1.0, "style": 1.0, "tv": 10.0}
-# torchvision input is ~1/57.6 of caffe's scale (x/255/std): content terms shrink by ~57.6^2, style by ~57.6^4
+# Defaults for the caffe-convention VGG-16 (shared vgg16-features.safetensors), default layers. Measured at
+# the start of training (fresh Johnson generator = mid-gray output, chicago 256 px, style longer side 512):
+# unweighted content 2.2e5; unweighted style 2.0e5 (udnie), 1.4e6 (candy), 1.5e6 (starry_night), 4.0e6
+# (mosaic). Style 0.3 puts the weighted style term at 0.3-5x the content term (geometric mean ~1.6x).
+# Gatys check (chicago x starry_night, 128 px, 60 L-BFGS steps): style 0.1 barely stylises, 0.3 clearly,
+# 1 strongly, 10 swamps the content. TV 10 is ~0.1% of the total: it only damps pixel noise.
+CAFFE_WEIGHTS = {"content": 1.0, "style": 0.3, "tv": 10.0}
+# torchvision input is ~1/57.6 of caffe's scale (x/255/std): content terms shrink by ~57.6^2, style by ~57.6^4.
+# Derived, not measured (no torchvision file here); pass --content-weight/--style-weight to override.
 _TV_SCALE = (255 * 0.226) ** 2
 TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,
                        "style": CAFFE_WEIGHTS["style"] * _TV_SCALE**2, "tv": CAFFE_WEIGHTS["tv"]}
