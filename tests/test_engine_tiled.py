@@ -94,18 +94,36 @@ def test_stylizer_tiled_odd_sizes(shape):
     assert torch.allclose(y, ref, atol=1e-3), report(y, ref)
 
 
-def test_real_photo_tiled_equals_untiled(data):
-    """A 1000x700 crop of a real photo through the pytorch/examples network, 256-px tiles, fp32."""
+@pytest.fixture(scope="module")
+def photo_run(data):
+    """A 1000x700 crop of a real photo, the pytorch/examples network, and its untiled fp32 output."""
     weights = need(data / "pretrained" / "random-transformernet.pth")
     pic = io.read_image(need(data / "content" / "demo" / "amber.jpg"))
     x = io.to_tensor([pic])[:, :, :700, :1000]
     assert x.shape == (1, 3, 700, 1000)
     model, _ = checkpoint.load(weights)
-    ref = Stylizer(model, tile="off")(x)
+    return model, x, Stylizer(model, tile="off")(x)
+
+
+def test_real_photo_tiled_equals_untiled(photo_run):
+    model, x, ref = photo_run
     s = Stylizer(model, tile=256)
     y = s(x)
     assert s.last_tile == 256
     assert (y - ref).abs().max() <= 0.5, report(y, ref)
+
+
+def test_real_photo_16bit_stores_when_memory_is_short(photo_run, monkeypatch):
+    """fp32 stores would not fit (patched MemAvailable), so the sweep keeps 16-bit stores."""
+    model, x, ref = photo_run
+    chosen = []
+    choose = tiled.choose_storage
+    monkeypatch.setattr(tiled, "choose_storage", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 200 * 10**6)
+    y = Stylizer(model, tile=256)(x)
+    assert chosen == [torch.float16]
+    d = (y - ref).abs()
+    assert d.max() <= 1.0 and d.mean() <= 0.1, report(y, ref)
 
 
 def test_forced_oom_falls_back_to_tiles(monkeypatch):
