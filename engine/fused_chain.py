@@ -125,7 +125,7 @@ class FusedChain:
         y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
                               upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
                               stats=layer.in_weight is not None, out=out)
-        nxt = None if stats is None else ci.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+        nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()

@@ -45,11 +45,13 @@ the same way; after the last block, deconv1's prologue consumes x_B without writ
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (statistics side, re-exported)
 
 # ----------------------------------------------------------------------------------------------------
 # Tuning configs.
@@ -274,14 +276,6 @@ _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
 # Launcher: all shape, layout and grid logic.
 
 
-class Stats(NamedTuple):
-    """Per-stat-tile IN partials of a conv output: fp32 [N, T, C] means and M2s, T = cdiv(hw, stat_m)."""
-    pmean: torch.Tensor
-    pm2: torch.Tensor
-    hw: int
-    stat_m: int
-
-
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Conv2d weight [Cout, Cin, KH, KW] -> GEMM layout [KH*KW*Cin, Cout] (row (ky*KW + kx)*Cin + ci)."""
     cout = weight.shape[0]
@@ -382,40 +376,8 @@ def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, 
     return None
 
 
-def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Chan-merge the partials -> fp32 [N, 3, C]: (mean, weight * rstd, bias) for the next prologue.
-
-    All tiles but the last hold stat_m pixels, so their means merge with one torch.var_mean (Welford)
-    over T - 1 tiles: M2_full = sum(M2_t) + stat_m * (T - 1) * var(m_t); the ragged last tile joins with
-    Chan's two-group formula. Two reads of the [N, T, C] partials and a few [N, C] ops, all capturable
-    in a CUDA graph.
-    """
-    pmean, pm2, hw, stat_m = stats
-    T = pmean.shape[1]
-    m2 = pm2.sum(1)
-    if T == 1:
-        mean = pmean[:, 0]
-    else:
-        n_a, n_b = stat_m * (T - 1), hw - stat_m * (T - 1)
-        var_a, mean_a = torch.var_mean(pmean[:, :-1], dim=1, correction=0)
-        delta = pmean[:, -1] - mean_a
-        mean = mean_a + delta * (n_b / hw)
-        m2 = m2 + var_a * n_a + delta.square() * (n_a * n_b / hw)
-    scale = torch.rsqrt(m2 / hw + eps) * weight.float()
-    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Plain-PyTorch reference (fp32): what one fused layer computes, written the unfused way.
-
-
-def norm_params_ref(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """[N, 3, C] (mean, weight * rstd, bias) of y's biased per-(n, c) statistics, two-pass in fp32."""
-    yf = y.float()
-    mean = yf.mean(dim=(2, 3))
-    var = (yf - mean[:, :, None, None]).square().mean(dim=(2, 3))
-    scale = torch.rsqrt(var + eps) * weight.float()
-    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
 
 
 def conv_in_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, stride: int = 1,

@@ -1,4 +1,6 @@
-"""Apply a finalized instance norm once: y = act((x - mean) * scale + beta) [+ skip], NHWC, one pass.
+"""The statistics side of kernels/conv_in.py: `finalize` (Chan-merge the epilogue's per-tile partials into
+per-(n, c) norm params) and `in_apply`, which applies a finalized instance norm once,
+y = act((x - mean) * scale + beta) [+ skip], in one NHWC pass.
 
 Why a separate pass exists beside conv_in's prologue. The prologue normalizes every input element each
 time the implicit GEMM loads it: KH*KW times, x4 more behind a nearest x2 upsampling. That is ~6
@@ -12,12 +14,12 @@ confirmed with bench/fused_layers on a GPU).
 
 Layout: x, skip and y are logical N x C x H x W tensors with any strides (channels_last is the fast
 one: [BLOCK_HW, BLOCK_C] tiles whose rows are contiguous channel runs). norm is fp32 [N, 3, C] =
-(mean, gamma * rstd, beta) from conv_in.finalize.
+(mean, gamma * rstd, beta) from `finalize` below.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -26,6 +28,45 @@ import triton.language as tl
 # Tuning: one config (elementwise; no sweep needed). The interpreter prefers big tiles (cost per op).
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TUNING = dict(block_hw=256, block_c=64, num_warps=1) if _INTERPRET else dict(block_hw=64, block_c=64, num_warps=4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics: conv_in's epilogue writes per-stat-tile partials; finalize turns them into norm params.
+
+
+class Stats(NamedTuple):
+    """Per-stat-tile IN partials of a conv output: fp32 [N, T, C] means and M2s, T = cdiv(hw, stat_m)."""
+    pmean: torch.Tensor
+    pm2: torch.Tensor
+    hw: int
+    stat_m: int
+
+
+def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Chan-merge the partials -> fp32 [N, 3, C]: (mean, weight * rstd, bias) for the next prologue.
+
+    All tiles but the last hold stat_m pixels, so their means merge with one torch.var_mean (Welford)
+    over T - 1 tiles: M2_full = sum(M2_t) + stat_m * (T - 1) * var(m_t); the ragged last tile joins with
+    Chan's two-group formula. Two reads of the [N, T, C] partials and a few [N, C] ops, all capturable
+    in a CUDA graph.
+    """
+    pmean, pm2, hw, stat_m = stats
+    T = pmean.shape[1]
+    m2 = pm2.sum(1)
+    if T == 1:
+        mean = pmean[:, 0]
+    else:
+        n_a, n_b = stat_m * (T - 1), hw - stat_m * (T - 1)
+        var_a, mean_a = torch.var_mean(pmean[:, :-1], dim=1, correction=0)
+        delta = pmean[:, -1] - mean_a
+        mean = mean_a + delta * (n_b / hw)
+        m2 = m2 + var_a * n_a + delta.square() * (n_a * n_b / hw)
+    scale = torch.rsqrt(m2 / hw + eps) * weight.float()
+    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The apply pass.
 
 
 @triton.jit
@@ -95,3 +136,12 @@ def in_apply_ref(x: torch.Tensor, norm: torch.Tensor, *, relu: bool = False,
     if skip is not None:
         y = y + skip.float()
     return y.to(x.dtype)
+
+
+def norm_params_ref(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """[N, 3, C] (mean, weight * rstd, bias) of y's biased per-(n, c) statistics, two-pass in fp32."""
+    yf = y.float()
+    mean = yf.mean(dim=(2, 3))
+    var = (yf - mean[:, :, None, None]).square().mean(dim=(2, 3))
+    scale = torch.rsqrt(var + eps) * weight.float()
+    return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
