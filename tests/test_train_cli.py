@@ -118,6 +118,8 @@ def test_cli_train_end_to_end_and_resume(data, tmp_path, capsys):
     assert json.loads(checkpoint.read_metadata(out)["training"])["iterations"] == 4
     rows = (tmp_path / "mosaic.log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3", "4"]
+    assert main(argv) == 1  # a fresh run would overwrite the earlier run's state
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["train", "--style", "nope.jpg", "--data", str(content), "--out", str(out)]) == 2
     assert main(["train", "--style", str(data / "styles" / "mosaic.jpg"), "--out", str(out)]) == 2
     err = capsys.readouterr().err

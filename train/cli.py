@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids (0: never)")
     t.add_argument("--log-every", type=int, default=10, help="steps between CSV log rows")
     t.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
+    t.add_argument("--overwrite", action="store_true", help="start over even if OUT's .state.pt exists")
     t.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="of the output generator")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_loss_arguments(p)
@@ -97,7 +98,7 @@ def run(args) -> int:
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
-        resume=args.resume, device=str(device), save_dtype=args.save_dtype, progress=not args.no_progress,
+        resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype, progress=not args.no_progress,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )
     trainer = train(cfg, loss)

@@ -55,6 +55,7 @@ class TrainConfig:
     sample_every: int = 1000
     log_every: int = 10
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace an existing run's state file
     device: str = "auto"
     save_dtype: str = "fp32"  # fp32 | fp16 (of the .safetensors generator)
     progress: bool = True
@@ -115,6 +116,9 @@ class Trainer:
         self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"))
         if cfg.resume:
             self._resume()
+        elif state_path(self.out).exists() and not cfg.overwrite:
+            raise ValueError(f"{state_path(self.out)} exists (an earlier run): pass --resume to continue it or "
+                             f"--overwrite to start over")
         if self.dist.is_main:
             self.log.flush(plot=False)  # a fresh run starts a fresh CSV; a resumed one drops rows past its step
 
