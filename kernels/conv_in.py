@@ -80,9 +80,10 @@ _GPU_CONFIGS = [
 
 
 def _prune(configs, nargs, **kw):
-    """Drop tiles wider than the layer: BLOCK_N > Cout, or BLOCK_K > Cin on the tap-outer path."""
+    """Drop tiles wider than the layer: BLOCK_N > Cout, or BLOCK_K > Cin (but never below 32) on the
+    tap-outer path."""
     cout_cap = max(8, triton.next_power_of_2(nargs["Cout"]))
-    cin_cap = 64 if kw["FLAT_K"] else max(16, triton.next_power_of_2(nargs["Cin"]))
+    cin_cap = 64 if kw["FLAT_K"] else max(32, triton.next_power_of_2(nargs["Cin"]))
     keep = [c for c in configs if c.kwargs["BLOCK_N"] <= cout_cap and c.kwargs["BLOCK_K"] <= cin_cap]
     return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]))]
 
@@ -267,9 +268,10 @@ def _conv_in_kernel(
         tl.store(pm2_ptr + p_off, m2, mask=p_mask)
 
 
+_AUTOTUNE = not _INTERPRET  # tests switch it on under the interpreter with a stub benchmark
+_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K"]
 _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
-    configs=_GPU_CONFIGS, key=["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K"],
-    prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
+    configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -347,7 +349,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     flags = dict(KH=kernel, KW=kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
                  HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
                  HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, STAT_M=stat_m)
-    if _INTERPRET:
+    if not _AUTOTUNE:
         # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
         t = TUNING
         bm, bn = t["block_m"], min(t["block_n"], max(8, triton.next_power_of_2(Cout)))

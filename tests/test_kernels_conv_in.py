@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
 
@@ -101,12 +102,12 @@ def functional_layer(c, round_to=None):
     return y if round_to is None else y.to(round_to).float()
 
 
-def run_fused(c, dtype, out=None):
+def run_fused(c, dtype, out=None, stats=None):
     norm = CI.norm_params_ref(c["x"], c["gamma"], c["beta"]) if c["norm"] else None
     skip_out = torch.empty_like(c["x"], dtype=dtype) if c["wskip"] else None
     y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype), c["bias"], kernel=c["k"], stride=c["stride"],
                        upsample=c["up"], norm=norm, relu=c["relu"], skip=c["skip"], skip_out=skip_out,
-                       stats=out is None, out=out)
+                       stats=out is None if stats is None else stats, out=out)
     return y, stats, skip_out, norm
 
 
@@ -241,6 +242,38 @@ def test_gpu_configs_fit_the_statistics_layout():
     first = CI._prune(CI._GPU_CONFIGS, dict(Cin=3, Cout=32), FLAT_K=True)
     assert first and all(c.kwargs["BLOCK_N"] <= 32 for c in first)
     assert len(CI._prune(CI._GPU_CONFIGS, dict(Cin=128, Cout=128), FLAT_K=False)) == len(CI._GPU_CONFIGS)
+
+
+@pytest.mark.parametrize("name", ["res_first", "out9x9"])
+def test_autotuned_launch_runs_every_gpu_config(monkeypatch, name):
+    """The GPU launch path (triton.autotune over the pruned _GPU_CONFIGS, keyed, grid from META) under
+    the interpreter with a stub benchmark that runs each config once: every config's output is checked."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the real autotuner runs (test_layer_on_gpu_autotuned)")
+    outputs = []
+
+    def bench_once(fn, quantiles):
+        fn()
+        outputs.append(y.clone())
+        return [float(len(outputs))] * len(quantiles)  # the first config "wins"
+
+    tuned = triton.autotune(configs=CI._GPU_CONFIGS, key=CI._TUNE_KEY, do_bench=bench_once,
+                            prune_configs_by={"early_config_prune": CI._prune})(CI._conv_in_kernel)
+    monkeypatch.setattr(CI, "_AUTOTUNE", True)
+    monkeypatch.setattr(CI, "_conv_in_tuned", tuned)
+    monkeypatch.setitem(CI.TUNING, "stat_m", CI.GPU_STAT_M)
+    monkeypatch.setitem(CI.TUNING, "flat_max_cin", 15)  # the GPU's K-order choice
+    c = make_case(name, torch.float32)
+    last = name == "out9x9"
+    y = torch.empty(2, 3, 7, 9) if last else torch.empty_like(c["x"])  # 3x3 stride 1: x's shape
+    y, stats, _, _ = run_fused(c, torch.float32, out=y, stats=not last)
+    ref = functional_layer(c)
+    assert len(outputs) >= 2, "pruning left a single config: nothing was tuned"
+    for got in outputs + [y]:
+        assert_derived_close("y", got, ref, None, torch.float32)
+    if stats is not None:
+        torch.testing.assert_close(CI.finalize(stats, torch.ones(16), torch.zeros(16)),
+                                   CI.norm_params_ref(y, torch.ones(16), torch.zeros(16)), rtol=2e-5, atol=1e-5)
 
 
 _COMPILE_SM90 = """
