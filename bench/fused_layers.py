@@ -9,7 +9,9 @@ statistics (written by the epilogue, read back by `finalize`). Halo re-reads are
 counted. Layers marked +pre normalize their input in a separate pass first (engine/fused_chain.py
 PRENORM_MIN_REUSE; --prenorm all|none forces either way). On CUDA it then times each layer (normalize
 pass + conv + statistics finalize) with CUDA events after a warm-up
-(which autotunes) and adds ms, achieved TFLOP/s and GB/s; on CPU it prints the analytic table only.
+(which autotunes) and adds ms, achieved TFLOP/s and GB/s, then times the whole chain as the Stylizer
+runs it (CUDA graph replay): first-call time, ms/batch, Mpx/s and peak memory. On CPU it prints the
+analytic table only.
 """
 from __future__ import annotations
 
@@ -52,8 +54,8 @@ def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str =
             "output": n * ho * wo * L.cout * out_b,
             "stats": 0 if L.in_weight is None else 2 * 2 * n * -(-ho * wo // stat_m) * L.cout * 4,
         }
-        rows.append(dict(name=L.name + ("+pre" if L.prenorm else ""), k=L.kernel, stride=L.stride, up=L.upsample, cin=L.cin, cout=L.cout,
-                         hin=h, win=w, hout=ho, wout=wo,
+        rows.append(dict(name=L.name + ("+pre" if L.prenorm else ""), k=L.kernel, stride=L.stride, up=L.upsample,
+                         cin=L.cin, cout=L.cout, hin=h, win=w, hout=ho, wout=wo,
                          flops=2 * n * ho * wo * L.cout * L.cin * L.kernel * L.kernel,
                          bytes=sum(moved.values()), **{f"b_{k}": v for k, v in moved.items()}))
         h, w = ho, wo
@@ -77,6 +79,32 @@ def time_layers(model, x: torch.Tensor, precision: str, iters: int, prenorm: str
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
+def time_whole(model, x: torch.Tensor, precision: str, iters: int, prenorm: str = "auto") -> dict:
+    """The backend as the Stylizer runs it (CUDA graph replay): first-call (compile + autotune +
+    capture) time, steady-state median/p10/p90 ms per batch, and peak memory."""
+    import time
+
+    run = FC.make_runner(model, x.device, DTYPES[precision], prenorm=prenorm)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run(x)
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(x)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return dict(first_s=first_s, median_ms=q(0.5), p10_ms=q(0.1), p90_ms=q(0.9),
+                peak_mb=torch.cuda.max_memory_allocated() / 2**20)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m instyle.bench.fused_layers", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="3840x2160", help="WIDTHxHEIGHT (padded to multiples of 4)")
@@ -97,6 +125,7 @@ def main(argv=None) -> None:
         model = model.cuda().to(DTYPES[a.precision])
         x = torch.rand(a.batch, 3, hgt, wdt, device="cuda") * 255
         timed = time_layers(model, x, a.precision, a.iters, a.prenorm)
+        whole = time_whole(model, x, a.precision, a.iters, a.prenorm)
     px = a.batch * hgt * wdt
     print(f"fused chain, JohnsonNet(width={a.width}, blocks={a.blocks}), {a.batch}x3x{hgt}x{wdt}, {a.precision}, "
           f"prenorm={a.prenorm} (+pre: the layer's input is normalized in a separate pass)")
@@ -120,6 +149,14 @@ def main(argv=None) -> None:
     print(f"per input pixel: {flops / px / 1e6:.3f} MFLOP, {moved / px:.0f} B minimum traffic")
     if not timed:
         print("timings need CUDA (no device here): analytic table only")
+        return
+    print(f"per layer: {torch.cuda.get_device_name()}, median of {a.iters} runs, CUDA events around each layer "
+          "(no graph; includes launch gaps)")
+    w = whole
+    print(f"whole chain, CUDA graph replay (+ clone of the output): first call {w['first_s']:.1f} s (compile, "
+          f"autotune, capture); steady {w['median_ms']:.3f} ms/batch (p10 {w['p10_ms']:.3f}, p90 {w['p90_ms']:.3f}), "
+          f"{px / w['median_ms'] / 1e3:.0f} Mpx/s, {flops / w['median_ms'] / 1e9:.0f} TFLOP/s, "
+          f"{moved / w['median_ms'] / 1e6:.0f} GB/s of minimum traffic, peak memory {w['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
