@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,7 +89,8 @@ def test_vgg_file_resolution_and_torchvision_pth(tmp_path, monkeypatch):
     vgg = load_vgg(["relu2_1"])
     assert vgg.convention == "torchvision"
     x = torch.rand(1, 3, 8, 8) * 255
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(vgg(x)["relu2_1"], ref.features((x / 255 - mean) / std))
     assert load_vgg(["relu2_1"], convention="caffe").convention == "caffe"  # the flag overrides
 

@@ -98,7 +98,8 @@ def run(args) -> int:
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
-        resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype, progress=not args.no_progress,
+        resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
+        progress=not args.no_progress,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )
     trainer = train(cfg, loss)
