@@ -16,14 +16,7 @@ from conftest import need
 from instyle import checkpoint
 from instyle.cli import main
 from instyle.train.vgg import VGGFeatures, VGGWeightsError, load_vgg, resolve_path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_train_core import one_thread  # noqa: F401  (autouse fixture: one thread on a busy machine)
 
 
 def functional_vgg16(x_rgb255, state, layers):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from test_train_core import config, photos, tiny_loss  # noqa: F401  (photos is a fixture)
+from test_train_core import config, one_thread, photos, tiny_loss  # noqa: F401  (fixtures)
 
 
 def _free_port() -> int:
