@@ -10,6 +10,8 @@ Deliberate choices:
   * weights are packed once, here, into the GEMM layout [KH*KW*Cin, Cout] in the run dtype;
   * the previous IN is applied in the conv's prologue for the 3x3 convs, but in one separate pass for
     layers whose input elements are loaded 36-81 times (see PRENORM_MIN_REUSE);
+  * deconv3 (Cout 3) packs 5 horizontally adjacent output pixels x 3 channels into the GEMM's N
+    (kernels/conv_in.py, PIX), so its tensor-core work is ~1.5x the useful FLOPs instead of 8/3x;
   * biases of convs followed by IN are dropped: IN subtracts the per-channel mean, so IN(conv + b) ==
     IN(conv) exactly, and the epilogue skips an add; only deconv3 keeps its bias;
   * activations between layers are channels_last (NHWC) in the run dtype; conv1 reads the NCHW fp32
@@ -56,6 +58,7 @@ class Layer(NamedTuple):
     in_bias: Optional[torch.Tensor]    # fp32 beta
     eps: float
     prenorm: bool                      # normalize the input in a separate pass, not in the prologue
+    pix: int                           # output pixels per GEMM row (weights packed for it)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -75,12 +78,14 @@ def _layer(name: str, conv: nn.Conv2d, norm: Optional[nn.InstanceNorm2d], *, str
     cout, cin, k, _ = conv.weight.shape
     reuse = k * k * (4 if upsample else 1) / (stride * stride)
     pre = name != "conv1" and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
-    return Layer(name, ci.pack_weight(conv.weight.float(), dtype),
+    # deconv3 (Cout 3): 5 adjacent pixels x 3 channels fill a 16-wide MMA instead of 3 of 8 columns
+    pix = 16 // cout if cout < 8 and norm is None and stride == 1 and not upsample else 1
+    return Layer(name, ci.pack_weight(conv.weight.float(), dtype, pix),
                  None if norm is not None else conv.bias.detach().float().contiguous(),
                  k, stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps), pre)
+                 1e-5 if norm is None else float(norm.eps), pre, pix)
 
 
 class FusedChain:
@@ -124,7 +129,7 @@ class FusedChain:
             norm, relu, skip, skip_out = None, False, None, None
         y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
                               upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
-                              stats=layer.in_weight is not None, out=out)
+                              stats=layer.in_weight is not None, out=out, pix=layer.pix)
         nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)

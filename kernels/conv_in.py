@@ -15,11 +15,11 @@ size touches memory, about 0.9 KB per pixel:
     tap-outer (per tap: row addresses once per pixel, then contiguous NHWC channel runs of BLOCK_K) for
     Cin >= 16; flat (k -> (ky, kx, ci) per element) for the 9x9 first layer with Cin = 3, where a
     per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256).
-    The 9x9 last layer (Cout = 3) runs the same GEMM with BLOCK_N = 8, which sm_90 compiles to
-    wgmma m64n8k16 (checked in the PTX): 5% of the useful FLOPs, 8/3 of that in tensor-core work -- at
-    3840x2160 ~0.35 ms at H100 fp16 peak against ~0.2 ms of memory traffic (BLOCK_N = 16 would double
-    it; CUDA-core FMA would be slower still). Not done yet: put 5 horizontally adjacent output pixels x
-    3 channels into N (weights shifted per pixel, K over 13 instead of 9 columns), 1.5x instead of 2.7x.
+    The 9x9 last layer (Cout = 3) is 5% of the useful FLOPs, but as a plain GEMM its N is 3: BLOCK_N = 8
+    (sm_90 compiles it to wgmma m64n8k16, checked in the PTX) does 8/3 of the work, ~0.35 ms at H100
+    fp16 peak at 3840x2160 against ~0.2 ms of memory traffic. With PIX = 5 a GEMM row is a group of 5
+    horizontally adjacent output pixels and N = 5 x 3 = 15 columns of weights shifted by one pixel each
+    (pack_weight(..., pix); K spans 9 + 4 columns): 13/9 x 16/15 ~ 1.5x the useful work, ~0.2 ms.
   * epilogue: + bias, one store of the raw output (any strides: NHWC between layers, NCHW fp32 for the
     generator's output), and IN statistics of exactly the stored (rounded) values.
 The prologue re-normalizes an input element each time it is loaded (KH*KW times, x4 behind an
@@ -82,7 +82,7 @@ _GPU_CONFIGS = [
 def _prune(configs, nargs, **kw):
     """Drop tiles wider than the layer: BLOCK_N > Cout, or BLOCK_K > Cin (but never below 32) on the
     tap-outer path."""
-    cout_cap = max(8, triton.next_power_of_2(nargs["Cout"]))
+    cout_cap = max(8, triton.next_power_of_2(nargs["Cout"] * kw["PIX"]))
     cin_cap = 64 if kw["FLAT_K"] else max(32, triton.next_power_of_2(nargs["Cin"]))
     keep = [c for c in configs if c.kwargs["BLOCK_N"] <= cout_cap and c.kwargs["BLOCK_K"] <= cin_cap]
     return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]))]
@@ -170,7 +170,7 @@ def _conv_in_kernel(
     norm_ptr,                   # fp32 [N, 3, Cin]: mean, gamma*rstd, beta of the input's pending IN (NORM)
     skip_ptr,                   # skip added after the prologue's activation, like x, strides ss* (HAS_SKIP)
     skip_out_ptr,               # out: the prologue's result (next skip), strides ss* (WRITE_SKIP)
-    w_ptr,                      # packed weights [KH*KW*Cin, Cout], contiguous
+    w_ptr,                      # packed weights [KH*(KW+PIX-1)*Cin, PIX*Cout], contiguous
     b_ptr,                      # fp32 bias [Cout] (HAS_BIAS)
     y_ptr,                      # raw output, logical [N, Cout, Hout, Wout], any strides (sy*)
     pmean_ptr, pm2_ptr,         # fp32 [N, T, Cout] out: per-stat-tile mean and M2 of y (HAS_STATS)
@@ -182,20 +182,28 @@ def _conv_in_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr,
     NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr, WRITE_SKIP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATS: tl.constexpr, FLAT_K: tl.constexpr, DOT_IEEE: tl.constexpr,
+    PIX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAT_M: tl.constexpr,
 ):
-    """One program: BLOCK_M output pixels of image n x BLOCK_N output channels."""
+    """One program: BLOCK_M GEMM rows of image n x BLOCK_N GEMM columns. A row is one output pixel, or
+    with PIX > 1 a group of PIX horizontally adjacent ones; a column is (pixel of the group, channel)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)  # every offset below is n * stride + ...: 64-bit from here on
     PAD: tl.constexpr = KH // 2
     # pixel coordinates stay int32 (one image's H*W < 2^31); offsets are int64 (a batch may not fit)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # output pixel within image n
-    m_mask = m < Hout * Wout
-    oh = m // Wout
-    ow = m % Wout
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    co_mask = co < Cout
+    KWE: tl.constexpr = KW + PIX - 1                       # kernel columns one GEMM row reads
+    WG = (Wout + PIX - 1) // PIX                           # GEMM rows per image row
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # GEMM row within image n
+    m_mask = m < Hout * WG
+    oh = m // WG
+    ow = (m % WG) * PIX                                    # (first) output column of the row
+    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)            # GEMM column: pixel j // Cout, channel j % Cout
+    j_mask = j < PIX * Cout
+    if PIX == 1:
+        co = j
+    else:
+        co = j % Cout
     kr = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
@@ -210,22 +218,25 @@ def _conv_in_kernel(
             interior = (r0 == r1) & (r0 >= PAD) & (r1 < Hin - PAD) & (m_first % Wout >= PAD) \
                 & (m_last % Wout < Win - PAD)
         if interior:
-            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, co_mask, kr,
+            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, j_mask, kr,
                                Cin, Hin, Win, Cout, sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw, KH, KW, STRIDE, PAD,
                                UPSAMPLE, NORM, RELU, HAS_SKIP, DOT_IEEE, BLOCK_K, False)
         else:
-            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, co_mask, kr,
+            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, j_mask, kr,
                                Cin, Hin, Win, Cout, sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw, KH, KW, STRIDE, PAD,
                                UPSAMPLE, NORM, RELU, HAS_SKIP, DOT_IEEE, BLOCK_K, True)
     else:  # tap-outer: per step one reflected/upsampled row address per pixel, then a channel run
         # one flat loop over (tap, channel block) rather than two nested ones: the compiler pipelines
         # (num_stages) the innermost loop, and Cin = 32 with BLOCK_K = 32 would leave it one step long
         NUM_CB = tl.cdiv(Cin, BLOCK_K)
-        for step in range(0, KH * KW * NUM_CB):
+        for step in range(0, KH * KWE * NUM_CB):
             tap = step // NUM_CB
             ci = (step - tap * NUM_CB) * BLOCK_K + kr
-            ih = _src(oh, tap // KW, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
-            iw = _src(ow, tap % KW, Win, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            ih = _src(oh, tap // KWE, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            iw = _src(ow, tap % KWE, Win, STRIDE, PAD, UPSAMPLE)
+            if PIX > 1:  # columns only pixels past the right edge need: keep the address in range
+                iw = tl.minimum(tl.maximum(iw, 0), Win - 1)
+            iw = iw.to(tl.int64)
             k_mask = ci < Cin
             mask = m_mask[:, None] & k_mask[None, :]
             # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw), channels ci (contiguous in NHWC)
@@ -237,9 +248,9 @@ def _conv_in_kernel(
                 # center tap at stride 1: input pixel == output pixel, so each pixel is stored once
                 if (tap == (KH * KW) // 2) & (pid_n == 0):
                     tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
-            # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column co
-            w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * Cout + co[None, :],
-                        mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+            # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column j
+            w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * (PIX * Cout) + j[None, :],
+                        mask=k_mask[:, None] & j_mask[None, :], other=0.0)
             if DOT_IEEE:
                 acc = tl.dot(a, w, acc, input_precision="ieee")
             else:
@@ -247,11 +258,17 @@ def _conv_in_kernel(
 
     # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
     if HAS_BIAS:
-        acc += tl.load(b_ptr + co, mask=co_mask, other=0.0)[None, :]
-    out_mask = m_mask[:, None] & co_mask[None, :]
+        acc += tl.load(b_ptr + co, mask=j_mask, other=0.0)[None, :]
     y = acc.to(y_ptr.dtype.element_ty)
-    # y tile: image n, channel co, pixel (oh, ow), with y's own strides
-    tl.store(y_ptr + n * syn + (oh.to(tl.int64) * syh + ow * syw)[:, None] + co[None, :] * syc, y, mask=out_mask)
+    # y tile: image n, channel co, pixel (oh, ow [+ j // Cout]), with y's own strides
+    if PIX == 1:
+        y_off = (oh.to(tl.int64) * syh + ow * syw)[:, None] + co[None, :] * syc
+        out_mask = m_mask[:, None] & j_mask[None, :]
+    else:
+        ocol = ow[:, None] + (j // Cout)[None, :]
+        y_off = oh.to(tl.int64)[:, None] * syh + ocol * syw + co[None, :] * syc
+        out_mask = m_mask[:, None] & j_mask[None, :] & (ocol < Wout)
+    tl.store(y_ptr + n * syn + y_off, y, mask=out_mask)
     if HAS_STATS:
         S: tl.constexpr = BLOCK_M // STAT_M
         v = tl.reshape(y.to(tl.float32), [S, STAT_M, BLOCK_N])
@@ -263,13 +280,13 @@ def _conv_in_kernel(
         dev = tl.where(valid, v - mean[:, None, :], 0.0)
         m2 = tl.sum(dev * dev, axis=1)
         p_off = (n * T + t)[:, None] * Cout + co[None, :]      # int64 via n
-        p_mask = (t < T)[:, None] & co_mask[None, :]
+        p_mask = (t < T)[:, None] & j_mask[None, :]
         tl.store(pmean_ptr + p_off, mean, mask=p_mask)
         tl.store(pm2_ptr + p_off, m2, mask=p_mask)
 
 
 _AUTOTUNE = not _INTERPRET  # tests switch it on under the interpreter with a stub benchmark
-_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K"]
+_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX"]
 _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
     configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
 
@@ -278,10 +295,20 @@ _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
 # Launcher: all shape, layout and grid logic.
 
 
-def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Conv2d weight [Cout, Cin, KH, KW] -> GEMM layout [KH*KW*Cin, Cout] (row (ky*KW + kx)*Cin + ci)."""
-    cout = weight.shape[0]
-    return weight.detach().permute(2, 3, 1, 0).reshape(-1, cout).to(dtype).contiguous()
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype, pix: int = 1) -> torch.Tensor:
+    """Conv2d weight [Cout, Cin, KH, KW] -> GEMM layout [KH*(KW+pix-1)*Cin, pix*Cout].
+
+    Row (ky*(KW+pix-1) + kx)*Cin + ci. pix > 1 (for tiny Cout): column d*Cout + co holds the weights of
+    output pixel d of a horizontal group, shifted by d columns (zero where kx - d is outside the kernel).
+    """
+    cout, cin, kh, kw = weight.shape
+    w = weight.detach().permute(2, 3, 1, 0)  # [KH, KW, Cin, Cout]
+    if pix > 1:
+        shifted = w.new_zeros(kh, kw + pix - 1, cin, pix, cout)
+        for d in range(pix):
+            shifted[:, d:d + kw, :, d, :] = w
+        w = shifted
+    return w.reshape(-1, pix * cout).to(dtype).contiguous()
 
 
 def out_size(size: int, kernel: int, stride: int = 1, upsample: bool = False) -> int:
@@ -293,20 +320,22 @@ def out_size(size: int, kernel: int, stride: int = 1, upsample: bool = False) ->
 def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor] = None, *, kernel: int,
             stride: int = 1, upsample: bool = False, norm: Optional[torch.Tensor] = None, relu: bool = False,
             skip: Optional[torch.Tensor] = None, skip_out: Optional[torch.Tensor] = None, stats: bool = True,
-            out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[Stats]]:
+            out: Optional[torch.Tensor] = None, pix: int = 1) -> tuple[torch.Tensor, Optional[Stats]]:
     """y = conv(reflect_pad(up?(act(IN_pending(x)) + skip))) + bias, plus IN partial statistics of y.
 
     x: raw input, N x Cin x H x W (any strides; channels_last is the fast layout). norm: fp32 [N, 3, Cin]
     (mean, gamma*rstd, beta) from `finalize`, or None for no prologue normalize. skip_out (x's shape,
     stride-1 odd kernels only) receives the prologue's result. y: channels_last in w_packed's dtype
-    unless `out` is given. Returns (y, Stats or None).
+    unless `out` is given. pix: w_packed was packed with pack_weight(..., pix) (groups of pix output
+    pixels per GEMM row; stride 1, no statistics, no skip_out). Returns (y, Stats or None).
     """
     if not x.is_cuda and not _INTERPRET:
         raise ValueError(f"conv_in: x is on {x.device}; the Triton kernels need a CUDA tensor "
                          "(or TRITON_INTERPRET=1 for the CPU interpreter)")
     N, Cin, H, W = x.shape
-    K, Cout = w_packed.shape
-    assert K == kernel * kernel * Cin and w_packed.is_contiguous(), (tuple(w_packed.shape), kernel, Cin)
+    K, Cout = w_packed.shape[0], w_packed.shape[1] // pix
+    assert K == kernel * (kernel + pix - 1) * Cin and w_packed.is_contiguous(), (tuple(w_packed.shape), kernel, Cin)
+    assert pix == 1 or (stride == 1 and not upsample and not stats and skip_out is None)
     pad = kernel // 2
     if pad >= (2 * min(H, W) if upsample else min(H, W)):
         raise ValueError(f"conv_in: reflection padding {pad} needs an input larger than {H}x{W}")
@@ -326,19 +355,20 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
     pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32) if stats else None
     pm2 = torch.empty_like(pmean) if stats else None
     conv_in_op(x, w_packed, bias.float().contiguous() if bias is not None else None, norm, skip, skip_out, out,
-               pmean, pm2, kernel, stride, upsample, relu)
+               pmean, pm2, kernel, stride, upsample, relu, pix)
     return out, (Stats(pmean, pm2, Ho * Wo, TUNING["stat_m"]) if stats else None)
 
 
-def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu):
+def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix):
     """Pick the K order and grid, launch once. Buffers are allocated and checked by `conv_in`."""
     N, Cin, H, W = x.shape
     Cout, Ho, Wo = out.shape[1:]
     hw = Ho * Wo
+    rows, cols = Ho * triton.cdiv(Wo, pix), pix * Cout  # the GEMM's M (per image) and N
     stat_m = TUNING["stat_m"]
     T = triton.cdiv(hw, stat_m)
     assert pmean is None or pmean.shape == (N, T, Cout)
-    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None
+    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1
     s = skip if skip is not None else skip_out
     dummy = out  # never read or written when its flag is off
     args = (x, norm if norm is not None else dummy, skip if skip is not None else dummy,
@@ -348,18 +378,19 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
             *out.stride(), max(hw, 1).bit_length())
     flags = dict(KH=kernel, KW=kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
                  HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
-                 HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, STAT_M=stat_m)
+                 HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, PIX=pix,
+                 STAT_M=stat_m)
     if not _AUTOTUNE:
         # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
         t = TUNING
-        bm, bn = t["block_m"], min(t["block_n"], max(8, triton.next_power_of_2(Cout)))
+        bm, bn = t["block_m"], min(t["block_n"], max(8, triton.next_power_of_2(cols)))
         bk = min(t["block_k"], max(16, triton.next_power_of_2(kernel * kernel * Cin if flat else Cin)))
         assert bm % stat_m == 0
-        _conv_in_kernel[(triton.cdiv(hw, bm), triton.cdiv(Cout, bn), N)](
+        _conv_in_kernel[(triton.cdiv(rows, bm), triton.cdiv(cols, bn), N)](
             *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=t["num_warps"])
     else:
         # same grid; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size bucket)
-        grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(Cout, meta["BLOCK_N"]), N)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
         _conv_in_tuned[grid](*args, **flags)
 
 
@@ -369,12 +400,12 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
 def conv_in_op(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor], norm: Optional[torch.Tensor],
                skip: Optional[torch.Tensor], skip_out: Optional[torch.Tensor], out: torch.Tensor,
                pmean: Optional[torch.Tensor], pm2: Optional[torch.Tensor], kernel: int, stride: int,
-               upsample: bool, relu: bool) -> None:
-    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu)
+               upsample: bool, relu: bool, pix: int = 1) -> None:
+    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix)
 
 
 @conv_in_op.register_fake
-def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu):
+def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix=1):
     return None
 
 

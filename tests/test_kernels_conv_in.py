@@ -34,7 +34,9 @@ CASES = {
     "up_skip": (16, 8, 3, 1, True, True, False, True, False, (3, 5)),         # deconv1 after the blocks
     "up": (16, 8, 3, 1, True, True, True, False, False, (3, 4)),              # deconv2
     "out9x9": (16, 3, 9, 1, False, True, True, False, False, (7, 9)),          # deconv3: bias, NCHW fp32 out
+    "out9x9_px5": (16, 3, 9, 1, False, True, True, False, False, (7, 9)),      # deconv3 as the engine runs it
 }
+PIX = {"out9x9_px5": 5}  # GEMM rows of 5 horizontally adjacent pixels, N = 5 x 3 channels
 
 
 def _id(v):
@@ -51,7 +53,7 @@ def _combos():
             continue
         yield name, "taps", torch.float32
         yield name, "taps", torch.float16
-        if not case[8]:
+        if not case[8] and name not in PIX:  # skip writers and pixel groups always take the taps order
             yield name, "flat", torch.float32
 
 
@@ -80,7 +82,7 @@ def make_case(name, dtype, seed=0):
     beta = 0.3 * torch.randn(cin, generator=g)
     skip = torch.randn(2, cin, H, W, generator=g).to(dtype).contiguous(memory_format=cl) if has_skip else None
     return dict(x=x, w=w, bias=bias, gamma=gamma, beta=beta, skip=skip, k=k, stride=stride, up=up,
-                norm=has_norm, relu=relu, wskip=wskip)
+                norm=has_norm, relu=relu, wskip=wskip, pix=PIX.get(name, 1))
 
 
 def functional_layer(c, round_to=None):
@@ -105,9 +107,9 @@ def functional_layer(c, round_to=None):
 def run_fused(c, dtype, out=None, stats=None):
     norm = CI.norm_params_ref(c["x"], c["gamma"], c["beta"]) if c["norm"] else None
     skip_out = torch.empty_like(c["x"], dtype=dtype) if c["wskip"] else None
-    y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype), c["bias"], kernel=c["k"], stride=c["stride"],
-                       upsample=c["up"], norm=norm, relu=c["relu"], skip=c["skip"], skip_out=skip_out,
-                       stats=out is None if stats is None else stats, out=out)
+    y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype, c["pix"]), c["bias"], kernel=c["k"],
+                       stride=c["stride"], upsample=c["up"], norm=norm, relu=c["relu"], skip=c["skip"],
+                       skip_out=skip_out, stats=out is None if stats is None else stats, out=out, pix=c["pix"])
     return y, stats, skip_out, norm
 
 
@@ -132,7 +134,7 @@ def assert_derived_close(name, fused, ref, lowp, dtype):
 @pytest.mark.parametrize("name,path,dtype", list(_combos()), ids=lambda v: _id(v) or str(v))
 def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
     c = make_case(name, dtype)
-    last = name == "out9x9"  # deconv3: straight into an NCHW fp32 output buffer, no statistics
+    last = name.startswith("out9x9")  # deconv3: straight into an NCHW fp32 output buffer, no statistics
     if name == "rgb9x9_wide":  # 16-pixel tiles inside one row: rows 4..7, columns 16..31 are interior
         small_tiles(monkeypatch, path, block_m=16, block_k=64)
     else:
@@ -237,14 +239,16 @@ def test_torch_library_op_checks_and_compiles():
 def test_gpu_configs_fit_the_statistics_layout():
     """Every autotune config splits into whole stat tiles; pruning keeps tiles no wider than the layer."""
     assert all(c.kwargs["BLOCK_M"] % CI.GPU_STAT_M == 0 for c in CI._GPU_CONFIGS)
-    last = CI._prune(CI._GPU_CONFIGS, dict(Cin=32, Cout=3), FLAT_K=False)
+    last = CI._prune(CI._GPU_CONFIGS, dict(Cin=32, Cout=3), FLAT_K=False, PIX=1)
     assert last and all(c.kwargs["BLOCK_N"] == 8 and c.kwargs["BLOCK_K"] <= 32 for c in last)  # wgmma n8
-    first = CI._prune(CI._GPU_CONFIGS, dict(Cin=3, Cout=32), FLAT_K=True)
+    grouped = CI._prune(CI._GPU_CONFIGS, dict(Cin=32, Cout=3), FLAT_K=False, PIX=5)
+    assert grouped and all(c.kwargs["BLOCK_N"] <= 16 for c in grouped)  # 15 columns
+    first = CI._prune(CI._GPU_CONFIGS, dict(Cin=3, Cout=32), FLAT_K=True, PIX=1)
     assert first and all(c.kwargs["BLOCK_N"] <= 32 for c in first)
-    assert len(CI._prune(CI._GPU_CONFIGS, dict(Cin=128, Cout=128), FLAT_K=False)) == len(CI._GPU_CONFIGS)
+    assert len(CI._prune(CI._GPU_CONFIGS, dict(Cin=128, Cout=128), FLAT_K=False, PIX=1)) == len(CI._GPU_CONFIGS)
 
 
-@pytest.mark.parametrize("name", ["res_first", "out9x9"])
+@pytest.mark.parametrize("name", ["res_first", "out9x9_px5"])
 def test_autotuned_launch_runs_every_gpu_config(monkeypatch, name):
     """The GPU launch path (triton.autotune over the pruned _GPU_CONFIGS, keyed, grid from META) under
     the interpreter with a stub benchmark that runs each config once: every config's output is checked."""
@@ -264,7 +268,7 @@ def test_autotuned_launch_runs_every_gpu_config(monkeypatch, name):
     monkeypatch.setitem(CI.TUNING, "stat_m", CI.GPU_STAT_M)
     monkeypatch.setitem(CI.TUNING, "flat_max_cin", 15)  # the GPU's K-order choice
     c = make_case(name, torch.float32)
-    last = name == "out9x9"
+    last = name.startswith("out9x9")
     y = torch.empty(2, 3, 7, 9) if last else torch.empty_like(c["x"])  # 3x3 stride 1: x's shape
     y, stats, _, _ = run_fused(c, torch.float32, out=y, stats=not last)
     ref = functional_layer(c)
@@ -284,13 +288,15 @@ from triton.compiler import ASTSource
 CI = importlib.import_module("instyle.kernels.conv_in")
 k = CI._conv_in_kernel
 base = dict(KH=3, KW=3, STRIDE=1, UPSAMPLE=False, NORM=True, RELU=False, HAS_SKIP=True, WRITE_SKIP=True,
-            HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, STAT_M=CI.GPU_STAT_M)
+            HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, PIX=1, STAT_M=CI.GPU_STAT_M)
 variants = [  # (pointer dtype, flags, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     ("fp16", base, 128, 128, 32, 8, 3),                                                  # res conv1, x_k store
     ("bf16", dict(base, UPSAMPLE=True, WRITE_SKIP=False), 256, 64, 32, 8, 4),            # deconv1
     ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, FLAT_K=True), 128, 32, 64, 4, 3),
     ("fp16", dict(base, KH=9, KW=9, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False),
-     128, 8, 32, 4, 4),                                                                  # deconv3: wgmma n8
+     128, 8, 32, 4, 4),                                                                  # 9x9, Cout 3: wgmma n8
+    ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False,
+                  PIX=5), 128, 16, 32, 4, 4),                                            # deconv3: 5 px x 3 ch
     ("fp32", dict(base, STRIDE=2, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, DOT_IEEE=True), 128, 64, 32, 4, 4),
 ]
 fp32 = {"norm_ptr", "b_ptr", "pmean_ptr", "pm2_ptr"}
