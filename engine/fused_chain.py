@@ -3,8 +3,9 @@
 Each of the net's convs is one kernel launch that reads its raw input once, applies the previous IN
 (+ReLU, +skip) while loading, and writes its raw output once with the next IN's partial statistics;
 between launches a few torch ops on [N, T, C] finalize those statistics into (mean, gamma*rstd, beta).
-No normalized, padded or upsampled activation is ever written, except the residual stream x_k, which
-the next block's conv1 stores as a by-product of its center tap (see kernels/conv_in.py).
+No padded or upsampled activation is ever written; normalized ones only where they must exist (the
+residual stream x_k, which the next block's conv1 stores as a by-product of its center tap) or where
+re-normalizing per load would cost more than one extra pass (the deconvs' inputs, see below).
 
 Deliberate choices:
   * weights are packed once, here, into the GEMM layout [KH*KW*Cin, Cout] in the run dtype;
