@@ -14,7 +14,9 @@ size touches memory, about 0.9 KB per pixel:
     pre-packed once as [KH*KW*Cin, Cout] (row (ky*KW + kx)*Cin + ci). Two K orders (constexpr FLAT_K):
     tap-outer (per tap: row addresses once per pixel, then contiguous NHWC channel runs of BLOCK_K) for
     Cin >= 16; flat (k -> (ky, kx, ci) per element) for the 9x9 first layer with Cin = 3, where a
-    per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256).
+    per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256). Flat tiles that
+    lie inside one image row, away from the borders, skip the reflection math: their offsets are a
+    per-pixel vector plus a per-k vector, one add per element.
     The 9x9 last layer (Cout = 3) is 5% of the useful FLOPs, but as a plain GEMM its N is 3: BLOCK_N = 8
     (sm_90 compiles it to wgmma m64n8k16, checked in the PTX) does 8/3 of the work, ~0.35 ms at H100
     fp16 peak at 3840x2160 against ~0.2 ms of memory traffic. With PIX = 5 a GEMM row is a group of 5
@@ -30,9 +32,10 @@ file's docstring has the numbers); the 0.9 KB/pixel above is the all-prologue fi
 Statistics (numerically safe, deterministic, no atomics). The epilogue splits its BLOCK_M rows into
 stat tiles of STAT_M rows (a constant across tile configs, so the partial layout does not depend on what
 autotune picks) and stores each tile's per-channel mean and M2 -- exact two-pass values from registers --
-into fp32 [N, T, C] buffers, T = cdiv(H*W, STAT_M). `finalize` merges them with Chan's formula
-(mean = sum(n_t m_t) / HW, M2 = sum(M2_t + n_t (m_t - mean)^2)), never E[x^2] - E[x]^2, in a few torch
-ops on [N, T, C] -> [N, 3, C] = (mean, gamma * rstd, beta), which the next conv's prologue reads.
+into fp32 [N, T, C] buffers, T = cdiv(H*W, STAT_M). `finalize` (conv_in_normalize.py) merges them with
+Chan's formula (mean = sum(n_t m_t) / HW, M2 = sum(M2_t + n_t (m_t - mean)^2); the equal-count tiles in
+one torch.var_mean), never E[x^2] - E[x]^2, into [N, 3, C] = (mean, gamma * rstd, beta), which the next
+conv's prologue reads. A shift-free form is safe here: each tile's M2 is about its own mean.
 
 Residual blocks. A block's output x_k = IN(r2_k) + x_{k-1} cannot be written by the conv that makes
 r2_k (its statistics are not complete until that conv ends), so it stays pending: the next conv's
@@ -40,7 +43,7 @@ prologue computes it from raw r2_k, its statistics and the materialized skip x_{
 next block's conv1, 3x3 stride 1) also has to leave x_k behind as the next skip: at the center tap
 input pixel == output pixel, so programs of the first channel tile store the prologue's tile there
 (WRITE_SKIP) -- every input pixel exactly once, with no extra read pass. x_0 = relu(IN3(a3)) is written
-the same way; after the last block, deconv1's prologue consumes x_B without writing it.
+the same way; after the last block, deconv1's input normalize consumes x_B without writing it.
 """
 from __future__ import annotations
 
