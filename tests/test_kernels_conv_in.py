@@ -86,6 +86,10 @@ def make_case(name, dtype, seed=0, size=None):
                 norm=has_norm, relu=relu, wskip=wskip, pix=PIX.get(name, 1))
 
 
+def _on(c, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
+
+
 def functional_layer(c, round_to=None):
     """The generator's layer with torch.nn.functional, in fp32; round_to rounds conv input/weights/output."""
     a = c["x"].float()
@@ -132,38 +136,44 @@ def assert_derived_close(name, fused, ref, lowp, dtype):
                     f"(2 * torch_lowp err {base:.4g} + atol {ATOL[dtype]:g} * scale)\n" + "\n".join(lines))
 
 
-@pytest.mark.parametrize("name,path,dtype", list(_combos()), ids=lambda v: _id(v) or str(v))
-def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
+def check_layer(name, dtype, device="cpu"):
+    """Run case `name` on `device`; compare with the F.* layer, the _ref, the skip store and the statistics."""
     c = make_case(name, dtype)
     last = name.startswith("out9x9")  # deconv3: straight into an NCHW fp32 output buffer, no statistics
-    if name == "rgb9x9_wide":  # 16-pixel tiles inside one row: rows 4..7, columns 16..31 are interior
-        small_tiles(monkeypatch, path, block_m=16, block_k=64)
-    else:
-        small_tiles(monkeypatch, path, block_m=64 if c["k"] == 9 else 32)  # 9x9: fewer interpreted steps
-    out = torch.empty(2, 3, 7, 9) if last else None
-    y, stats, skip_out, norm = run_fused(c, dtype, out=out)
+    out = torch.empty(2, 3, 7, 9, device=device) if last else None
+    y, stats, skip_out, norm = run_fused(_on(c, device), dtype, out=out)
     ref = functional_layer(c)
     lowp = None if dtype == torch.float32 else functional_layer(c, round_to=dtype)
     if last:
         assert y is out and stats is None
     else:
         assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
-    assert_derived_close("y", y, ref, lowp, dtype)
+    assert_derived_close("y", y.cpu(), ref, lowp, dtype)
     # the _ref computes the same layer (its prologue from the same norm params) in fp32
+    norm = None if norm is None else norm.cpu()
     y_ref, a_ref = conv_in_ref(c["x"], c["w"], c["bias"], stride=c["stride"], upsample=c["up"], norm=norm,
                                relu=c["relu"], skip=c["skip"])
     torch.testing.assert_close(y_ref, ref, rtol=1e-5, atol=1e-4)
-    assert_derived_close("y vs _ref", y, y_ref, lowp, dtype)
+    assert_derived_close("y vs _ref", y.cpu(), y_ref, lowp, dtype)
     if skip_out is not None:  # the center-tap store: the prologue's result, rounded once
-        torch.testing.assert_close(skip_out.float(), a_ref.to(dtype).float(), rtol=0,
+        torch.testing.assert_close(skip_out.cpu().float(), a_ref.to(dtype).float(), rtol=0,
                                    atol=2 * torch.finfo(dtype).eps * a_ref.abs().max().item())
     if last:
         return
     # statistics of exactly the stored y, Chan-merged over ragged stat tiles
     gamma = 1 + torch.rand(y.shape[1])
     beta = torch.randn(y.shape[1])
-    got, want = CI.finalize(stats, gamma, beta), CI.norm_params_ref(y, gamma, beta)
-    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-5)
+    got = CI.finalize(stats, gamma.to(device), beta.to(device)).cpu()
+    torch.testing.assert_close(got, CI.norm_params_ref(y.cpu(), gamma, beta), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,path,dtype", list(_combos()), ids=lambda v: _id(v) or str(v))
+def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
+    if name == "rgb9x9_wide":  # 16-pixel tiles inside one row: rows 4..7, columns 16..31 are interior
+        small_tiles(monkeypatch, path, block_m=16, block_k=64)
+    else:
+        small_tiles(monkeypatch, path, block_m=64 if CASES[name][2] == 9 else 32)  # 9x9: fewer steps
+    check_layer(name, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=_id)
@@ -327,18 +337,9 @@ def test_kernel_compiles_for_sm90_without_a_gpu():
     assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
 
 
-def _on(c, device):
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=_id)
 @pytest.mark.parametrize("name", list(CASES))
 def test_layer_on_gpu_autotuned(name, dtype):
-    """The autotuned GPU configs (no TUNING override) against the same derived tolerance."""
-    c = make_case(name, dtype)
-    y, stats, _, _ = run_fused(_on(c, "cuda"), dtype)
-    assert_derived_close("y", y.cpu(), functional_layer(c), functional_layer(c, round_to=dtype), dtype)
-    gamma, beta = torch.ones(y.shape[1]), torch.zeros(y.shape[1])
-    torch.testing.assert_close(CI.finalize(stats, gamma.cuda(), beta.cuda()).cpu(),
-                               CI.norm_params_ref(y.cpu(), gamma, beta), rtol=2e-5, atol=1e-5)
+    """The autotuned GPU configs (no TUNING override) against the same references and tolerances."""
+    check_layer(name, dtype, "cuda")
