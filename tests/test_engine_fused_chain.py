@@ -6,7 +6,7 @@ merge, bias folded into IN, different conv summation order), errors of the same 
 the 5 residual blocks and 5 INs amplify alike. So the chain must satisfy
     max|fused - eager64| <= 4 * e32 + 1e-5 * max(1, max|eager64|)    (and never more than 1e-2),
 i.e. within a small factor of what fp32 itself costs (measured: the pretrained net on the photo crop has
-e32 = 5.1e-4 and a fused error of 4.7e-4 on outputs ~90..164). fp16 is judged by PSNR against the fp32
+e32 = 5.1e-4 and a fused error of 4.8e-4 on outputs ~90..164). fp16 is judged by PSNR against the fp32
 chain output (a low-precision run cannot be closer than fp16 rounding of ~1e-3 relative allows).
 Without CUDA the kernels run in the Triton interpreter, so sizes are small.
 """
@@ -64,13 +64,22 @@ def assert_chain_close(fused, model, x):
                           f"worst at {np.unravel_index(err.argmax().item(), err.shape)}")
 
 
-def test_pretrained_generator_on_a_photo(data, pretrained):
-    """The real checkpoint on a 40x56 crop of chicago.jpg, fp32: every layer type, 5 residual blocks."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_pretrained_generator_on_a_photo(data, pretrained, dtype):
+    """The real checkpoint on a 40x56 crop of chicago.jpg: every layer type, 5 residual blocks. fp16
+    (measured: 69 dB, max |d| 0.34 against eager float64) must keep PSNR >= 45 dB and max |d| <= 2."""
     x = photo_crop(data)
-    run = FC.make_runner(pretrained, torch.device("cpu"), torch.float32)
+    run = FC.make_runner(pretrained, torch.device("cpu"), dtype)
     y = run(x)
     assert y.shape == x.shape and y.dtype == torch.float32
-    assert_chain_close(y, pretrained, x)
+    if dtype == torch.float32:
+        assert_chain_close(y, pretrained, x)
+        return
+    with torch.no_grad():
+        ref64 = pretrained.double()(x.double())
+        pretrained.float()
+    assert psnr(y.clamp(0, 255), ref64.clamp(0, 255)) >= 45
+    assert (y.double() - ref64).abs().max().item() <= 2
 
 
 @pytest.mark.parametrize("dtype,k_order,prenorm", [
