@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--iterations", type=int, default=40000)
     t.add_argument("--batch-size", type=int, default=4, help="per GPU (default 4)")
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3; texture mode 1e-2)")
     t.add_argument("--image-size", type=int, default=256, help="training crop size (default 256)")
     t.add_argument("--max-images", type=int, help="use a seeded random subset of N content images")
     t.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
@@ -94,7 +94,8 @@ def run(args) -> int:
     loss, spec = loss_from_args(args, device, texture=texture)
     cfg = TrainConfig(
         style=args.style, out=str(out), data=args.data, arch=args.arch, model_config=config, mode=args.mode,
-        image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations, lr=args.lr,
+        image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations,
+        lr=args.lr if args.lr is not None else (1e-2 if texture else 1e-3),
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
@@ -105,6 +106,6 @@ def run(args) -> int:
     trainer = train(cfg, loss)
     if trainer.dist.is_main:
         final = ", ".join(f"{k} {v:.4g}" for k, v in trainer.final_losses.items())
-        print(f"{out}: {trainer.step} steps on {len(trainer.files) or 'noise'} "
-              f"{'images' if trainer.files else ''}; final losses: {final}")
+        source = f"{len(trainer.files)} images" if trainer.files else "noise"
+        print(f"{out}: {trainer.step} steps on {source}; final losses: {final}")
     return 0
