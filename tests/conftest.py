@@ -11,6 +11,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Exported ONNX files and other caches go to a per-run folder, not the user's ~/.cache."""
+    if "INSTYLE_CACHE" not in os.environ:
+        os.environ["INSTYLE_CACHE"] = str(tmp_path_factory.mktemp("instyle-cache"))
+    yield
+
 from instyle.paths import data_dir  # noqa: E402
 
 DATA = data_dir()
