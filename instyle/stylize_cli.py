@@ -102,18 +102,6 @@ def target_size(size: tuple[int, int], max_side: int | None, scale: float | None
     return w, h
 
 
-def _parse_tile(text: str):
-    if text in ("auto", "off"):
-        return text
-    try:
-        px = int(text)
-    except ValueError:
-        raise UsageError(f"--tile must be auto, off or a size in pixels, got {text!r}") from None
-    if px < 64:
-        raise UsageError(f"--tile must be at least 64 pixels, got {px}")
-    return px
-
-
 def _validate(args) -> None:
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
@@ -133,11 +121,13 @@ def _validate(args) -> None:
 
 
 def _stylizer_kwargs(args) -> dict:
-    kwargs = dict(backend=args.backend, precision=args.precision, device=args.device)
-    tile = _parse_tile(args.tile)
-    if tile != "auto":
-        kwargs["tile"] = tile
-    return kwargs
+    from instyle.engine.stylizer import parse_tile
+
+    try:
+        tile = parse_tile(args.tile)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile)
 
 
 def run(args) -> int:
@@ -161,7 +151,6 @@ def run(args) -> int:
         if not failed:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
-    # any tile setting other than auto needs an engine that supports it; load() says so if not
     stylizer = instyle.load(args.model, **kwargs)
     # Group equal-size images into batches; the header read also catches unreadable files early.
     groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
