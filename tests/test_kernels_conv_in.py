@@ -9,9 +9,6 @@ rounded where a low-precision pipeline must round: the conv's input and weights,
 bf16 runs only on a GPU: the interpreter's bf16 tl.dot is not faithful.
 """
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ import torch.nn.functional as F
 import triton
 
 from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
+from sm90 import assert_compiles_for_sm90
 
 CI = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
 
@@ -332,12 +330,7 @@ print("compiled")
 
 def test_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter does not type-check like the compiler: build the kernel's variants for sm_90."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr.lower():
-        pytest.skip("Triton's ptxas is not available")
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+    assert_compiles_for_sm90(_COMPILE_SM90)
 
 
 @pytest.mark.gpu

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from instyle.kernels import instance_norm, instance_norm_ref
+from sm90 import assert_compiles_for_sm90
 
 IN = importlib.import_module("instyle.kernels.instance_norm")  # the module (the package exports the function)
 
@@ -331,12 +332,7 @@ print("compiled")
 
 def test_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter does not type-check like the compiler: build every kernel for sm_90 (ptxas, no GPU)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr.lower():
-        pytest.skip("Triton's ptxas is not available")
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+    assert_compiles_for_sm90(_COMPILE_SM90)
 
 
 def test_bench_script_without_cuda_refuses_politely(capsys):
