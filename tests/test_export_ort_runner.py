@@ -88,3 +88,17 @@ def test_texture_models_are_unavailable_not_wrong():
     texture = PyramidNet(ratios=(2, 1), channels=4, mode="texture")
     with pytest.raises(BackendUnavailable, match="texture"):
         ort_runner.make_runner(texture, torch.device("cpu"), torch.float32)
+
+
+def test_large_inputs_use_a_lean_session(monkeypatch):
+    """Above LEAN_ABOVE_PIXELS the runner switches to an arena-less session with the same results."""
+    made = []
+    real = ort_runner.make_session
+    monkeypatch.setattr(ort_runner, "make_session", lambda *a, **k: made.append(k.get("arena", True)) or real(*a, **k))
+    monkeypatch.setattr(ort_runner, "LEAN_ABOVE_PIXELS", 40 * 40)
+    model = _model("johnson-instance")
+    ort, eager = Stylizer(model, backend="onnxruntime"), Stylizer(model, backend="eager")
+    small, large = torch.rand(1, 3, 32, 32) * 255, torch.rand(1, 3, 48, 52) * 255
+    for x in (small, large, small, large):
+        assert (ort(x) - eager(x)).abs().max() <= 0.05
+    assert made == [True, False], "one session of each kind, each made once"
