@@ -1,7 +1,8 @@
 """Image files in and out (Pillow), per the tensor/image contract in DESIGN.md.
 
 Read: EXIF orientation applied; ICC profile kept; alpha split off and re-attached; L/LA/P/CMYK/I;16 ->
-RGB; 16-bit PNG/TIFF read at full precision (0..65535 mapped to 0..255 floats); a pixel limit guards
+RGB; 16-bit PNGs (grayscale via Pillow, RGB/RGBA via pypng) and 16-bit grayscale TIFFs read at full
+precision (0..65535 mapped to 0..255 floats); a pixel limit guards
 against decompression bombs. Write: format from the extension, atomic (temp file + rename).
 """
 from __future__ import annotations
@@ -68,18 +69,28 @@ def picture_from_pil(img: Image.Image) -> Picture:
     return Picture(np.ascontiguousarray(rgb), alpha, icc)
 
 
-def _read_rgb48(path: Path) -> np.ndarray | None:
-    """16-bit-per-channel RGB PNGs: Pillow decodes them to 8 bits, so read them with numpy instead."""
-    try:
-        import png  # type: ignore[import-not-found]  # pypng, optional
-    except ImportError:
-        return None
-    r = png.Reader(filename=str(path))
-    w, h, rows, info = r.asDirect()
-    if info["bitdepth"] != 16 or info["planes"] < 3:
-        return None
-    a = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(h, w, info["planes"])
-    return a[..., :3].astype(np.float32) * (255.0 / 65535.0)
+def _is_png48(path: Path) -> bool:
+    """A 16-bit-per-channel RGB(A) PNG (IHDR bit depth 16, colour type 2 or 6), which Pillow decodes to 8 bits."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_rgb48(path: Path) -> np.ndarray:
+    """The RGB planes of a 16-bit PNG at full precision (pypng), as float32 0..255."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    a = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    return a[..., :3].astype(np.float32) * np.float32(255.0 / 65535.0)
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an H,W,C array, as ImageOps.exif_transpose does to an image."""
+    ops = {2: lambda t: t[:, ::-1], 3: lambda t: t[::-1, ::-1], 4: lambda t: t[::-1],
+           5: lambda t: t.transpose(1, 0, 2), 6: lambda t: np.rot90(t, -1), 7: lambda t: t[::-1, ::-1].transpose(1, 0, 2),
+           8: lambda t: np.rot90(t, 1)}
+    return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
@@ -93,12 +104,11 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                  f"(a decompression bomb?); raise it with --max-pixels")
-            is_rgb48 = img.format == "PNG" and img.mode == "RGB" and img.info.get("bitdepth", 8) == 16
             img.load()
             oriented = ImageOps.exif_transpose(img)
             pic = picture_from_pil(oriented)
-            if is_rgb48 and oriented is img and (rgb := _read_rgb48(path)) is not None:
-                pic.rgb = rgb
+            if img.format == "PNG" and _is_png48(path):
+                pic.rgb = _orient(_read_rgb48(path), img.getexif().get(0x0112, 1))
             return pic
     except ImageError:
         raise

@@ -1,7 +1,10 @@
 """Image I/O: orientation, alpha, ICC, high-bit input, pixel limit, atomic writes."""
+import struct
+import zlib
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from instyle import io
 
@@ -13,6 +16,33 @@ def test_16bit_grayscale_png_keeps_full_precision(tmp_path):
     assert pic.rgb.dtype == np.float32
     np.testing.assert_allclose(pic.rgb[..., 0], values * (255 / 65535), rtol=0, atol=1e-3)
     assert len(np.unique(pic.rgb)) == 480, "8-bit quantisation would leave at most 256 levels"
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("planes", [3, 4])
+def test_16bit_rgb_png_keeps_full_precision_and_orientation(tmp_path, data, orientation, planes):
+    png = pytest.importorskip("png")
+    with Image.open(data / "content" / "demo" / "amber.jpg") as photo:
+        base = np.asarray(photo.convert("RGB").resize((13, 7)), dtype=np.uint16)
+    rgb16 = base * 257 + np.arange(13, dtype=np.uint16)[None, :, None]  # low bits that 8-bit decoding loses
+    pixels = np.concatenate([rgb16, np.full((7, 13, 1), 65535, np.uint16)], axis=2)[..., :planes]
+    path = tmp_path / "rgb16.png"
+    with open(path, "wb") as f:
+        png.Writer(13, 7, greyscale=False, alpha=planes == 4, bitdepth=16).write(f, pixels.reshape(7, -1))
+    if orientation != 1:  # Pillow would re-save at 8 bits, so splice an eXIf chunk in right after IHDR
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        blob = exif.tobytes()
+        raw = path.read_bytes()
+        chunk = struct.pack(">I", len(blob)) + b"eXIf" + blob + struct.pack(">I", zlib.crc32(b"eXIf" + blob))
+        path.write_bytes(raw[:33] + chunk + raw[33:])  # signature (8) + IHDR chunk (25)
+    pic = io.read_image(path)
+    with Image.open(path) as img:  # Pillow's 8-bit view, oriented: the geometry we must match
+        expected_8bit = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
+    assert pic.rgb.dtype == np.float32 and pic.rgb.shape == expected_8bit.shape
+    assert np.abs(pic.rgb - expected_8bit).max() <= 1.0  # same pixels in the same places...
+    upright = io._orient(rgb16.astype(np.float32) * (255 / 65535), orientation)
+    np.testing.assert_allclose(pic.rgb, upright, rtol=0, atol=1e-3)  # ...at 16-bit precision
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "CMYK", "RGBA", "I;16"])
