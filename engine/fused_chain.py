@@ -19,18 +19,18 @@ Deliberate choices:
     image in place and deconv3 writes the NCHW fp32 output directly (the kernels take any strides);
   * on CUDA, one CUDA graph per input shape (N, H, W), in a small LRU dict: the chain is 16 conv
     launches plus ~8 small statistics ops after each, ~140 launches whose CPU-side latency (the
-    autotuner's dispatch included) a graph replay removes. GPU-only code, kept to `_GraphRunner`.
+    autotuner's dispatch included) a graph replay removes. GPU-only code: engine.graphs.GraphCache, as for the triton backend.
 """
 from __future__ import annotations
 
 import importlib
-from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from .backends import BackendUnavailable
+from .graphs import GraphCache
 
 ci = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
 cn = importlib.import_module("instyle.kernels.conv_in_normalize")
@@ -164,37 +164,6 @@ class FusedChain:
         return y
 
 
-class _GraphRunner:
-    """GPU only: replays one captured CUDA graph per (N, H, W); LRU of GRAPH_CACHE_SIZE shapes."""
-
-    def __init__(self, chain: FusedChain):
-        self.chain = chain
-        self.graphs: OrderedDict = OrderedDict()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape[:1]) + tuple(x.shape[2:])
-        entry = self.graphs.get(key)
-        if entry is None:
-            static_in = torch.empty_like(x, dtype=torch.float32, memory_format=torch.contiguous_format)
-            static_in.copy_(x)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture: compiles and autotunes every layer
-                self.chain(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.chain(static_in)
-            entry = self.graphs[key] = (graph, static_in, static_out)
-            while len(self.graphs) > GRAPH_CACHE_SIZE:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()  # the graph's buffer is overwritten by the next replay
-
-
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, cuda_graphs: bool = True,
                 prenorm: str = "auto"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
@@ -207,5 +176,5 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, c
                                  "kernels in the CPU interpreter, slowly)")
     chain = FusedChain(model, dtype, prenorm)
     if device.type == "cuda" and cuda_graphs:
-        return _GraphRunner(chain)
+        return GraphCache(chain, capacity=GRAPH_CACHE_SIZE)
     return lambda x: chain(x.to(device))

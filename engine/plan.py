@@ -149,7 +149,7 @@ class _Pool(nn.Module):
         self.model, self.ratio = model, ratio
 
     def forward(self, x):
-        return self.model._scale_input(x, self.ratio)
+        return self.model.scale_input(x, self.ratio)
 
 
 class _Upsample(nn.Module):

@@ -70,7 +70,8 @@ class PyramidNet(nn.Module):
                      device=None, dtype=torch.float32) -> torch.Tensor:
         return torch.randn(n, self.noise_channels, height, width, generator=generator, device=device, dtype=dtype)
 
-    def _scale_input(self, x: torch.Tensor, ratio: int) -> torch.Tensor:
+    def scale_input(self, x: torch.Tensor, ratio: int) -> torch.Tensor:
+        """The input of the scale `ratio`: x average-pooled by `ratio` (noise rescaled to unit variance)."""
         if ratio == 1:
             return x
         pooled = F.avg_pool2d(x, ratio)
@@ -87,7 +88,7 @@ class PyramidNet(nn.Module):
             raise ValueError(f"{self.mode} mode takes {expected} input channels, got {x.shape[1]}")
         y = None
         for k, (ratio, block) in enumerate(zip(self.ratios, self.scales)):
-            cur = block(self._scale_input(x, ratio))
+            cur = block(self.scale_input(x, ratio))
             if y is not None:
                 up = self.join_norms[k - 1](F.interpolate(y, scale_factor=2, mode="nearest"))
                 cur = self.joins[k - 1](torch.cat([up, cur], dim=1))
