@@ -13,7 +13,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "stylize": ("instyle.stylize_cli", "stylize image files, folders or globs"),
-    "models": ("instyle.models_cli", "list shipped and cached models"),
+    "models": ("instyle.models_cli", "list the shipped styles"),
     "convert": ("instyle.convert_cli", "convert a pytorch/examples .pth checkpoint to .safetensors"),
     "train": ("instyle.train.cli", "train a feed-forward generator"),
     "gatys": ("instyle.train.gatys_cli", "optimise one image (Gatys et al. baseline)"),
@@ -34,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"instyle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module_name.startswith(e.name):
-                continue  # subcommand not built yet
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
