@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 GPU_SIZES, CPU_SIZES = "256,512,1024,1920x1080,3840x2160", "256,512,1024"
-_SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,14 +44,14 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'256,1920x1080' -> [(256, 256), (1080, 1920)]: (height, width); WxH is width first, like 1920x1080."""
     from instyle.cli import UsageError
 
+    from instyle.specs import parse_size
+
     sizes = []
     for item in text.split(","):
-        m = _SIZE.match(item.strip().lower())
-        if not m:
-            raise UsageError(f"bad size {item.strip()!r} in --sizes (use N or WxH, e.g. 512 or 1920x1080)")
-        w, h = int(m[1]), int(m[2] or m[1])
-        if w < 1 or h < 1:
-            raise UsageError(f"bad size {item.strip()!r} in --sizes (sides must be >= 1)")
+        try:
+            w, h = parse_size(item)
+        except ValueError:
+            raise UsageError(f"bad size {item.strip()!r} in --sizes (use N or WxH, e.g. 512 or 1920x1080)") from None
         sizes.append((h, w))
     return sizes
 
@@ -161,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from instyle.engine.stylizer import resolve_device
+    from instyle.specs import resolve_device
 
     from . import devices, flops, harness, report
 

@@ -16,20 +16,13 @@ import torch
 from torch import nn
 
 from . import backends, memory, plan, tiled
+from instyle.specs import resolve_device
+
 from .padding import crop, pad_to_multiple
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TORCH_BACKENDS = ("eager", "triton", "compile")  # run the PyTorch module: channels_last on CUDA
 MIN_TILE = 32
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise backends.BackendUnavailable("device 'cuda' requested but no CUDA device is available")
-    return device
 
 
 def parse_tile(tile) -> str | int:

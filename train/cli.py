@@ -84,7 +84,9 @@ def run(args) -> int:
 
     import torch
 
-    from .common import loss_from_args, resolve_device
+    from instyle.specs import resolve_device
+
+    from .common import loss_from_args
     from .trainer import TrainConfig, train
 
     device = resolve_device(args.device)

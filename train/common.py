@@ -1,4 +1,4 @@
-"""Pieces the train, gatys and texture commands share: image loading, loss options, device choice."""
+"""Pieces the train, gatys and texture commands share: image loading and loss options."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,6 @@ import os
 from pathlib import Path
 
 import torch
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    return dev
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, multiple: int = 1) -> torch.Tensor:

@@ -28,7 +28,9 @@ def run(args) -> int:
 
     from instyle.cli import UsageError
 
-    from .common import load_image, loss_from_args, resolve_device, save_image
+    from instyle.specs import resolve_device
+
+    from .common import load_image, loss_from_args, save_image
     from .gatys import stylize
 
     if args.steps < 1 or args.size < 16:

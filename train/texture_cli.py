@@ -14,15 +14,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(s.strip().isdigit() and int(s) > 0 for s in parts):
-        raise ValueError(f"size must be WxH with positive integers, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def sample(model, width: int, height: int, *, seed: int = 0, count: int = 1, device=None):
     """`count` textures (count,3,height,width, 0..255): noise at the generator's stride multiple, then
     a crop to the size asked for."""
@@ -45,7 +36,9 @@ def run(args) -> int:
     from instyle.checkpoint import load
     from instyle.cli import UsageError
 
-    from .common import resolve_device, save_image
+    from instyle.specs import parse_size, resolve_device
+
+    from .common import save_image
 
     try:
         width, height = parse_size(args.size)

@@ -82,7 +82,7 @@ class Trainer:
     """Trains a generator of `cfg` against `loss` (a PerceptualLoss whose style Grams are already set)."""
 
     def __init__(self, cfg: TrainConfig, loss: PerceptualLoss):
-        from .common import resolve_device
+        from instyle.specs import resolve_device
 
         self.cfg, self.loss = cfg, loss
         if cfg.mode not in ("style", "texture"):

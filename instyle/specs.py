@@ -1,0 +1,26 @@
+"""What users type, parsed once for every command: device names and image sizes."""
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
+
+
+def resolve_device(device="auto"):
+    """"auto" -> cuda when available, else cpu; an explicit cuda device must exist."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return dev
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' -> (1920, 1080), width first; one number N is N x N. ValueError when malformed."""
+    m = _SIZE.match(text.strip().lower())
+    if not m or int(m[1]) < 1 or int(m[2] or m[1]) < 1:
+        raise ValueError(f"size must be N or WxH with positive integers (e.g. 512 or 1920x1080), got {text!r}")
+    return int(m[1]), int(m[2] or m[1])
