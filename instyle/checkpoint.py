@@ -1,7 +1,8 @@
 """Checkpoints: safetensors with string metadata, and import of pytorch/examples `.pth` files.
 
 Metadata keys (all strings): `instyle.format` ("1"), `arch`, `config` (JSON of the constructor's
-arguments), `style` (name), `training` (JSON). `read_metadata` parses the safetensors header with the
+arguments), `style` (name; of a multi-style file, its first style), `training` (JSON), and for
+multi-style files `styles` (JSON list of {"name", "source"}, one per conditional-IN row). `read_metadata` parses the safetensors header with the
 standard library alone, so tools can list models without importing torch.
 """
 from __future__ import annotations
@@ -43,8 +44,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def save(model, path: str | os.PathLike, *, style: str = "", training: dict | None = None,
-         dtype=None) -> Path:
-    """Write `model`'s weights and metadata atomically; `dtype` (e.g. torch.float16) casts floats."""
+         dtype=None, styles: list[dict] | None = None) -> Path:
+    """Write `model`'s weights and metadata atomically; `dtype` (e.g. torch.float16) casts floats.
+
+    styles: for a multi-style model, one {"name", "source"} per style (its conditional-IN rows' order)."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -60,6 +63,12 @@ def save(model, path: str | os.PathLike, *, style: str = "", training: dict | No
         "style": style,
         "training": json.dumps(training or {}),
     }
+    count = int(getattr(model, "styles", 1))
+    if count > 1:
+        styles = styles or [{"name": f"style{i}", "source": ""} for i in range(count)]
+        if len(styles) != count:
+            raise ValueError(f"{len(styles)} style names for a {count}-style model")
+        meta["styles"] = json.dumps(styles)
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -135,6 +144,16 @@ def load(path: str | os.PathLike, *, device="cpu"):
         raise CheckpointError(f"{path}: weights do not match the {arch} architecture "
                               f"({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), meta
+
+
+def style_names(meta: dict[str, str]) -> list[str]:
+    """The style names of a checkpoint's metadata: the `styles` list, else [`style`]."""
+    if meta.get("styles"):
+        try:
+            return [str(s["name"]) for s in json.loads(meta["styles"])]
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise CheckpointError(f"bad 'styles' metadata ({e})") from None
+    return [meta.get("style") or "style"]
 
 
 def shipped() -> dict[str, Path]:

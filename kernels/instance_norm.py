@@ -89,12 +89,12 @@ def _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT: tl.constexpr, HAS_BIAS: t
 
 
 @triton.jit
-def _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask,
+def _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, stride_wn,
                   HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
     """Load a plane block's saved (mean of x - shift, rstd) and build its scale and offset."""
     mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
     rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
+    scale, b = _affine(w_ptr + n * stride_wn, b_ptr + n * stride_wn, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
     return mean, rstd, scale, b
 
 
@@ -153,9 +153,10 @@ def _chunk_normalize(x_ptr, r_ptr, y_ptr, x_base, r_base, y_base, c, c_mask, shi
 
 @triton.jit
 def _in_fwd_fused_kernel(
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,  # x, weight[C], bias[C], residual, y (w/b/r unused when flags off)
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,  # x, weight, bias ([C] or per sample [N, C]), residual, y
     mean_ptr, rstd_ptr,                 # fp32 [N*C] out: mean of (x - shift), 1/sqrt(var + eps)
     C, HW, eps,
+    stride_wn,                          # weight/bias batch stride: 0 (shared [C]) or C (per sample)
     stride_xn, stride_xc, stride_xhw,   # x strides: batch, channel, flattened H*W
     stride_rn, stride_rc, stride_rhw,   # residual strides
     stride_yn, stride_yc, stride_yhw,   # y strides
@@ -171,7 +172,7 @@ def _in_fwd_fused_kernel(
     rstd = tl.rsqrt(m2 / HW + eps)
     tl.store(mean_ptr + n * C + c, mean, mask=c_mask)
     tl.store(rstd_ptr + n * C + c, rstd, mask=c_mask)
-    scale, b = _affine(w_ptr, b_ptr, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
+    scale, b = _affine(w_ptr + n * stride_wn, b_ptr + n * stride_wn, c, c_mask, rstd, HAS_WEIGHT, HAS_BIAS)
     _chunk_normalize(x_ptr, r_ptr, y_ptr, x_base, n * stride_rn, n * stride_yn, c, c_mask, shift, mean, scale, b,
                      0, HW, stride_xc, stride_xhw, stride_rc, stride_rhw, stride_yc, stride_yhw,
                      APPLY_RELU, HAS_RESIDUAL, BLOCK_HW, BLOCK_C)
@@ -232,6 +233,7 @@ def _in_fwd_normalize_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,  # as in _in_fwd_fused_kernel
     mean_ptr, rstd_ptr,                 # fp32 [N*C] in: combined statistics
     C, HW, NUM_CHUNKS,
+    stride_wn,                          # weight/bias batch stride: 0 or C
     stride_xn, stride_xc, stride_xhw,   # x strides
     stride_rn, stride_rc, stride_rhw,   # residual strides
     stride_yn, stride_yc, stride_yhw,   # y strides
@@ -242,7 +244,8 @@ def _in_fwd_normalize_kernel(
     n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, stride_wn,
+                                         HAS_WEIGHT, HAS_BIAS)
     _chunk_normalize(x_ptr, r_ptr, y_ptr, x_base, n * stride_rn, n * stride_yn, c, c_mask, shift, mean, scale, b,
                      hw_start, hw_end, stride_xc, stride_xhw, stride_rc, stride_rhw, stride_yc, stride_yhw,
                      APPLY_RELU, HAS_RESIDUAL, BLOCK_HW, BLOCK_C)
@@ -301,6 +304,15 @@ def plane_strides(t: torch.Tensor, fmt: torch.memory_format) -> tuple[torch.Tens
     return plane_strides(t, fmt)
 
 
+def affine_args(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(weight, bias, batch stride) for the kernels: [C] is shared (stride 0), [N, C] per sample (C).
+    Absent ones become dummies that are never read (their flags are off)."""
+    per_sample = any(t is not None and t.dim() == 2 for t in (weight, bias))
+    w = weight.contiguous() if weight is not None else x
+    b = bias.contiguous() if bias is not None else x
+    return w, b, (x.shape[1] if per_sample else 0)
+
+
 def check_device(x: torch.Tensor) -> None:
     if not x.is_cuda and not _INTERPRET:
         raise ValueError(f"instance_norm: x is on {x.device}; the Triton kernels need a CUDA tensor "
@@ -324,8 +336,7 @@ def _forward(x, weight, bias, residual, eps: float, relu: bool):
         residual, sr = plane_strides(residual, fmt)
     else:
         sr = (0, 0, 0)
-    w = weight.contiguous() if weight is not None else x  # dummies are never read (flags off)
-    b = bias.contiguous() if bias is not None else x
+    w, b, stride_wn = affine_args(x, weight, bias)
     r = residual if residual is not None else x
     p = plan(C, HW, channels_last=(sx[1] == 1 and C > 1 and HW > 1))
     flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -334,7 +345,7 @@ def _forward(x, weight, bias, residual, eps: float, relu: bool):
     if not p.split:
         # grid: one program per (n, channel block); each reads its plane twice (second read hits L2)
         _in_fwd_fused_kernel[(planes,)](
-            x, w, b, r, y, mean, rstd, C, HW, eps, *sx, *sr, *sy, **flags,
+            x, w, b, r, y, mean, rstd, C, HW, eps, stride_wn, *sx, *sr, *sy, **flags,
             BLOCK_HW=p.block_hw, BLOCK_C=p.block_c, num_warps=p.num_warps)
         return y, mean, rstd
     # grid: one program per (n, channel block, spatial chunk) for the partials and the normalize pass
@@ -350,7 +361,7 @@ def _forward(x, weight, bias, residual, eps: float, relu: bool):
         pmean, pm2, mean, rstd, N * C, HW, p.num_chunks, eps,
         CHUNK_HW=p.chunk_hw, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4)
     _in_fwd_normalize_kernel[grid](
-        x, w, b, r, y, mean, rstd, C, HW, p.num_chunks, *sx, *sr, *sy, **flags,
+        x, w, b, r, y, mean, rstd, C, HW, p.num_chunks, stride_wn, *sx, *sr, *sy, **flags,
         CHUNK_HW=p.chunk_hw, BLOCK_HW=p.block_hw, BLOCK_C=p.block_c, num_warps=p.num_warps)
     return y, mean, rstd
 
@@ -384,10 +395,14 @@ def _check(x, weight, bias, residual, activation):
         raise ValueError(f"instance_norm: x must be N x C x H x W, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOATS:
         raise ValueError(f"instance_norm: x must be float32, float16 or bfloat16, got {x.dtype}")
+    n, c = x.shape[:2]
+    shapes = {t.shape for t in (weight, bias) if t is not None}
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.shape != (x.shape[1],) or t.dtype not in _FLOATS or t.device != x.device):
-            raise ValueError(f"instance_norm: {name} must be a float tensor of shape ({x.shape[1]},) on "
-                             f"{x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+        if t is not None and (t.shape not in ((c,), (n, c)) or t.dtype not in _FLOATS or t.device != x.device):
+            raise ValueError(f"instance_norm: {name} must be a float tensor of shape ({c},) or, per sample, "
+                             f"({n}, {c}) on {x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    if len(shapes) > 1:
+        raise ValueError(f"instance_norm: weight and bias shapes differ: {sorted(map(tuple, shapes))}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
                                  or residual.device != x.device):
         raise ValueError(f"instance_norm: residual must match x ({x.dtype} {tuple(x.shape)} on {x.device}), "
@@ -400,7 +415,7 @@ def instance_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: 
     """y = act(instance_norm(x) * weight + bias) + residual, fused; activation None or "relu".
 
     x: N x C x H x W (NCHW or channels_last), float32/float16/bfloat16; y has x's dtype and memory
-    format. Statistics are biased (as F.instance_norm) and accumulated in fp32. Differentiable in x,
+    format. weight, bias: [C], or [N, C] for per-sample affine pairs (conditional instance norm). Statistics are biased (as F.instance_norm) and accumulated in fp32. Differentiable in x,
     weight, bias and residual.
     """
     _check(x, weight, bias, residual, activation)
@@ -416,9 +431,9 @@ def instance_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bi
     var = (xf - mean).square().mean(dim=(2, 3), keepdim=True)
     y = (xf - mean) * torch.rsqrt(var + eps)
     if weight is not None:
-        y = y * weight.float().view(1, -1, 1, 1)
+        y = y * weight.float().view(-1, x.shape[1], 1, 1)
     if bias is not None:
-        y = y + bias.float().view(1, -1, 1, 1)
+        y = y + bias.float().view(-1, x.shape[1], 1, 1)
     if activation == "relu":
         y = torch.relu(y)
     if residual is not None:

@@ -2,7 +2,7 @@
 
 With g = dy * [xhat * w + b > 0] (the ReLU mask, recomputed from x and the saved statistics; g = dy
 without ReLU) and per-plane sums Sg = sum(g), Sgx = sum(g * xhat) over H*W:
-    dr = dy,   db = sum_n Sg,   dw = sum_n Sgx,
+    dr = dy,   db = sum_n Sg,   dw = sum_n Sgx   (per-sample [N, C] affine: db = Sg, dw = Sgx),
     dx = rstd * w * (g - Sg / HW - xhat * Sgx / HW).
 Two passes over (x, dy) -- sums, then dx -- plus one write of dx: three tensor-sized passes where
 autograd of the unfused ops spends about eight (residual add, ReLU mask, affine, normalize backward).
@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .instance_norm import _plane_block, _plane_shift, _split_program, check_device, instance_norm_op, \
-    memory_format, plan, plane_strides, _saved_affine
+from .instance_norm import _plane_block, _plane_shift, _split_program, affine_args, check_device, \
+    instance_norm_op, memory_format, plan, plane_strides, _saved_affine
 
 
 @triton.jit
@@ -72,6 +72,7 @@ def _in_bwd_fused_kernel(
     mean_ptr, rstd_ptr,                   # fp32 [N*C] forward statistics (mean of x - shift)
     sg_ptr, sgx_ptr,                      # fp32 [N*C] out: Sg, Sgx per plane (for db, dw)
     C, HW,
+    stride_wn,                            # weight/bias batch stride: 0 (shared [C]) or C (per sample)
     stride_dyn, stride_dyc, stride_dyhw,  # dy strides: batch, channel, flattened H*W
     stride_xn, stride_xc, stride_xhw,     # x strides
     stride_dxn, stride_dxc, stride_dxhw,  # dx strides
@@ -83,7 +84,8 @@ def _in_bwd_fused_kernel(
     n, c, c_mask = _plane_block(pb, C, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, stride_wn,
+                                         HAS_WEIGHT, HAS_BIAS)
     sg, sgx = _chunk_grad_sums(dy_ptr, x_ptr, n * stride_dyn, x_base, c, c_mask, shift, mean, rstd, scale, b, 0, HW,
                                stride_dyc, stride_dyhw, stride_xc, stride_xhw, APPLY_RELU, BLOCK_HW, BLOCK_C)
     tl.store(sg_ptr + n * C + c, sg, mask=c_mask)
@@ -99,6 +101,7 @@ def _in_bwd_partial_sums_kernel(
     mean_ptr, rstd_ptr,                   # fp32 [N*C] forward statistics
     psg_ptr, psgx_ptr,                    # fp32 [N*C, NUM_CHUNKS] out: per-chunk Sg, Sgx
     C, HW, NUM_CHUNKS,
+    stride_wn,                            # weight/bias batch stride: 0 or C
     stride_dyn, stride_dyc, stride_dyhw,  # dy strides
     stride_xn, stride_xc, stride_xhw,     # x strides
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, APPLY_RELU: tl.constexpr,
@@ -108,7 +111,8 @@ def _in_bwd_partial_sums_kernel(
     n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, stride_wn,
+                                         HAS_WEIGHT, HAS_BIAS)
     sg, sgx = _chunk_grad_sums(dy_ptr, x_ptr, n * stride_dyn, x_base, c, c_mask, shift, mean, rstd, scale, b,
                                hw_start, hw_end, stride_dyc, stride_dyhw, stride_xc, stride_xhw,
                                APPLY_RELU, BLOCK_HW, BLOCK_C)
@@ -123,6 +127,7 @@ def _in_bwd_dx_kernel(
     mean_ptr, rstd_ptr,                   # fp32 [N*C] forward statistics
     sg_ptr, sgx_ptr,                      # fp32 [N*C] in: per-plane Sg, Sgx
     C, HW, NUM_CHUNKS,
+    stride_wn,                            # weight/bias batch stride: 0 or C
     stride_dyn, stride_dyc, stride_dyhw,  # dy strides
     stride_xn, stride_xc, stride_xhw,     # x strides
     stride_dxn, stride_dxc, stride_dxhw,  # dx strides
@@ -133,7 +138,8 @@ def _in_bwd_dx_kernel(
     n, c, c_mask, hw_start, hw_end = _split_program(C, HW, NUM_CHUNKS, CHUNK_HW, BLOCK_C)
     x_base = n * stride_xn
     shift = _plane_shift(x_ptr, x_base, c, c_mask, stride_xc)
-    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, HAS_WEIGHT, HAS_BIAS)
+    mean, rstd, scale, b = _saved_affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, n, C, c, c_mask, stride_wn,
+                                         HAS_WEIGHT, HAS_BIAS)
     c1 = tl.load(sg_ptr + n * C + c, mask=c_mask, other=0.0) / HW
     c2 = tl.load(sgx_ptr + n * C + c, mask=c_mask, other=0.0) / HW
     _chunk_dx(dy_ptr, x_ptr, dx_ptr, n * stride_dyn, x_base, n * stride_dxn, c, c_mask, shift, mean, rstd, scale, b,
@@ -154,8 +160,7 @@ def _backward(dy, x, weight, bias, mean, rstd, relu: bool):
     x, sx = plane_strides(x, fmt)
     dy, sdy = plane_strides(dy, fmt)
     _, sdx = plane_strides(dx, fmt)
-    w = weight.contiguous() if weight is not None else x  # dummies are never read (flags off)
-    b = bias.contiguous() if bias is not None else x
+    w, b, stride_wn = affine_args(x, weight, bias)
     p = plan(C, HW, channels_last=(sx[1] == 1 and C > 1 and HW > 1))
     flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, APPLY_RELU=relu)
     planes = N * triton.cdiv(C, p.block_c)
@@ -164,7 +169,7 @@ def _backward(dy, x, weight, bias, mean, rstd, relu: bool):
         sgx = torch.empty_like(sg)
         # grid: one program per (n, channel block), as the fused forward
         _in_bwd_fused_kernel[(planes,)](
-            dy, x, w, b, dx, mean, rstd, sg, sgx, C, HW, *sdy, *sx, *sdx, **flags,
+            dy, x, w, b, dx, mean, rstd, sg, sgx, C, HW, stride_wn, *sdy, *sx, *sdx, **flags,
             BLOCK_HW=p.block_hw, BLOCK_C=p.block_c, num_warps=p.num_warps)
         return dx, sg, sgx
     # grid: one program per (n, channel block, spatial chunk) for the partial sums and for dx
@@ -172,11 +177,11 @@ def _backward(dy, x, weight, bias, mean, rstd, relu: bool):
     psgx = torch.empty_like(psg)
     grid = (planes * p.num_chunks,)
     _in_bwd_partial_sums_kernel[grid](
-        dy, x, w, b, mean, rstd, psg, psgx, C, HW, p.num_chunks, *sdy, *sx, **flags,
+        dy, x, w, b, mean, rstd, psg, psgx, C, HW, p.num_chunks, stride_wn, *sdy, *sx, **flags,
         CHUNK_HW=p.chunk_hw, BLOCK_HW=p.block_hw, BLOCK_C=p.block_c, num_warps=p.num_warps)
     sg, sgx = psg.sum(dim=1).view(N, C), psgx.sum(dim=1).view(N, C)
     _in_bwd_dx_kernel[grid](
-        dy, x, w, b, dx, mean, rstd, sg, sgx, C, HW, p.num_chunks, *sdy, *sx, *sdx, **flags,
+        dy, x, w, b, dx, mean, rstd, sg, sgx, C, HW, p.num_chunks, stride_wn, *sdy, *sx, *sdx, **flags,
         CHUNK_HW=p.chunk_hw, BLOCK_HW=p.block_hw, BLOCK_C=p.block_c, num_warps=p.num_warps)
     return dx, sg, sgx
 
@@ -205,8 +210,9 @@ def _setup_context(ctx, inputs, output):
 def _instance_norm_grad(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     dx, sg, sgx = instance_norm_backward_op(dy, x, weight, bias, mean, rstd, ctx.relu)
-    dw = sgx.sum(0).to(weight.dtype) if weight is not None else None
-    db = sg.sum(0).to(bias.dtype) if bias is not None else None
+    # shared [C] affine: sum the per-plane sums over the batch; per-sample [N, C]: one per plane
+    dw = (sgx if weight.dim() == 2 else sgx.sum(0)).to(weight.dtype) if weight is not None else None
+    db = (sg if bias.dim() == 2 else sg.sum(0)).to(bias.dtype) if bias is not None else None
     dr = dy if ctx.has_residual else None
     return dx, dw, db, dr, None, None
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norm import make_norm, make_pad
+from .norm import apply_norm, default_style_weights, make_norm, make_pad
 
 UPSAMPLINGS = ("nearest", "transposed")
 
@@ -53,22 +53,23 @@ class TransposedConvLayer(nn.Module):
 class ResidualBlock(nn.Module):
     """conv-norm-ReLU-conv-norm plus the identity (He et al.; no ReLU after the sum)."""
 
-    def __init__(self, channels: int, norm: str = "instance", padding: str = "reflect"):
+    def __init__(self, channels: int, norm: str = "instance", padding: str = "reflect", styles: int = 1):
         super().__init__()
         self.conv1 = ConvLayer(channels, channels, 3, 1, padding)
-        self.in1 = make_norm(norm, channels)
+        self.in1 = make_norm(norm, channels, styles)
         self.conv2 = ConvLayer(channels, channels, 3, 1, padding)
-        self.in2 = make_norm(norm, channels)
+        self.in2 = make_norm(norm, channels, styles)
         self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.in1(self.conv1(x)))
-        return self.in2(self.conv2(out)) + x
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.relu(apply_norm(self.in1, self.conv1(x), style_weights))
+        return apply_norm(self.in2, self.conv2(out), style_weights) + x
 
 
 class JohnsonNet(nn.Module):
     """The residual style-transfer generator: 9x9 conv, two stride-2 convs, residual blocks, two x2
-    upsamplings, 9x9 conv. Defaults reproduce pytorch/examples' TransformerNet (~1.68 M parameters)."""
+    upsamplings, 9x9 conv. Defaults reproduce pytorch/examples' TransformerNet (~1.68 M parameters).
+    `styles` > 1: conditional instance norm (one gamma/beta pair per style, models/norm.py)."""
 
     arch = "johnson"
 
@@ -79,31 +80,35 @@ class JohnsonNet(nn.Module):
         norm: str = "instance",
         padding: str = "reflect",
         upsampling: str = "nearest",
+        styles: int = 1,
     ):
         super().__init__()
         if upsampling not in UPSAMPLINGS:
             raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
-        if width < 1 or blocks < 0:
-            raise ValueError(f"width must be >= 1 and blocks >= 0, got {width}, {blocks}")
+        if width < 1 or blocks < 0 or styles < 1:
+            raise ValueError(f"width and styles must be >= 1 and blocks >= 0, got {width}, {styles}, {blocks}")
         self.config = dict(width=width, blocks=blocks, norm=norm, padding=padding, upsampling=upsampling)
+        if styles > 1:  # single-style configs stay as they always were
+            self.config["styles"] = styles
+        self.styles = styles
         w1, w2, w3 = width, 2 * width, 4 * width
         self.conv1 = ConvLayer(3, w1, 9, 1, padding)
-        self.in1 = make_norm(norm, w1)
+        self.in1 = make_norm(norm, w1, styles)
         self.conv2 = ConvLayer(w1, w2, 3, 2, padding)
-        self.in2 = make_norm(norm, w2)
+        self.in2 = make_norm(norm, w2, styles)
         self.conv3 = ConvLayer(w2, w3, 3, 2, padding)
-        self.in3 = make_norm(norm, w3)
+        self.in3 = make_norm(norm, w3, styles)
         self.res_names = [f"res{i + 1}" for i in range(blocks)]
         for name in self.res_names:
-            setattr(self, name, ResidualBlock(w3, norm, padding))
+            setattr(self, name, ResidualBlock(w3, norm, padding, styles))
         if upsampling == "nearest":
             self.deconv1 = UpsampleConvLayer(w3, w2, 3, padding)
             self.deconv2 = UpsampleConvLayer(w2, w1, 3, padding)
         else:
             self.deconv1 = TransposedConvLayer(w3, w2, 3)
             self.deconv2 = TransposedConvLayer(w2, w1, 3)
-        self.in4 = make_norm(norm, w2)
-        self.in5 = make_norm(norm, w1)
+        self.in4 = make_norm(norm, w2, styles)
+        self.in5 = make_norm(norm, w1, styles)
         self.deconv3 = ConvLayer(w1, 3, 9, 1, padding)
         self.relu = nn.ReLU()
 
@@ -112,12 +117,15 @@ class JohnsonNet(nn.Module):
     stride_multiple = 4
     min_size = 8
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.in1(self.conv1(x)))
-        y = self.relu(self.in2(self.conv2(y)))
-        y = self.relu(self.in3(self.conv3(y)))
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """x: N,3,H,W RGB 0..255; style_weights: N x styles mixing weights (None: the first style)."""
+        s = default_style_weights(self, x, style_weights)
+        y = self.relu(apply_norm(self.in1, self.conv1(x), s))
+        y = self.relu(apply_norm(self.in2, self.conv2(y), s))
+        y = self.relu(apply_norm(self.in3, self.conv3(y), s))
         for name in self.res_names:
-            y = getattr(self, name)(y)
-        y = self.relu(self.in4(self.deconv1(y)))
-        y = self.relu(self.in5(self.deconv2(y)))
+            y = getattr(self, name)(y, s)
+        y = self.relu(apply_norm(self.in4, self.deconv1(y), s))
+        y = self.relu(apply_norm(self.in5, self.deconv2(y), s))
         return self.deconv3(y)
+

@@ -14,16 +14,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norm import make_norm, make_pad
+from .norm import apply_norm, default_style_weights, make_norm, make_pad
 
 MODES = ("style", "texture")
 
 
-def _conv_block(cin: int, cout: int, norm: str, padding: str) -> nn.Sequential:
-    return nn.Sequential(
-        make_pad(padding, 1), nn.Conv2d(cin, cout, 3), make_norm(norm, cout), nn.ReLU(),
-        make_pad(padding, 1), nn.Conv2d(cout, cout, 3), make_norm(norm, cout), nn.ReLU(),
-        nn.Conv2d(cout, cout, 1), make_norm(norm, cout), nn.ReLU(),
+class ConvBlock(nn.Sequential):
+    """conv3x3-norm-ReLU x2, conv1x1-norm-ReLU; a Sequential whose norms may take style weights."""
+
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        for module in self:
+            x = apply_norm(module, x, style_weights) if module in self._norms() else module(x)
+        return x
+
+    def _norms(self) -> tuple[nn.Module, ...]:
+        return (self[2], self[6], self[9])
+
+
+def _conv_block(cin: int, cout: int, norm: str, padding: str, styles: int) -> ConvBlock:
+    return ConvBlock(
+        make_pad(padding, 1), nn.Conv2d(cin, cout, 3), make_norm(norm, cout, styles), nn.ReLU(),
+        make_pad(padding, 1), nn.Conv2d(cout, cout, 3), make_norm(norm, cout, styles), nn.ReLU(),
+        nn.Conv2d(cout, cout, 1), make_norm(norm, cout, styles), nn.ReLU(),
     )
 
 
@@ -38,6 +50,7 @@ class PyramidNet(nn.Module):
         padding: str = "reflect",
         mode: str = "style",
         noise_channels: int | None = None,
+        styles: int = 1,
     ):
         super().__init__()
         ratios = [int(r) for r in ratios]
@@ -49,17 +62,22 @@ class PyramidNet(nn.Module):
             noise_channels = 3 if mode == "texture" else 0
         if mode == "texture" and noise_channels < 1:
             raise ValueError("texture mode needs noise_channels >= 1")
+        if styles < 1:
+            raise ValueError(f"styles must be >= 1, got {styles}")
         self.config = dict(ratios=ratios, channels=channels, norm=norm, padding=padding, mode=mode,
                            noise_channels=noise_channels)
+        if styles > 1:
+            self.config["styles"] = styles
+        self.styles = styles
         self.ratios = ratios
         self.mode = mode
         self.noise_channels = noise_channels
         cin = noise_channels + (3 if mode == "style" else 0)
-        self.scales = nn.ModuleList(_conv_block(cin, channels, norm, padding) for _ in ratios)
+        self.scales = nn.ModuleList(_conv_block(cin, channels, norm, padding, styles) for _ in ratios)
         # join k merges the k+1 coarsest scales: upsampled (k+1)*channels... see forward
-        self.join_norms = nn.ModuleList(make_norm(norm, channels * (k + 1)) for k in range(len(ratios) - 1))
+        self.join_norms = nn.ModuleList(make_norm(norm, channels * (k + 1), styles) for k in range(len(ratios) - 1))
         self.joins = nn.ModuleList(
-            _conv_block(channels * (k + 2), channels * (k + 2), norm, padding) for k in range(len(ratios) - 1)
+            _conv_block(channels * (k + 2), channels * (k + 2), norm, padding, styles) for k in range(len(ratios) - 1)
         )
         self.to_rgb = nn.Conv2d(channels * len(ratios), 3, 1)
         # pooling by the coarsest ratio, and reflection padding there, need 2 pixels at that scale
@@ -82,16 +100,17 @@ class PyramidNet(nn.Module):
             return torch.cat([image, noise * ratio], dim=1)
         return pooled
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         expected = self.noise_channels + (3 if self.mode == "style" else 0)
         if x.shape[1] != expected:
             raise ValueError(f"{self.mode} mode takes {expected} input channels, got {x.shape[1]}")
+        s = default_style_weights(self, x, style_weights)
         y = None
         for k, (ratio, block) in enumerate(zip(self.ratios, self.scales)):
-            cur = block(self.scale_input(x, ratio))
+            cur = block(self.scale_input(x, ratio), s)
             if y is not None:
-                up = self.join_norms[k - 1](F.interpolate(y, scale_factor=2, mode="nearest"))
-                cur = self.joins[k - 1](torch.cat([up, cur], dim=1))
+                up = apply_norm(self.join_norms[k - 1], F.interpolate(y, scale_factor=2, mode="nearest"), s)
+                cur = self.joins[k - 1](torch.cat([up, cur], dim=1), s)
             y = cur
         return self.to_rgb(y)
 

@@ -49,16 +49,18 @@ def _fmt(layout):
     return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 
-def make_inputs(shape, dtype, layout, flags, seed=0):
-    """x with per-channel offsets and scales (so means are not ~0), weight, bias, residual (or None)."""
+def make_inputs(shape, dtype, layout, flags, seed=0, per_sample=False):
+    """x with per-channel offsets and scales (so means are not ~0), weight, bias, residual (or None).
+    per_sample: weight and bias of shape [N, C] (conditional instance norm), else [C]."""
     g = torch.Generator().manual_seed(seed)
     N, C = shape[:2]
     x = torch.randn(shape, generator=g) * (0.5 + 2 * torch.rand(1, C, 1, 1, generator=g)) \
         + 4 * torch.randn(1, C, 1, 1, generator=g)
     x = x.to(dtype).contiguous(memory_format=_fmt(layout))
     has_w, has_b, relu, has_r = flags
-    w = (1 + 0.5 * torch.randn(C, generator=g)).to(dtype) if has_w else None
-    b = (0.5 * torch.randn(C, generator=g)).to(dtype) if has_b else None
+    affine = (N, C) if per_sample else (C,)
+    w = (1 + 0.5 * torch.randn(affine, generator=g)).to(dtype) if has_w else None
+    b = (0.5 * torch.randn(affine, generator=g)).to(dtype) if has_b else None
     r = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=_fmt(layout)) if has_r else None
     return x, w, b, r, ("relu" if relu else None)
 
@@ -67,7 +69,12 @@ def torch_lowp(x, w, b, activation=None, residual=None, eps=1e-5):
     """F.instance_norm (+ relu, + residual) in the input dtype; None where torch refuses (1x1 planes)."""
     if x.shape[2] * x.shape[3] == 1:
         return None
-    y = F.instance_norm(x, weight=w, bias=b, eps=eps)
+    if (w is not None and w.dim() == 2) or (b is not None and b.dim() == 2):  # per-sample affine
+        y = F.instance_norm(x, eps=eps)
+        y = y * w[:, :, None, None] if w is not None else y
+        y = y + b[:, :, None, None] if b is not None else y
+    else:
+        y = F.instance_norm(x, weight=w, bias=b, eps=eps)
     if activation == "relu":
         y = torch.relu(y)
     return y + residual if residual is not None else y
@@ -111,8 +118,8 @@ def fused_fn(x, w, b, activation=None, residual=None):
     return instance_norm(x, w, b, activation=activation, residual=residual)
 
 
-def check_against_refs(shape, dtype, layout, flags, seed=0):
-    x, w, b, r, act = make_inputs(shape, dtype, layout, flags, seed)
+def check_against_refs(shape, dtype, layout, flags, seed=0, per_sample=False):
+    x, w, b, r, act = make_inputs(shape, dtype, layout, flags, seed, per_sample)
     dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
     y, grads = run_with_grads(fused_fn, x, w, b, r, act, dy.to(dtype))
     y32, grads32 = run_with_grads(ref_fp32, x, w, b, r, act, dy, upcast=True)
@@ -153,6 +160,27 @@ def test_large_plane_takes_split_path(dtype, layout, flags):
     assert p.split and p.num_chunks > 1
     assert not IN.plan(4, 31 * 29, channels_last=cl).split
     check_against_refs(SPLIT_SHAPE, dtype, layout, flags)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
+@pytest.mark.parametrize("flags", [(True, True, True, True), (True, True, False, False)], ids=_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_per_sample_affine(monkeypatch, dtype, layout, flags, split):
+    """Conditional IN: weight and bias [N, C], each sample its own pair; dw, db come back per sample."""
+    if split:
+        monkeypatch.setitem(IN.TUNING, "split_min_hw", 1)
+        monkeypatch.setitem(IN.TUNING, "chunk_elems", 256)
+        monkeypatch.setitem(IN.TUNING, "tile", 128)
+    check_against_refs((3, 5, 19, 23), dtype, layout, flags, per_sample=True)
+
+
+def test_per_sample_affine_shape_errors():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"\(3,\) or, per sample, \(2, 3\)"):
+        instance_norm(x, torch.ones(3, 3), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="shapes differ"):
+        instance_norm(x, torch.ones(2, 3), torch.zeros(3))
 
 
 @pytest.fixture

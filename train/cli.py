@@ -1,4 +1,5 @@
-"""`instyle train --style IMG --data DIR --out PATH`: train a feed-forward generator (torchrun for multi-GPU)."""
+"""`instyle train --style IMG [--style IMG ...] --data DIR --out PATH`: train a feed-forward generator
+(several styles: one conditional-IN network for all; torchrun for multi-GPU)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,10 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .common import add_loss_arguments
 
-    p.add_argument("--style", required=True, help="style image (texture mode: the texture to reproduce)")
+    p.add_argument("--style", action="append", default=[], metavar="IMG",
+                   help="style image (texture mode: the texture to reproduce); repeat it to train one network on "
+                        "several styles (conditional instance norm; style names = file names without extension)")
+    p.add_argument("--styles-dir", metavar="DIR", help="every image in DIR is a style (sorted by name)")
     p.add_argument("--data", help="folder of content images, searched recursively (style mode)")
     p.add_argument("--out", required=True, help="output generator .safetensors (state, log, samples go beside it)")
     g = p.add_argument_group("generator")
@@ -58,6 +62,38 @@ def model_config(args) -> dict:
     return config
 
 
+def style_paths(args) -> list[str]:
+    """--style files then --styles-dir images; checked to exist with distinct names."""
+    from pathlib import Path
+
+    from instyle.cli import UsageError
+    from instyle.io import IMAGE_EXTENSIONS
+
+    paths = list(args.style)
+    if args.styles_dir:
+        folder = Path(args.styles_dir)
+        if not folder.is_dir():
+            raise UsageError(f"--styles-dir {folder}: no such folder")
+        found = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found:
+            raise UsageError(f"--styles-dir {folder}: no images")
+        paths += found
+    if not paths:
+        raise UsageError("give at least one --style IMG (or --styles-dir DIR)")
+    for p in paths:
+        if not Path(p).is_file():
+            raise UsageError(f"--style {p}: no such file")
+    names = [Path(p).stem for p in paths]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"style names must differ (file names without extension): {', '.join(dup)} repeats")
+    if len(paths) > 1 and args.norm != "instance":
+        raise UsageError("several styles in one network need --norm instance (conditional instance norm)")
+    if len(paths) > 1 and args.mode == "texture":
+        raise UsageError("texture mode trains one texture per network: give one --style")
+    return paths
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -70,8 +106,7 @@ def run(args) -> int:
     for name in ("iterations", "batch_size", "image_size", "checkpoint_every", "log_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if not Path(args.style).is_file():
-        raise UsageError(f"--style {args.style}: no such file")
+    args.style = style_paths(args)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out}: use a .safetensors file name")
@@ -95,7 +130,7 @@ def run(args) -> int:
     texture = args.mode == "texture"
     loss, spec = loss_from_args(args, device, texture=texture)
     cfg = TrainConfig(
-        style=args.style, out=str(out), data=args.data, arch=args.arch, model_config=config, mode=args.mode,
+        style=args.style[0] if len(args.style) == 1 else args.style, out=str(out), data=args.data, arch=args.arch, model_config=config, mode=args.mode,
         image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations,
         lr=args.lr if args.lr is not None else (1e-2 if texture else 1e-3),
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],

@@ -79,5 +79,6 @@ def loss_from_args(args, device: torch.device, *, texture: bool = False):
     spec.layer_weights()  # validates the count
     vgg = load_vgg(spec.layers(), path, convention=convention, device=device)
     loss = PerceptualLoss(vgg, spec)
-    loss.set_style(load_image(args.style, args.style_size).to(device))
+    paths = [args.style] if isinstance(args.style, (str, Path)) else list(args.style)
+    loss.set_styles([load_image(p, args.style_size).to(device) for p in paths])
     return loss, spec

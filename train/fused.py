@@ -3,7 +3,8 @@
 `instyle.kernels.instance_norm` (one custom op with a backward, statistics in fp32) replaces the
 reference layer when CUDA and Triton are available; otherwise, or if the op is missing or fails a
 one-shot check against the reference, the model is left as it is. Parameters are shared, not copied, so
-the state dict (and the saved checkpoint) keeps the reference names and values.
+the state dict (and the saved checkpoint) keeps the reference names and values. Conditional IN layers
+(several styles) mix their per-sample (gamma, beta) in PyTorch and pass them to the same op as [N, C].
 """
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from instyle.models.norm import ConditionalInstanceNorm2d
+
+
+class FusedConditionalInstanceNorm(ConditionalInstanceNorm2d):
+    """Drop-in for ConditionalInstanceNorm2d: per-sample (gamma, beta) mixed in PyTorch, then one fused call."""
+
+    def __init__(self, ref: ConditionalInstanceNorm2d, fn: Callable):
+        nn.Module.__init__(self)
+        self.num_features, self.styles, self.eps, self.fn = ref.num_features, ref.styles, ref.eps, fn
+        self.weight, self.bias = ref.weight, ref.bias  # shared: the state dict keeps the reference's keys
+
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(style_weights)
+        return self.fn(x, gamma, beta, eps=self.eps)
 
 
 class FusedInstanceNorm(nn.Module):
@@ -41,11 +57,15 @@ def find_op() -> Callable | None:
 
 
 def swap_instance_norm(model: nn.Module, fn: Callable) -> int:
-    """Replace every affine, stat-less InstanceNorm2d in `model` by FusedInstanceNorm(fn); returns the count."""
+    """Replace every affine, stat-less InstanceNorm2d (FusedInstanceNorm) and conditional IN
+    (FusedConditionalInstanceNorm) in `model`; returns the count."""
     count = 0
-    for parent in model.modules():
+    for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if (isinstance(child, nn.InstanceNorm2d) and child.affine and not child.track_running_stats):
+            if type(child) is ConditionalInstanceNorm2d:
+                setattr(parent, name, FusedConditionalInstanceNorm(child, fn))
+                count += 1
+            elif isinstance(child, nn.InstanceNorm2d) and child.affine and not child.track_running_stats:
                 setattr(parent, name, FusedInstanceNorm(child, fn))
                 count += 1
     return count

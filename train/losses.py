@@ -86,7 +86,10 @@ class LossSpec:
 
 
 class PerceptualLoss(nn.Module):
-    """Weighted content + style + TV loss against one style image whose Grams are computed once."""
+    """Weighted content + style + TV loss against one or several style images whose Grams are computed once.
+
+    With several styles (a conditional-IN generator), each sample of a batch is scored against its own
+    style's Grams (`style_index`)."""
 
     def __init__(self, vgg: VGGFeatures, spec: LossSpec):
         super().__init__()
@@ -98,18 +101,32 @@ class PerceptualLoss(nn.Module):
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
         """`style`: 1,3,H,W RGB 0..255. Its Gram matrices (fp32, 1,C,C) become the targets."""
-        feats = self.vgg(style.float())
+        self.set_styles([style])
+
+    @torch.no_grad()
+    def set_styles(self, styles: Sequence[torch.Tensor]) -> None:
+        """One 1,3,H,W RGB 0..255 image per style (sizes may differ). Their Grams (fp32, S,C,C) become the
+        targets; style s is scored against row s."""
+        grams = {n: [] for n in self.spec.style_layers}
+        for style in styles:
+            feats = self.vgg(style.float())
+            for n in self.spec.style_layers:
+                grams[n].append(gram(feats[n]))
         for n in self.spec.style_layers:  # buffers: .to(device) moves them with the module
-            self.register_buffer(f"target_{n}", gram(feats[n]), persistent=False)
+            self.register_buffer(f"target_{n}", torch.cat(grams[n]), persistent=False)
+        self.num_styles = len(styles)
 
     @property
     def targets(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, f"target_{n}") for n in self.spec.style_layers}
 
-    def forward(self, y: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode).
+    def forward(self, y: torch.Tensor, content: torch.Tensor | None = None,
+                style_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode) and
+        the styles `style_index` (N longs; None: every sample against style 0).
 
-        Returns fp32 scalars: content, style, tv (each already weighted) and total.
+        Returns fp32 scalars: content, style, tv (each already weighted) and total; and
+        `style_per_sample` (N, weighted; its mean is `style`).
         """
         spec = self.spec
         feats = self.vgg(y.float())  # normalisation in fp32; the convs still run in the autocast dtype
@@ -122,12 +139,16 @@ class PerceptualLoss(nn.Module):
             with torch.autocast(y.device.type, enabled=False):
                 c_loss = sum(F.mse_loss(feats[n].float(), target[n].float()) for n in spec.content_layers)
             c_loss = spec.content_weight * c_loss
-        s_loss = zero
+        per_sample = y.new_zeros(y.shape[0], dtype=torch.float32)
         if spec.style_weight:
             with torch.autocast(y.device.type, enabled=False):
                 for n, w in zip(spec.style_layers, self.style_layer_weights):
                     g = gram(feats[n])
-                    s_loss = s_loss + w * F.mse_loss(g, getattr(self, f"target_{n}").expand_as(g))
-            s_loss = spec.style_weight * s_loss
+                    target = getattr(self, f"target_{n}")
+                    target = target[:1].expand_as(g) if style_index is None else target[style_index]
+                    per_sample = per_sample + w * (g - target).square().mean(dim=(1, 2))
+            per_sample = spec.style_weight * per_sample
+        s_loss = per_sample.mean()
         tv = spec.tv_weight * total_variation(y) if spec.tv_weight else zero
-        return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv}
+        return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv,
+                "style_per_sample": per_sample}

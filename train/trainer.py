@@ -29,12 +29,12 @@ from .state import git_rev, load_state, rng_state, save_state, set_rng_state, st
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 # settings that must match for --resume to continue the same run
-_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr")
+_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style")
 
 
 @dataclass
 class TrainConfig:
-    style: str
+    style: str | list[str]  # style image path(s); several: one conditional-IN network for all of them
     out: str
     data: str | None = None  # content folder; None in texture mode
     arch: str = "johnson"
@@ -61,9 +61,20 @@ class TrainConfig:
     progress: bool = True
     vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
 
+    @property
+    def style_paths(self) -> list[str]:
+        return [self.style] if isinstance(self.style, (str, Path)) else [str(p) for p in self.style]
+
+    @property
+    def style_names(self) -> list[str]:
+        """Style names: the style images' file names without extension."""
+        return [Path(p).stem for p in self.style_paths]
+
 
 def build_generator(cfg: TrainConfig) -> nn.Module:
     config = dict(cfg.model_config)
+    if len(cfg.style_paths) > 1:
+        config["styles"] = len(cfg.style_paths)
     if cfg.mode == "texture":
         if cfg.arch != "pyramid":
             raise ValueError("texture mode needs --arch pyramid (a generator fed noise only)")
@@ -113,7 +124,12 @@ class Trainer:
 
         self.files = [] if self.texture else list_images(_need_data(cfg), cfg.max_images, cfg.seed)
         self.step, self.position, self.elapsed = 0, 0, 0.0
-        self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"))
+        self.names = cfg.style_names
+        self.styles = len(self.names)
+        if getattr(loss, "num_styles", 1) != self.styles:
+            raise ValueError(f"the loss holds {getattr(loss, 'num_styles', 1)} style targets for {self.styles} styles")
+        self.style_columns = tuple(f"style_{n}" for n in self.names) if self.styles > 1 else ()
+        self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"), extra_fields=self.style_columns)
         if cfg.resume:
             self._resume()
         elif state_path(self.out).exists() and not cfg.overwrite:
@@ -163,6 +179,13 @@ class Trainer:
             x = content
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _style_index(self, step: int, rank: int) -> torch.Tensor | None:
+        """Each sample's style for this step (a pure function of seed, step, rank); None with one style."""
+        if self.styles == 1:
+            return None
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1_013 + rank)
+        return torch.randint(self.styles, (self.cfg.batch_size,), generator=g).to(self.device)
+
     def _loader(self):
         if self.texture:
             return None
@@ -172,11 +195,18 @@ class Trainer:
                            pin_memory=self.device.type == "cuda")
 
     def train_step(self, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the detached fp32 loss terms."""
+        """One optimisation step; returns the detached fp32 loss terms. `last_styles` keeps this step's
+        (style index per sample, weighted style loss per sample), index None with one style."""
         self.net.train()
+        index = self._style_index(self.step, self.dist.rank)
         with self._autocast():
-            y = self.net(self._inputs(content, self.step))
-            terms = self.loss(y, None if self.texture else content)
+            x = self._inputs(content, self.step)
+            if index is None:
+                y = self.net(x)
+            else:
+                y = self.net(x, torch.nn.functional.one_hot(index, self.styles).float())
+            terms = self.loss(y, None if self.texture else content, index)
+        self.last_styles = (index, terms.pop("style_per_sample").detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total"]).backward()
         self.scaler.step(self.optimizer)
@@ -196,6 +226,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.iterations, initial=self.step, desc="train", dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
+        per_style = torch.zeros(2, self.styles, device=self.device)  # weighted style loss sums, sample counts
         window, t0, last = 0, time.perf_counter(), {}
         try:
             while self.step < cfg.iterations:
@@ -207,6 +238,10 @@ class Trainer:
                 terms = self.train_step(content)
                 self.step += 1
                 self.position += cfg.batch_size * d.world_size
+                index, sample_style = self.last_styles
+                if index is not None:
+                    per_style[0].index_add_(0, index, sample_style)
+                    per_style[1].index_add_(0, index, torch.ones_like(sample_style))
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v
                 window += 1
@@ -215,10 +250,15 @@ class Trainer:
                     self.elapsed += dt
                     means = distributed.mean_across(d, torch.stack([sums[k] for k in sorted(sums)]) / window)
                     last = {k: float(v) for k, v in zip(sorted(sums), means.tolist())}
+                    if self.styles > 1:  # styles drawn in this window: their mean weighted style loss
+                        tot = distributed.mean_across(d, per_style)
+                        last.update({col: float(tot[0, s] / tot[1, s]) for s, col in enumerate(self.style_columns)
+                                     if tot[1, s] > 0})
+                        per_style.zero_()
                     ips = window * cfg.batch_size * d.world_size / max(dt, 1e-9)
                     self.log.add(write=d.is_main, step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
                     if bar is not None:
-                        bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total")})
+                        bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total") if k in last})
                     sums, window, t0 = {}, 0, time.perf_counter()
                 if bar is not None:
                     bar.update(1)
@@ -241,8 +281,9 @@ class Trainer:
 
     def training_metadata(self, losses: dict[str, float]) -> dict:
         cfg = self.cfg
+        names = [Path(p).name for p in cfg.style_paths]
         return {
-            "style": Path(cfg.style).name, "mode": cfg.mode,
+            "style": names[0] if len(names) == 1 else names, "mode": cfg.mode,
             "data": None if self.texture else str(cfg.data), "images": len(self.files),
             "iterations": self.step, "batch_size": cfg.batch_size, "world_size": self.dist.world_size,
             "image_size": cfg.image_size, "lr": cfg.lr, "amp": self.amp, "seed": cfg.seed,
@@ -262,7 +303,9 @@ class Trainer:
             "config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}, "losses": losses,
         })
         dtype = {"fp32": None, "fp16": torch.float16}[cfg.save_dtype]
-        checkpoint.save(self.model, self.out, style=Path(cfg.style).stem,
+        styles = None if self.styles == 1 else [
+            {"name": n, "source": Path(p).name} for n, p in zip(self.names, cfg.style_paths)]
+        checkpoint.save(self.model, self.out, style=self.names[0], styles=styles,
                         training=self.training_metadata(losses), dtype=dtype)
         self.log.flush()
 
@@ -281,7 +324,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.position, self.elapsed = state["step"], state["position"], state["elapsed"]
         self.final_losses = state.get("losses", {})
-        self.log = LossLog.resume(self.log.csv_path, self.log.plot_path, self.step)
+        self.log = LossLog.resume(self.log.csv_path, self.log.plot_path, self.step, self.style_columns)
 
     # --------------------------------------------------------------------------------- samples
 
@@ -317,11 +360,15 @@ class Trainer:
                 if getattr(self.model, "noise_channels", 0):
                     x = self.model.with_noise(content, generator=torch.Generator(self.device).manual_seed(0))
             with self._autocast():
-                y = self.model(x).float()
+                if self.styles == 1:
+                    rows = [self.model(x).float()]
+                else:  # one row per style
+                    eye = torch.eye(self.styles, device=self.device)
+                    rows = [self.model(x, eye[s].expand(x.shape[0], -1)).float() for s in range(self.styles)]
         finally:
             self.model.train()
         path = self._sibling(".samples") / f"{self.step:08d}.png"
-        return save_image(path, sample_grid(content, y))
+        return save_image(path, sample_grid(content, *rows))
 
 
 def _need_data(cfg: TrainConfig) -> str:

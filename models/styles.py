@@ -1,0 +1,65 @@
+"""Style weights for multi-style generators: one style, mixes, and baking a mix into a single-style net.
+
+A multi-style generator (conditional instance norm, models/norm.py) takes N x S style weights. A
+convex mix of styles is a weighted sum of their (gamma, beta) pairs, so any fixed mix can be baked into
+an ordinary single-style generator with the mixed pairs: every backend that runs single-style models
+(fused kernels, exported graphs) then runs the mix with no extra work per pixel.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .norm import ConditionalInstanceNorm2d
+
+
+def style_count(model: nn.Module) -> int:
+    return int(getattr(model, "styles", 1))
+
+
+def mix_weights(names: Sequence[str], mix: Mapping[str | int, float] | str | int | None) -> torch.Tensor:
+    """A length-S weight vector (sums to 1) from a style name or index, or {name or index: weight}.
+
+    None picks the first style. Unknown names raise ValueError listing the known ones.
+    """
+    s = len(names)
+    if mix is None:
+        mix = {0: 1.0}
+    elif isinstance(mix, (str, int)):
+        mix = {mix: 1.0}
+    w = torch.zeros(s, dtype=torch.float32)
+    for key, value in mix.items():
+        w[_index(names, key)] += float(value)
+    if (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
+        raise ValueError(f"style weights must be >= 0 with a positive sum, got {dict(mix)}")
+    return w / w.sum()
+
+
+def _index(names: Sequence[str], key: str | int) -> int:
+    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+        i = int(key)
+        if 0 <= i < len(names):
+            return i
+        raise ValueError(f"style index {i} out of range (this model has {len(names)} styles: {', '.join(names)})")
+    if key in names:
+        return list(names).index(key)
+    raise ValueError(f"unknown style {key!r} (known: {', '.join(names)})")
+
+
+def bake(model: nn.Module, weights: torch.Tensor) -> nn.Module:
+    """A single-style generator computing `model` with the fixed style mix `weights` (length S)."""
+    from . import build
+
+    config = {k: v for k, v in model.config.items() if k != "styles"}
+    single = build(model.arch, config)
+    single.to(next(model.parameters()).device)
+    state = {}
+    cond = {name for name, m in model.named_modules() if isinstance(m, ConditionalInstanceNorm2d)}
+    w = weights.float().to(next(model.parameters()).device)
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        state[key] = (w @ value.float()).to(value.dtype) if owner in cond and leaf in ("weight", "bias") else value
+    single.load_state_dict(state)
+    return single.eval() if not model.training else single
