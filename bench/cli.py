@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads on CPU (eager/compile "
                         "rows; onnxruntime sizes its own pool to the physical cores); default: torch's choice")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--tile", default="off", help="off (default: whole images), auto, or a tile side in "
+                        "pixels; every row records the tile side that ran (`tiled`)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default bench/results/<date>-<device>/)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="print B's speed relative to A's, row by row, and exit (no benchmark run)")
@@ -129,6 +131,16 @@ NOTES = {
 }
 
 
+def _tile(text: str):
+    from instyle.cli import UsageError
+    from instyle.engine.stylizer import parse_tile
+
+    try:
+        return parse_tile(text)
+    except ValueError as e:
+        raise UsageError(f"--tile: {e}") from None
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -173,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                               "--precisions"),
         sizes=parse_sizes(args.sizes or (GPU_SIZES if cuda else CPU_SIZES)),
         batches=parse_batches(args.batch or ("1,8" if cuda else "1")),
-        iters=args.iters, warmup=args.warmup)
+        iters=args.iters, warmup=args.warmup, tile=_tile(args.tile))
     model, name, note = load_model(args.model)
     counted = flops.count(model)
     info = devices.device_info(device)

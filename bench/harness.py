@@ -30,7 +30,7 @@ from .devices import peak_tflops_for
 
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
-            "setup_s", "warmup_s", "iters", "gflop", "mem_kind")
+            "setup_s", "warmup_s", "iters", "gflop", "mem_kind", "tiled")
 TORCH_BACKENDS = ("eager", "triton", "compile")
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -43,6 +43,7 @@ class Matrix:
     batches: list[int]
     iters: int = 20
     warmup: int = 3
+    tile: str | int = "off"  # the Stylizer's tile option: "off" times whole images; rows record what ran
 
     def cells(self):
         for backend in self.backends:
@@ -138,6 +139,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
         "warmup_s": warmup_s,
         "iters": iters,
         "gflop": conv_flops / 1e9,
+        "tiled": stylizer.last_tile,
     }
 
 
@@ -191,7 +193,8 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
     t0 = time.perf_counter()
     try:
         # a copy per pair: the Stylizer casts its model in place and some backends swap its modules
-        stylizer = Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device=device)
+        stylizer = Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device=device,
+                            tile=matrix.tile)
     except (BackendUnavailable, ValueError, RuntimeError, ImportError, NotImplementedError) as e:
         for cell in cells:
             finish(cell, empty_row(*cell, skipped=_reason(e)))

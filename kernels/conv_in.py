@@ -59,9 +59,11 @@ from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (
 
 # ----------------------------------------------------------------------------------------------------
 # Tuning configs.
-#   GPU: triton.autotune sweeps _GPU_CONFIGS (pruned per layer to tiles no wider than its channels),
-#     keyed on channels, kernel, stride/upsampling, K order and a log2 size bucket. Starting points for
-#     H100 (128-256 x 8-128 x 32-64 fp16 tiles, 3-4 stage pipelines), not yet tuned on one.
+#   GPU, default: one pinned config per layer shape (`pinned_config`), so a GPU run compiles one kernel
+#     per layer variant and dtype, not a sweep of up to 13.
+#   GPU, INSTYLE_AUTOTUNE=1: triton.autotune sweeps _GPU_CONFIGS (pruned per layer to tiles no wider than
+#     its channels), keyed on channels, kernel, stride/upsampling, K order and a log2 size bucket;
+#     `autotune_winners()` lists what it picked, to be pinned.
 #   Interpreter: one config, no sweep, no CUDA query. Its cost is per op and per program, not per
 #     element, so tiles are as large as the layer and the flat K order is taken wherever allowed (a 9x9
 #     layer in a few K steps instead of 81). Tests shrink the tiles and set flat_max_cin=0 to run the
@@ -300,10 +302,34 @@ def _conv_in_kernel(
         tl.store(pm2_ptr + p_off, m2, mask=p_mask)
 
 
-_AUTOTUNE = not _INTERPRET  # tests switch it on under the interpreter with a stub benchmark
+_AUTOTUNE = not _INTERPRET and os.environ.get("INSTYLE_AUTOTUNE") == "1"  # tests switch it on (stub bench)
+_PINNED = not _INTERPRET  # tests switch it on under the interpreter to run the pinned tiles
 _TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX"]
 _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
     configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
+
+
+
+
+def pinned_config(cin: int, cout: int, pix: int, flat: bool, itemsize: int) -> triton.Config:
+    """The default GPU tile for one layer: BLOCK_N covers the output channels (8..128), BLOCK_K one
+    channel run (32..64; 64 for the flat K of the RGB layer), BLOCK_M 128 rows, or 256 when N is narrow
+    (more work per program). Stages: 3 (4 for BLOCK_K 32); fp32 operands (ieee FMA path) 2, so the
+    staged tiles stay well inside the 227 KB of shared memory per block."""
+    np2 = triton.next_power_of_2
+    bn = min(128, max(8, np2(cout * pix)))
+    bk = 64 if flat else min(64, max(32, np2(cin)))
+    bm = 256 if bn <= 32 else 128
+    warps = 8 if bm * bn >= 128 * 128 or bm == 256 else 4
+    stages = 2 if itemsize == 4 else (4 if bk == 32 else 3)
+    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages)
+
+
+def autotune_winners() -> list[dict]:
+    """The configs INSTYLE_AUTOTUNE=1 picked so far: key values -> tile, one dict per tuned layer shape."""
+    cache = getattr(_conv_in_tuned, "cache", {}) if _AUTOTUNE else {}
+    return [dict(key=[str(k) for k in key], **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            for key, cfg in cache.items()]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -395,18 +421,26 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
                  HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
                  HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, PIX=pix,
                  STAT_M=stat_m)
-    if not _AUTOTUNE:
-        # grid: (pixel tiles of one image, output-channel tiles, images); one fixed config
+    if _AUTOTUNE:
+        # same grid as below; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size)
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
+        _conv_in_tuned[grid](*args, **flags)
+    elif _PINNED:
+        # grid: (pixel tiles of one image, output-channel tiles, images); the layer's pinned tile
+        cfg = pinned_config(Cin, Cout, pix, flat, w_packed.element_size())
+        bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+        assert bm % stat_m == 0
+        _conv_in_kernel[(triton.cdiv(rows, bm), triton.cdiv(cols, bn), N)](
+            *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+    else:
+        # interpreter: the same grid with one large tile (its cost is per op, not per element)
         t = TUNING
         bm, bn = t["block_m"], min(t["block_n"], max(8, triton.next_power_of_2(cols)))
         bk = min(t["block_k"], max(16, triton.next_power_of_2(kernel * kernel * Cin if flat else Cin)))
         assert bm % stat_m == 0
         _conv_in_kernel[(triton.cdiv(rows, bm), triton.cdiv(cols, bn), N)](
             *args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=t["num_warps"])
-    else:
-        # same grid; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size bucket)
-        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
-        _conv_in_tuned[grid](*args, **flags)
 
 
 # One torch.library op (out-parameter style: it fills y, the next skip and the statistics partials), so

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     save_dtype: str = "fp32"  # fp32 | fp16 (of the .safetensors generator)
     progress: bool = True
+    time_budget: float | None = None  # seconds of training (this process) after which to stop and save
     vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
 
     @property
@@ -228,6 +229,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         per_style = torch.zeros(2, self.styles, device=self.device)  # weighted style loss sums, sample counts
         window, t0, last = 0, time.perf_counter(), {}
+        started = time.perf_counter()
         try:
             while self.step < cfg.iterations:
                 content = None
@@ -245,33 +247,48 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v
                 window += 1
+                out_of_time = False
                 if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                    dt = time.perf_counter() - t0
-                    self.elapsed += dt
-                    means = distributed.mean_across(d, torch.stack([sums[k] for k in sorted(sums)]) / window)
-                    last = {k: float(v) for k, v in zip(sorted(sums), means.tolist())}
-                    if self.styles > 1:  # styles drawn in this window: their mean weighted style loss
-                        tot = distributed.mean_across(d, per_style)
-                        last.update({col: float(tot[0, s] / tot[1, s]) for s, col in enumerate(self.style_columns)
-                                     if tot[1, s] > 0})
-                        per_style.zero_()
-                    ips = window * cfg.batch_size * d.world_size / max(dt, 1e-9)
-                    self.log.add(write=d.is_main, step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total") if k in last})
+                    last = self._log_window(sums, window, time.perf_counter() - t0, per_style, bar)
                     sums, window, t0 = {}, 0, time.perf_counter()
+                    # the budget is checked here only, with every rank agreeing (DDP steps in lockstep)
+                    if cfg.time_budget is not None:
+                        flag = torch.tensor([float(time.perf_counter() - started >= cfg.time_budget)],
+                                            device=self.device)
+                        out_of_time = bool(distributed.mean_across(d, flag)[0] > 0)
                 if bar is not None:
                     bar.update(1)
+                if out_of_time:
+                    break
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.write_samples()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.iterations:
                     self.save_checkpoint(last)
+            if cfg.time_budget is not None and cfg.sample_every and self.step % cfg.sample_every:
+                self.write_samples()  # the state the budget stopped at
             self.final_losses = last
             self.save_checkpoint(last)
         finally:
             if bar is not None:
                 bar.close()
             del batches, loader
+        return last
+
+    def _log_window(self, sums: dict, window: int, dt: float, per_style: torch.Tensor, bar) -> dict[str, float]:
+        """Mean loss terms of the last `window` steps (across ranks), logged; resets `per_style`."""
+        d = self.dist
+        self.elapsed += dt
+        means = distributed.mean_across(d, torch.stack([sums[k] for k in sorted(sums)]) / window)
+        last = {k: float(v) for k, v in zip(sorted(sums), means.tolist())}
+        if self.styles > 1:  # styles drawn in this window: their mean weighted style loss
+            tot = distributed.mean_across(d, per_style)
+            last.update({col: float(tot[0, s] / tot[1, s]) for s, col in enumerate(self.style_columns)
+                         if tot[1, s] > 0})
+            per_style.zero_()
+        ips = window * self.cfg.batch_size * d.world_size / max(dt, 1e-9)
+        self.log.add(write=d.is_main, step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
+        if bar is not None:
+            bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "total") if k in last})
         return last
 
     # ---------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,286 @@
+"""The GPU campaign: one prepared, offline, time-boxed run that turns a short GPU loan into results.
+
+    python -m instyle.bench.campaign --bundle                 # here: assemble .bundle/, print the device commands
+    bash .bundle/run.sh zoo                                   # GPU machine, call 1 (carry .bundle)
+    bash .bundle/run.sh verify                                # GPU machine, call 2
+    python -m instyle.bench.campaign --dry-run --out DIR      # here: both stages on the CPU, tiny sizes
+
+Stages (DESIGN.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (campaign_zoo.py);
+`verify` runs the GPU tests, 4K parity, the headline benchmark, training throughput and the fused
+chain's per-layer profile (campaign_verify.py). Every step writes its files as it finishes and the stage's
+`summary.json` is rewritten after each step: {"stages": [{"name", "status": ok|failed|skipped|timeout,
+"seconds", ...}]}, so a call cut short still returns what it measured. `--dry-run` runs the same steps on
+the CPU under the Triton interpreter, counts the Triton kernels each GPU stage will compile
+(bench/census.py) and estimates each stage's device time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# Estimates for the device timeline (not measurements): seconds per compiled kernel on the GPU machine,
+# and the fixed costs of a zoo call (imports, VGG and style Grams, data loader start).
+COMPILE_S_PER_KERNEL = 1.5
+ZOO_FIXED_S = 45
+GATE_S, PICTURES_S = 20, 15
+
+
+class Summary:
+    """summary.json of one stage folder, rewritten atomically after every step."""
+
+    def __init__(self, out: Path, mode: str):
+        self.path, self.data = out / "summary.json", {"mode": mode, "stages": []}
+
+    def add(self, name: str, status: str, seconds: float, **extra) -> None:
+        self.data["stages"].append({"name": name, "status": status, "seconds": round(seconds, 1), **extra})
+        self.write()
+
+    def write(self) -> None:
+        from instyle.atomic import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2, default=str))
+
+
+def _recording(dry: bool):
+    import contextlib
+
+    if not dry:
+        return contextlib.nullcontext(None)
+    from .census import recording
+
+    return recording()
+
+
+def _write_specializations(path: Path, census) -> None:
+    path.write_text(json.dumps(census.specializations(), indent=1, default=str))
+
+
+def _step(summary: Summary, name: str, fn, dry: bool) -> object:
+    """Run fn() as one step; record ok/failed, its seconds, and (dry run) the kernels it launched."""
+    t0 = time.perf_counter()
+    with _recording(dry) as census:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 -- a failed step is reported, the stage decides what follows
+            traceback.print_exc()
+            summary.add(name, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"[:500])
+            return None
+    extra = {}
+    if census is not None:
+        extra = {"kernels": census.count(), "kernels_by_name": census.by_kernel()}
+        _write_specializations(summary.path.parent / f"kernels-{name}.json", census)
+    summary.add(name, "ok", time.perf_counter() - t0, **extra)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- zoo
+
+
+def run_zoo(out: Path, dry: bool, budget: float) -> Summary:
+    import torch
+
+    from instyle.paths import data_dir
+
+    from . import campaign_zoo as Z
+
+    data = data_dir()
+    summary = Summary(out, "dry-run" if dry else "gpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    styles = Z.style_files(data / "styles")
+    if dry:
+        styles = styles[:2]
+        opts = dict(budget=min(budget, 8.0), image_size=32, batch=2, model_config=dict(width=8, blocks=1),
+                    workers=0, fused="on", style_size=128)
+    else:
+        opts = dict(budget=budget, image_size=256, batch=16, model_config={},
+                    workers=max(1, min(12, (os.cpu_count() or 4) - 2)))
+    print(f"zoo: {len(styles)} styles ({', '.join(p.stem for p in styles)}), {opts['budget']:.0f} s of training on "
+          f"{device}", flush=True)
+    trained = _step(summary, "zoo.train", lambda: Z.train(out, data, styles=styles, device=device, **opts), dry)
+    if trained is None:
+        return summary
+    model = trained.pop("model")
+    summary.data["training"] = trained
+    summary.write()
+    _, held = Z.split_photos(data / "content" / "train", out)
+    demo = sorted((data / "content" / "demo").glob("*.jpg"))
+    photos = demo if dry else held + demo
+    verdict = _step(summary, "zoo.gate", lambda: Z.gate(model, data, photos, side=64 if dry else 384,
+                                                           device=device, style_size=128 if dry else 512), dry)
+    if verdict is None:
+        return summary
+    (out / "gate.json").write_text(json.dumps(verdict, indent=2))
+    passed = [n for n, r in verdict["styles"].items() if r["passed"]]
+    keep = list(verdict["styles"]) if dry else passed  # a dry run ships everything to exercise the path
+    summary.data["gate"] = {n: r for n, r in verdict["styles"].items()}
+    shipped = _step(summary, "zoo.ship", lambda: Z.keep_styles(model, keep, out / "zoo" / "styles.safetensors"),
+                    dry)
+    if shipped is not None:
+        demo_photo = data / "content" / "demo" / "chicago.jpg"
+        _step(summary, "zoo.pictures", lambda: Z.pictures(shipped, demo_photo, out / "pictures",
+                                                           side=64 if dry else 640, crop_4k=not dry,
+                                                           device=device), dry)
+    summary.data["shipped"] = keep if shipped is not None else []
+    summary.write()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+def _child(name: str, out: Path, dry: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "instyle.bench.campaign", "--step", name, "--out", str(out)]
+    return subprocess.Popen(cmd + (["--dry-run"] if dry else []))
+
+
+def _wait(proc: subprocess.Popen, limit: float) -> str:
+    try:
+        return "ok" if proc.wait(timeout=limit) == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "timeout"
+
+
+def run_verify(out: Path, dry: bool, deadline: float) -> Summary:
+    from . import campaign_verify as V
+
+    summary = Summary(out, "dry-run" if dry else "gpu")
+    started = time.perf_counter()
+    pending: dict[str, tuple[subprocess.Popen, float]] = {}
+    names = list(V.STEPS)
+    for i, name in enumerate(names):
+        left = deadline - (time.perf_counter() - started)
+        if left < 5:
+            summary.add(f"verify.{name}", "skipped", 0, reason="stage deadline reached")
+            continue
+        limit = min(V.LIMITS[name] * (20 if dry else 1), left)
+        t0 = time.perf_counter()
+        proc = _child(name, out, dry)
+        partner = next((n for n, p in V.CONCURRENT.items() if p == name), None)
+        if partner is not None and i + 1 < len(names) and names[i + 1] == partner:
+            pending[name] = (proc, t0)  # starts now, awaited after its partner has been started too
+            continue
+        status = _wait(proc, limit)
+        if name in V.CONCURRENT and V.CONCURRENT[name] in pending:
+            other, t_other = pending.pop(V.CONCURRENT[name])
+            other_status = _wait(other, max(1.0, V.LIMITS[V.CONCURRENT[name]] * (20 if dry else 1)
+                                            - (time.perf_counter() - t_other)))
+            _record(summary, out, V.CONCURRENT[name], other_status, time.perf_counter() - t_other)
+        _record(summary, out, name, status, time.perf_counter() - t0)
+    return summary
+
+
+def _record(summary: Summary, out: Path, name: str, status: str, seconds: float) -> None:
+    result = out / f"{name}.json"
+    extra = json.loads(result.read_text()) if result.is_file() else {}
+    if status == "ok" and extra.get("ok") is False:
+        status = "failed"
+    summary.add(f"verify.{name}", status, seconds, **{k: v for k, v in extra.items() if k in (
+        "kernels", "summary", "error", "gpu", "torch", "triton")})
+
+
+def run_step(name: str, out: Path, dry: bool) -> int:
+    """One verify step in this process: its result goes to <out>/<name>.json."""
+    from instyle.atomic import atomic_path
+
+    from . import campaign_verify as V
+
+    with _recording(dry) as census:
+        try:
+            result = V.STEPS[name](out, dry)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            result = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    if census is not None:
+        result = {**result, "kernels": census.count(), "kernels_by_name": census.by_kernel()}
+        _write_specializations(out / f"kernels-verify.{name}.json", census)
+    with atomic_path(out / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+    return 0 if result.get("ok", True) else 1
+
+
+# -------------------------------------------------------------------------------------------- dry run
+
+
+def plan(zoo: Summary, verify: Summary, budget: float) -> list[dict]:
+    """The planned device timeline: per stage, the kernels it compiles and an estimate of its seconds."""
+    from . import campaign_verify as V
+
+    def kernels(summary: Summary) -> int:
+        return sum(s.get("kernels", 0) for s in summary.data["stages"])
+
+    k_zoo, k_verify = kernels(zoo), kernels(verify)
+    zoo_s = ZOO_FIXED_S + budget + GATE_S + PICTURES_S + COMPILE_S_PER_KERNEL * k_zoo
+    steps = {n: V.LIMITS[n] for n in V.STEPS}
+    for n, partner in V.CONCURRENT.items():
+        steps[partner] = max(steps[partner], steps.pop(n))
+    return [{"stage": "zoo", "kernels": k_zoo, "estimate_s": round(zoo_s)},
+            {"stage": "verify", "kernels": k_verify, "estimate_s": sum(steps.values()),
+             "note": "the sum of the steps' time limits: an upper bound"}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m instyle.bench.campaign", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", nargs="?", const=".bundle", metavar="DIR", help="assemble the bundle (default .bundle)")
+    p.add_argument("--stage", choices=("zoo", "verify"), help="run one stage (on the GPU machine)")
+    p.add_argument("--dry-run", action="store_true", help="both stages on this CPU, tiny sizes, Triton interpreter")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--budget", type=float, default=270, help="zoo: seconds of training (default 270)")
+    p.add_argument("--deadline", type=float, default=320, help="verify: seconds for the whole stage (default 320)")
+    p.add_argument("--no-wheels", action="store_true", help="--bundle without downloading wheels")
+    p.add_argument("--step", help=argparse.SUPPRESS)  # one verify step, in a child process
+    a = p.parse_args(argv)
+    if a.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+    if a.bundle:
+        from instyle.paths import PROJECT_ROOT, data_dir
+
+        from .campaign_bundle import build
+
+        manifest = build(Path(a.bundle).resolve(), data_dir(), PROJECT_ROOT, wheels=not a.no_wheels)
+        print(json.dumps(manifest, indent=2))
+        print("\nOn the GPU machine (device run, carry " + json.dumps(manifest["carry"]) + "):")
+        for c in manifest["commands"]:
+            print("  " + c)
+        return 0
+    if a.out is None:
+        p.error("--out DIR is needed with --stage, --step and --dry-run")
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.step:
+        return run_step(a.step, a.out, a.dry_run)
+    if a.dry_run:
+        zoo = run_zoo(a.out / "zoo", True, a.budget)
+        verify = run_verify(a.out / "verify", True, a.deadline * 20)
+        stages = zoo.data["stages"] + verify.data["stages"]
+        timeline = plan(zoo, verify, a.budget)
+        summary = {"mode": "dry-run", "stages": stages, "device_plan": timeline}
+        (a.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        specs = {json.dumps(s, sort_keys=True, default=str) for f in sorted(a.out.rglob("kernels-*.json"))
+                 for s in json.loads(f.read_text())}
+        (a.out / "kernels.json").write_text(json.dumps([json.loads(s) for s in sorted(specs)], indent=1))
+        print(f"{len(specs)} distinct kernel specializations -> {a.out / 'kernels.json'} "
+              f"(python -m instyle.bench.compile_check compiles them for sm_90)")
+        for s in stages:
+            print(f"{s['name']:<22}{s['status']:<9}{s['seconds']:>7.1f} s  {s.get('kernels', '')}")
+        for t in timeline:
+            print(f"device plan: {t['stage']:<7} {t['kernels']:>3} kernels, ~{t['estimate_s']} s (estimate)")
+        return 0 if all(s["status"] == "ok" for s in stages) else 1
+    if a.stage == "zoo":
+        summary = run_zoo(a.out, False, a.budget)
+    elif a.stage == "verify":
+        summary = run_verify(a.out, False, a.deadline)
+    else:
+        p.error("one of --bundle, --stage, --dry-run is needed")
+    return 0 if all(s["status"] == "ok" for s in summary.data["stages"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

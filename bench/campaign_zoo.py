@@ -1,0 +1,195 @@
+"""`campaign --stage zoo`: train the shipped styles in one conditional-IN Johnson net, gate them, picture them.
+
+Steps, each writing its files as it finishes:
+  train     every style image at once (one gamma/beta row each), bf16 + channels_last + fused IN, for a
+            wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model
+  gate      on photos it never trained on (held-out training photos and the demo photos), per style:
+            gram_ratio = Gram distance(stylized, style) / Gram distance(photo, style), VGG style layers,
+            the training loss's own distance -- the style must close at least half the gap (<= 0.5);
+            content_id = how often a stylized photo's relu3_3 features are nearest (cosine) to its own
+            photo's among all gate photos -- the content must stay recognisable (>= 0.9).
+            Styles that pass are kept (their rows of the conditional IN), the rest dropped.
+  ship      the kept styles as fp16 safetensors (zoo/styles.safetensors) + one picture per style and a
+            crop of a 4K stylization (pictures/)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Shipping order: the first is the default style. Others found in the styles folder follow, sorted.
+PREFERRED = ["candy", "mosaic", "starry_night", "udnie", "la_muse", "the_scream", "wave", "rain-princess-cropped",
+             "composition_vii", "feathers", "rain-princess"]
+GATE_RATIO, GATE_CONTENT = 0.5, 0.9
+HELD_OUT = 20  # training photos kept out of training for the gate
+
+
+def style_files(folder: Path) -> list[Path]:
+    from instyle.io import IMAGE_EXTENSIONS
+
+    found = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    order = [n for n in PREFERRED if n in found] + sorted(n for n in found if n not in PREFERRED)
+    return [found[n] for n in order]
+
+
+def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
+    """A folder of links to all but the last HELD_OUT photos (training), and the held-out ones."""
+    from instyle.train.data import list_images
+
+    photos = list_images(folder)
+    held = photos[-HELD_OUT:] if len(photos) > 2 * HELD_OUT else []
+    train_dir = out / "train-photos"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    for p in photos[:len(photos) - len(held)]:
+        link = train_dir / p.name
+        if not link.exists():
+            link.symlink_to(p.resolve())
+    return train_dir, held
+
+
+def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
+          styles: list[Path], workers: int, device: str, fused: str = "auto", style_size: int = 512) -> dict:
+    from instyle.train.common import load_image
+    from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
+    from instyle.train.trainer import TrainConfig, Trainer
+    from instyle.train.vgg import infer_convention, load_vgg, resolve_path
+    from instyle.checkpoint import read_metadata
+
+    vgg_path = resolve_path(data / "vgg")
+    convention = infer_convention(read_metadata(vgg_path), vgg_path)
+    weights = default_weights(convention)
+    spec = LossSpec(content_weight=weights["content"], style_weight=weights["style"], tv_weight=weights["tv"])
+    dev = torch.device(device)
+    loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
+    loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
+    train_dir, _ = split_photos(data / "content" / "train", out)
+    model_out = out / "train" / "styles.safetensors"
+    cfg = TrainConfig(style=[str(p) for p in styles], out=str(model_out), data=str(train_dir),
+                      model_config=model_config, image_size=image_size, batch_size=batch, iterations=10**9,
+                      workers=workers, checkpoint_every=500, sample_every=500, log_every=25, device=device,
+                      save_dtype="fp16", progress=False, time_budget=budget, overwrite=True,
+                      vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused)
+    trainer = Trainer(cfg, loss)
+    trainer.fit()
+    return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
+            "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
+            "final_losses": trainer.final_losses}
+
+
+@torch.no_grad()
+def _photo_batch(paths: list[Path], side: int, device) -> torch.Tensor:
+    """Center square crops resized to side x side: one N,3,side,side batch, 0..255."""
+    from instyle.io import read_image, to_tensor
+
+    out = []
+    for p in paths:
+        x = to_tensor([read_image(p)]).float()
+        h, w = x.shape[-2:]
+        s = min(h, w)
+        x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out.append(F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(out).to(device)
+
+
+@torch.no_grad()
+def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device: str, style_size: int = 512) -> dict:
+    """Per-style gram_ratio (median over photos) and content_id; `passed` per style."""
+    from instyle import checkpoint
+    from instyle.train.common import load_image
+    from instyle.train.losses import DEFAULT_STYLE_LAYERS, gram
+    from instyle.train.vgg import load_vgg, resolve_path
+
+    dev = torch.device(device)
+    model, meta = checkpoint.load(model_path, device=dev)
+    model.float()
+    names = checkpoint.style_names(meta)
+    sources = json.loads(meta["styles"]) if meta.get("styles") else [{"source": meta.get("style", "")}]
+    layers = list(DEFAULT_STYLE_LAYERS)
+    vgg = load_vgg(layers + ["relu3_3"], resolve_path(data / "vgg"), device=dev).float()
+    x = _photo_batch(photos, side, dev)
+    fx = vgg(x)
+    own = torch.nn.functional.normalize(fx["relu3_3"].flatten(1), dim=1)
+
+    def gram_dist(f: dict, target: dict) -> torch.Tensor:
+        return sum((gram(f[n].float()) - target[n]).square().mean(dim=(1, 2)) for n in layers)
+
+    result = {}
+    for s, name in enumerate(names):
+        style = load_image(data / "styles" / sources[s]["source"], style_size).to(dev)
+        target = {n: gram(v.float()) for n, v in vgg(style).items()}
+        weights = torch.zeros(x.shape[0], len(names), device=dev)
+        weights[:, s] = 1
+        y = torch.cat([model(x[i:i + 4], weights[i:i + 4] if len(names) > 1 else None)
+                       for i in range(0, x.shape[0], 4)]).clamp(0, 255)
+        fy = vgg(y)
+        ratio = gram_dist(fy, target) / gram_dist(fx, target)
+        sim = torch.nn.functional.normalize(fy["relu3_3"].flatten(1), dim=1) @ own.T  # [stylized, photo]
+        content_id = (sim.argmax(dim=1) == torch.arange(len(photos), device=dev)).float().mean()
+        r, c = float(ratio.median()), float(content_id)
+        result[name] = {"gram_ratio_median": round(r, 4), "gram_ratio_max": round(float(ratio.max()), 4),
+                        "content_id": round(c, 4), "self_cosine": round(float(sim.diagonal().mean()), 4),
+                        "passed": r <= GATE_RATIO and c >= GATE_CONTENT}
+    return {"photos": [p.name for p in photos], "side": side, "thresholds": {
+        "gram_ratio_median_max": GATE_RATIO, "content_id_min": GATE_CONTENT}, "styles": result}
+
+
+def keep_styles(model_path: Path, keep: list[str], out_path: Path) -> Path | None:
+    """The model with only the `keep` styles' rows, saved fp16 (None when nothing is kept)."""
+    from instyle import checkpoint, models
+
+    model, meta = checkpoint.load(model_path)
+    names = checkpoint.style_names(meta)
+    if not keep:
+        return None
+    rows = [names.index(n) for n in keep]
+    styles_meta = json.loads(meta["styles"]) if meta.get("styles") else [{"name": names[0], "source": ""}]
+    config = dict(json.loads(meta["config"]))
+    config.pop("styles", None)
+    if len(rows) > 1:
+        config["styles"] = len(rows)
+    kept = models.build(model.arch, config)
+    state = {}
+    for k, v in model.state_dict().items():
+        shape = kept.state_dict()[k].shape
+        if v.dim() == 2 and len(shape) == 2 and v.shape[0] == len(names):
+            state[k] = v[rows]
+        elif v.dim() == 2 and len(shape) == 1:  # a single kept style: plain IN rows
+            state[k] = v[rows[0]]
+        else:
+            state[k] = v
+    kept.load_state_dict(state)
+    training = json.loads(meta.get("training") or "{}")
+    training["gate"] = "passed"
+    return checkpoint.save(kept, out_path, style=keep[0], styles=[styles_meta[i] for i in rows] if len(rows) > 1
+                           else None, training=training, dtype=torch.float16)
+
+
+@torch.no_grad()
+def pictures(model_path: Path, photo: Path, out: Path, *, side: int, crop_4k: bool, device: str) -> list[Path]:
+    """One JPEG per style of `photo` (longer side `side`), and a 1:1 crop of a 3840x2160 stylization."""
+    from instyle import checkpoint
+    from instyle.engine import Stylizer
+    from instyle.io import Picture, read_image, resize_picture, rgb_from_tensor, to_tensor, write_image
+    from instyle.models.styles import bake, mix_weights
+
+    model, meta = checkpoint.load(model_path)
+    names = checkpoint.style_names(meta)
+    pic = read_image(photo)
+    w, h = pic.size
+    small = resize_picture(pic, (round(w * side / max(w, h)), round(h * side / max(w, h))))
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    precision = "fp16" if torch.device(device).type == "cuda" else "fp32"
+    for s, name in enumerate(names):
+        net = bake(model, mix_weights(names, s)) if len(names) > 1 else model
+        run = Stylizer(net, backend="eager", precision=precision, device=device, tile="off")
+        y = run(to_tensor([small]))[0]
+        written.append(write_image(out / f"{name}.jpg", Picture(rgb_from_tensor(y)), quality=85))
+        if crop_4k and s == 0:
+            big = resize_picture(pic, (3840, 2160))
+            y4 = run(to_tensor([big]))[0][:, 800:1340, 1440:2400]  # a 960x540 window, 1:1 pixels
+            written.append(write_image(out / f"{name}-4k-crop.jpg", Picture(rgb_from_tensor(y4)), quality=88))
+    return written

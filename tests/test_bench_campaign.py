@@ -1,0 +1,107 @@
+"""The GPU campaign end to end on the CPU (--dry-run), its bundle, and the kernel census."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instyle.bench import campaign_bundle, census
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory, data):
+    """One dry run of both stages (tiny sizes, Triton interpreter), shared by the checks below."""
+    out = tmp_path_factory.mktemp("campaign")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-m", "instyle.bench.campaign", "--dry-run", "--out", str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return out, res
+
+
+def test_dry_run_every_stage_ok(dry_run):
+    out, res = dry_run
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    names = [s["name"] for s in summary["stages"]]
+    assert names[:4] == ["zoo.train", "zoo.gate", "zoo.ship", "zoo.pictures"]
+    assert {"verify.env", "verify.tests", "verify.parity", "verify.bench", "verify.throughput", "verify.layers",
+            "verify.bench_compile"} <= set(names)
+    assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
+    plan = {p["stage"]: p for p in summary["device_plan"]}
+    # the zoo trains with the fused IN (forward + backward kernels); verify runs the triton and fused backends
+    assert plan["zoo"]["kernels"] >= 2 and plan["verify"]["kernels"] >= 10
+    assert plan["zoo"]["estimate_s"] > 270 and plan["verify"]["estimate_s"] > 0
+
+
+def test_dry_run_files(dry_run):
+    from instyle import checkpoint
+
+    out, res = dry_run
+    assert res.returncode == 0
+    model, meta = checkpoint.load(out / "zoo" / "zoo" / "styles.safetensors")
+    assert model.styles == 2 and checkpoint.style_names(meta) == ["candy", "mosaic"]
+    assert all(v.dtype == torch.float16 for v in _tensors(out / "zoo" / "zoo" / "styles.safetensors"))
+    gate = json.loads((out / "zoo" / "gate.json").read_text())
+    assert set(gate["styles"]) == {"candy", "mosaic"}
+    for r in gate["styles"].values():  # figures, not flags only
+        assert r["gram_ratio_median"] > 0 and 0 <= r["content_id"] <= 1
+    assert (out / "zoo" / "pictures" / "candy.jpg").is_file()
+    assert (out / "zoo" / "train" / "styles.log.csv").read_text().splitlines()[0].endswith("style_candy,style_mosaic")
+    parity = json.loads((out / "verify" / "parity.json").read_text())
+    rows = {(r["backend"], r["precision"]): r for r in parity["rows"]}
+    assert set(rows) == {(b, p) for b in ("eager", "triton", "fused") for p in ("fp16", "bf16")}
+    assert all("error" not in r and r["nonfinite"] == 0 for r in rows.values()), rows
+    assert parity["tiled"]["tile"] is not None
+    bench = json.loads((out / "verify" / "bench" / "results.json").read_text())
+    assert {r["backend"] for r in bench["rows"]} == {"eager", "triton", "fused"}
+    assert all(r["tiled"] is None and r["skipped"] is None for r in bench["rows"])
+    specs = json.loads((out / "kernels.json").read_text())
+    assert {s["kernel"] for s in specs} >= {"_conv_in_kernel", "_in_fwd_fused_kernel", "_in_bwd_fused_kernel"}
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return list(load_file(str(path)).values())
+
+
+def test_bundle_layout_and_size(tmp_path, data):
+    bundle = tmp_path / "bundle"
+    manifest = campaign_bundle.build(bundle, data, campaign_bundle.Path(ROOT), wheels=False)
+    for dst, _ in campaign_bundle.DATA:
+        assert (bundle / dst).exists(), dst
+    assert len(list((bundle / "data" / "content" / "train").glob("*.jpg"))) == 300
+    assert manifest["mib_with_tree"] <= campaign_bundle.LIMIT_MIB
+    run_sh = (bundle / "run.sh").read_text()
+    assert "--target /tmp/site" in run_sh and "INSTYLE_DATA" in run_sh and '$OUT/$stage.tgz' in run_sh
+    assert subprocess.run(["bash", "-n", str(bundle / "run.sh")]).returncode == 0
+
+
+def test_bundle_refuses_missing_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        campaign_bundle.build(tmp_path / "b", tmp_path / "nothing", campaign_bundle.Path(ROOT), wheels=False)
+
+
+def test_census_counts_distinct_specializations():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the census records interpreted launches")
+    IN = importlib.import_module("instyle.kernels.instance_norm")
+    from instyle.kernels import instance_norm
+
+    before = dict(IN.TUNING)
+    with census.recording() as c:
+        assert IN.TUNING == IN._GPU_TUNING  # the GPU's tiles while recording
+        x = torch.randn(2, 4, 9, 7)
+        instance_norm(x)
+        instance_norm(x + 1)  # same specialization
+        instance_norm(x.half())  # another dtype: another binary
+    assert IN.TUNING == before
+    assert c.count() == 2 and c.by_kernel() == {"_in_fwd_fused_kernel": 2}
+    assert sum(c.launches.values()) == 3
+    spec = c.specializations()[0]
+    assert spec["args"]["x_ptr"] in ("*float32", "*float16") and "BLOCK_HW" in spec["constexprs"]
