@@ -149,13 +149,13 @@ def _wait(proc: subprocess.Popen, limit: float) -> str:
         return "timeout"
 
 
-def run_verify(out: Path, dry: bool, deadline: float) -> Summary:
+def run_verify(out: Path, dry: bool, deadline: float, only: list[str] | None = None) -> Summary:
     from . import campaign_verify as V
 
     summary = Summary(out, "dry-run" if dry else "gpu")
     started = time.perf_counter()
     pending: dict[str, tuple[subprocess.Popen, float]] = {}
-    names = list(V.STEPS)
+    names = [n for n in V.STEPS if only is None or n in only]
     for i, name in enumerate(names):
         left = deadline - (time.perf_counter() - started)
         if left < 5:
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--budget", type=float, default=270, help="zoo: seconds of training (default 270)")
     p.add_argument("--deadline", type=float, default=320, help="verify: seconds for the whole stage (default 320)")
+    p.add_argument("--only", metavar="LIST", help="verify: run only these steps (comma-separated), in stage order")
     p.add_argument("--no-wheels", action="store_true", help="--bundle without downloading wheels")
     p.add_argument("--step", help=argparse.SUPPRESS)  # one verify step, in a child process
     a = p.parse_args(argv)
@@ -276,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage == "zoo":
         summary = run_zoo(a.out, False, a.budget)
     elif a.stage == "verify":
-        summary = run_verify(a.out, False, a.deadline)
+        only = None
+        if a.only:
+            from . import campaign_verify as V
+
+            only = [n.strip() for n in a.only.split(",") if n.strip()]
+            unknown = [n for n in only if n not in V.STEPS]
+            if unknown:
+                p.error(f"--only: unknown steps {unknown} (steps: {', '.join(V.STEPS)})")
+        summary = run_verify(a.out, False, a.deadline, only)
     else:
         p.error("one of --bundle, --stage, --dry-run is needed")
     return 0 if all(s["status"] == "ok" for s in summary.data["stages"]) else 1

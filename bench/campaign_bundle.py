@@ -44,7 +44,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 rm -rf /tmp/instyle-src && mkdir -p /tmp/instyle-src/instyle
 for f in instyle/*; do ln -s "$PWD/$f" /tmp/instyle-src/instyle/; done
 for d in models kernels engine export train bench; do ln -s "$PWD/$d" /tmp/instyle-src/instyle/$d; done
-export PYTHONPATH=/tmp/site:/tmp/instyle-src INSTYLE_DATA="$PWD/$B/data" PYTHONUNBUFFERED=1
+# PYTHONSAFEPATH: the repository root (the cwd) must not shadow the linked package with its bare instyle/
+export PYTHONPATH=/tmp/site:/tmp/instyle-src INSTYLE_DATA="$PWD/$B/data" PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 export TRITON_CACHE_DIR=/tmp/triton-cache INSTYLE_CACHE=/tmp/instyle-cache
 mkdir -p runs
 stage="$1"; shift
@@ -53,7 +54,7 @@ rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
     packed=("$stage" "$stage.log")
     [ "$stage" != zoo ] && [ -d runs/zoo ] && packed+=(zoo)  # the zoo again, in case its reply was lost
-    tar czf "$OUT/$stage.tgz" -C runs "${packed[@]}"
+    tar czf "$OUT/$stage.tgz" --exclude="*.state.pt" --exclude="train-photos" -C runs "${packed[@]}"
     cp "runs/$stage/summary.json" "$OUT/$stage-summary.json" 2>/dev/null
 fi
 exit $rc

@@ -62,10 +62,10 @@ def tests(out: Path, dry: bool) -> dict:
     mode = ["--collect-only"] if dry else ["-n", "3", "--continue-on-collection-errors"]
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *mode,
            f"--junitxml={out / 'tests.xml'}", "tests"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    (out / "tests.log").write_text(res.stdout + res.stderr)
-    last = [ln for ln in res.stdout.splitlines() if ln.strip()][-1:] or ["(no output)"]
-    return {"returncode": res.returncode, "summary": last[0], "ok": res.returncode == 0}
+    with open(out / "tests.log", "w") as log:  # streamed: a step stopped at its limit keeps what ran
+        code = subprocess.run(cmd + ["-rA"], stdout=log, stderr=subprocess.STDOUT).returncode
+    lines = [ln for ln in (out / "tests.log").read_text().splitlines() if ln.strip()]
+    return {"returncode": code, "summary": (lines or ["(no output)"])[-1], "ok": code == 0}
 
 
 def _model(out: Path):
@@ -143,7 +143,7 @@ def _bench(out: Path, dry: bool, backends: str, folder: str) -> dict:
     merged = None
     for sizes, batch in runs:
         sub = out / folder / f"{sizes.replace(',', '_')}-b{batch}"
-        args = parser.parse_args(["--backends", backends, "--precisions", "fp32" if dry else "fp16",
+        args = parser.parse_args(["--backends", backends, "--precisions", "fp16",
                                   "--sizes", sizes, "--batch", batch, "--iters", iters,
                                   "--warmup", "1" if dry else "2",
                                   "--tile", "off", "--out", str(sub)])

@@ -32,7 +32,11 @@ def kernels() -> dict:
     return found
 
 
-def compile_one(fn, spec: dict, arch: int) -> None:
+SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (H100/H200, A100)
+
+
+def compile_one(fn, spec: dict, arch: int) -> int:
+    """Compile one specialization; returns the shared memory (bytes) the binary needs per block."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -45,7 +49,8 @@ def compile_one(fn, spec: dict, arch: int) -> None:
             sig[name] = "constexpr"
         else:
             sig[name] = TYPES[spec["args"][name]]
-    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=options)
+    compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=options)
+    return int(compiled.metadata.shared)
 
 
 def main(argv=None) -> int:
@@ -60,12 +65,18 @@ def main(argv=None) -> int:
     specs = json.loads(open(a.kernels).read())
     fns = kernels()
     failed = 0
+    limit = SMEM_LIMIT.get(a.arch)
     for spec in specs:
         try:
-            compile_one(fns[spec["kernel"]], spec, a.arch)
+            shared = compile_one(fns[spec["kernel"]], spec, a.arch)
         except Exception as e:  # noqa: BLE001 -- report every failure, not just the first
             failed += 1
-            print(f"FAILED {spec['kernel']} {spec['constexprs']}: {type(e).__name__}: {str(e)[-400:]}")
+            print(f"FAILED {spec['kernel']} {spec['constexprs']}: {type(e).__name__}: {str(e)[-400:]}", flush=True)
+            continue
+        if limit and shared > limit:  # the launch would fail with OutOfResources on the GPU
+            failed += 1
+            print(f"TOO MUCH SHARED MEMORY {spec['kernel']} {spec['constexprs']}: {shared} > {limit} bytes",
+                  flush=True)
     print(f"triton {triton.__version__}, sm_{a.arch}: {len(specs) - failed}/{len(specs)} specializations compiled")
     return 1 if failed else 0
 
