@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_onnx(args) -> int:
+    from instyle.errors import require
+
+    for package in ("onnx", "onnxscript") + (("onnxruntime",) if args.check else ()):
+        require(package, "instyle export onnx")  # before loading the model: one line, exit 2
     from instyle.export import onnx as onnx_export
 
     if _is_onnx(args.model):

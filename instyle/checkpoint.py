@@ -85,6 +85,12 @@ def save(model, path: str | os.PathLike, *, style: str = "", training: dict | No
 def _load_pth(path: Path) -> dict:
     import torch
 
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (empty file)")
+    if head[:4] != b"PK\x03\x04" and head[0] != 0x80:  # torch.save: a zip archive, or a pickle (legacy format)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

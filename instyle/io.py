@@ -255,6 +255,8 @@ def write_image(path: str | os.PathLike, pic: Picture, *, quality: int = 95) -> 
             img.save(tmp, format=fmt, **kwargs)
     except OSError as e:
         raise ImageError(f"{path}: cannot write ({e})") from None
+    except Exception as e:  # an encoder refusing what the input carried (a malformed ICC profile, ...)
+        raise ImageError(f"{path}: cannot write ({_describe(e)})") from None
     return path
 
 

@@ -1,19 +1,26 @@
 """`instyle stylize`: batch-stylize files, folders (recursive) and globs.
 
-Outputs keep their paths relative to the folder or glob base they were found under; existing outputs
-are skipped unless --overwrite; every write is atomic; a bad file prints `error: PATH: cause` and the
-batch goes on. Exit code 0 when all succeeded, 1 when any file failed.
+Outputs keep their paths relative to the folder or glob base they were found under, and always land inside
+-o: a relative path that would climb out (a glob with `..`, a symlink inside -o) is that file's error.
+Walking a folder skips dot-files, dot-folders and -o itself. -o is checked (a folder, writable) before any
+work. Existing outputs are skipped unless --overwrite; every write is atomic; a bad file, whatever went
+wrong with it, prints `error: PATH: cause` and the batch goes on; warnings (only the first frame of an
+animated or multi-page file is stylized) print `warning: PATH: ...`. Exit code 0 when all succeeded, 1 when
+any file failed, 2 on usage errors.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
+import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from instyle.cli import UsageError
+from instyle.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,20 +64,34 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
+def _walk(folder: Path, skip: Path) -> list[Path]:
+    """Image files under `folder`, sorted, without dot-files, dot-folders, symlinked folders or `skip`."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
+        found += [Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f))]
+    return sorted(found)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job], list[str]]:
-    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing."""
+    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing or would escape -o."""
     found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
     errors = []
+    out_real = out_dir.resolve()
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and _is_image(f)]
+            found += [(f, f.relative_to(path)) for f in _walk(path, out_real)]
         elif path.is_file():
             found.append((path, Path(path.name)))
         elif glob.has_magic(arg):
             base = _glob_base(arg)
             matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
-            files = [m for m in matches if m.is_file() and _is_image(m)]
+            files = [m for m in matches if m.is_file() and _is_image(m) and not _inside(m.resolve(), out_real)]
             if not files:
                 errors.append(f"error: {arg}: no image files match")
             found += [(f, f.relative_to(base)) for f in files]
@@ -78,9 +99,16 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             errors.append(f"error: {arg}: no such file or folder")
     jobs, seen = [], {}
     for src, rel in found:
+        rel = Path(os.path.normpath(rel))
+        if rel.is_absolute() or rel.parts[:1] == ("..",):
+            errors.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
+                          f"name the files without '..'")
+            continue
         dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt else rel)
         key = dst.resolve()
-        if key == src.resolve():
+        if not _inside(key, out_real):
+            errors.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
+        elif key == src.resolve():
             errors.append(f"error: {src}: output would overwrite the input; choose another -o")
         elif key in seen:
             if seen[key] != src.resolve():
@@ -89,6 +117,19 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             seen[key] = src.resolve()
             jobs.append(Job(src, dst))
     return jobs, errors
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create -o and prove it takes files, before any work: UsageError when it is a file or not writable."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".instyle-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def target_size(size: tuple[int, int], max_side: int | None, scale: float | None) -> tuple[int, int]:
@@ -108,6 +149,8 @@ def _validate(args) -> None:
         raise UsageError(f"--max-side must be >= 1, got {args.max_side}")
     if args.scale is not None and not 0 < args.scale <= 16:
         raise UsageError(f"--scale must be in (0, 16], got {args.scale}")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {args.quality}")
     if args.format:
@@ -137,6 +180,7 @@ def run(args) -> int:
     import instyle
     from instyle import io
 
+    prepare_out_dir(Path(args.out_dir))
     jobs, errors = collect(args.inputs, Path(args.out_dir), args.format)
     for line in errors:
         print(line, file=sys.stderr)
@@ -155,9 +199,15 @@ def run(args) -> int:
     groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
     for job in todo:
         try:
-            job.size = target_size(io.image_size(job.src), args.max_side, args.scale)
+            job.size = target_size(_reporting_warnings(io.image_size, job.src), args.max_side, args.scale)
         except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        w, h = job.size
+        if w * h > args.max_pixels:  # the limit guards memory, so it holds for what is stylized, too
+            print(f"error: {job.src}: {w}x{h} = {w * h} pixels to stylize (after --scale/--max-side) is over the "
+                  f"limit of {args.max_pixels}; raise it with --max-pixels", file=sys.stderr)
             failed += 1
             continue
         groups[job.size].append(job)
@@ -174,29 +224,51 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def _stylize_batch(stylizer, batch: list[Job], args) -> int:
-    """Read, stylize and write one batch; per-file errors are printed. Returns the number written."""
-    import torch
+def _reporting_warnings(fn, path: Path, *args, **kwargs):
+    """Call fn(path, ...); warnings it raises (decoders warn about damaged files) print as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return fn(path, *args, **kwargs)
+        finally:
+            for line in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+                print(f"warning: {path}: {line}", file=sys.stderr)
 
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _stylize_batch(stylizer, batch: list[Job], args) -> int:
+    """Read, stylize and write one batch; per-file errors are printed. Returns the number written.
+
+    Anything that goes wrong with one file (a decoder's TypeError, MemoryError while tiling, ...) is that
+    file's error line; KeyboardInterrupt and SIGTERM end the run (temporary files are removed on the way).
+    """
     from instyle import io
 
     pictures, ready = [], []
     for job in batch:
         try:
-            pic = io.read_image(job.src, max_pixels=args.max_pixels)
+            pic = _reporting_warnings(io.read_image, job.src, max_pixels=args.max_pixels)
+            if pic.frames > 1:
+                print(f"warning: {job.src}: {pic.frames} frames; only the first is stylized", file=sys.stderr)
             if pic.size != job.size:
                 pic = io.resize_picture(pic, job.size)
             pictures.append(pic)
             ready.append(job)
         except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            print(f"error: {job.src}: cannot read ({_one_line(e)})", file=sys.stderr)
     if not ready:
         return 0
     try:
         out = stylizer(io.to_tensor(pictures))
-    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
+    except Exception as e:  # CUDA OOM, MemoryError/OverflowError while tiling, a backend's RuntimeError
         for job in ready:
-            print(f"error: {job.src}: stylizing failed ({str(e).splitlines()[0]})", file=sys.stderr)
+            print(f"error: {job.src}: stylizing failed ({_one_line(e)})", file=sys.stderr)
         return 0
     written = 0
     for job, pic, y in zip(ready, pictures, out):
@@ -204,6 +276,8 @@ def _stylize_batch(stylizer, batch: list[Job], args) -> int:
             io.write_image(job.dst, io.Picture(io.rgb_from_tensor(y), pic.alpha, pic.icc_profile),
                            quality=args.quality)
             written += 1
-        except (io.ImageError, OSError) as e:
+        except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            print(f"error: {job.dst}: cannot write ({_one_line(e)})", file=sys.stderr)
     return written
