@@ -84,7 +84,12 @@ def _read_rgb48(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     import png
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    with open(path, "rb") as f:  # pypng leaves a file it opened itself open when decoding fails
+        return _decode_rgb48(png.Reader(file=f))
+
+
+def _decode_rgb48(reader) -> tuple[np.ndarray, np.ndarray | None]:
+    width, height, rows, info = reader.asDirect()
     planes = info["planes"]
     rgb = np.empty((height, width, 3), np.float32)
     alpha = np.empty((height, width), np.uint8) if planes == 4 else None

@@ -11,6 +11,7 @@ any file failed, 2 on usage errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -224,15 +225,38 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def _reporting_warnings(fn, path: Path, *args, **kwargs):
-    """Call fn(path, ...); warnings it raises (decoders warn about damaged files) print as one line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+@contextlib.contextmanager
+def _c_stderr(lines: list[str]):
+    """Collect what C libraries write straight to file descriptor 2 (libtiff does) while the block runs."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to borrow: let it through
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
         try:
-            return fn(path, *args, **kwargs)
+            yield
         finally:
-            for line in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
-                print(f"warning: {path}: {line}", file=sys.stderr)
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines += tmp.read(4096).decode("utf-8", "replace").splitlines()
+
+
+def _reporting_warnings(fn, path: Path, *args, **kwargs):
+    """Call fn(path, ...). When it succeeds, what the decoders warned about (Python warnings, libtiff's messages
+    on stderr) prints as `warning: PATH: ...`, one line each; when it fails, its error line says it all."""
+    c_lines: list[str] = []
+    with warnings.catch_warnings(record=True) as caught, _c_stderr(c_lines):
+        warnings.simplefilter("always")
+        result = fn(path, *args, **kwargs)
+    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    messages += [line.strip().removeprefix("tempfile.tif: ") for line in c_lines if line.strip()]
+    for line in list(dict.fromkeys(messages))[:3]:
+        print(f"warning: {path}: {line[:200]}", file=sys.stderr)
+    return result
 
 
 def _one_line(e: BaseException) -> str:
