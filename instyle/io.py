@@ -209,7 +209,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            # Pillow's PNG getexif() decodes the whole image when no eXIf precedes IDAT: never here
+            orientation = _png_orientation(img, Path(path)) if img.format == "PNG" else img.getexif().get(0x0112, 1)
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None

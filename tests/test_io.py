@@ -145,7 +145,7 @@ def test_16bit_png_is_decoded_once(tmp_path, monkeypatch):
 def test_16bit_png_decoding_memory_is_about_the_result(tmp_path):
     import tracemalloc
 
-    path = _rgb48_png(tmp_path / "deep.png", width=1500, height=1000)  # pypng's own buffers are a few MB
+    path = _rgb48_png(tmp_path / "deep.png", width=1200, height=800)  # pypng's own buffers are a few MB
     tracemalloc.start()
     try:
         pic = io.read_image(path)
@@ -185,3 +185,16 @@ def test_temporary_names_do_not_look_like_images(tmp_path):
         tmp.write_bytes(b"partial")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_image_size_never_decodes(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 900 Mpx, no eXIf before IDAT
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    idat = zlib.compress(b"\x00" * 64)
+    idat = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + idat + iend)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("image_size decoded the image"))
+    assert io.image_size(tmp_path / "bomb.png") == (30000, 30000)
