@@ -160,14 +160,37 @@ def _check_shapes(expected: dict, shapes: dict[str, tuple[int, ...]], path: Path
                                   f"{json.dumps(config, separators=(',', ':'))} expects {list(want.shape)}")
 
 
-def _meta_model(arch: str, config, path: Path):
-    """The generator built on the meta device: its state_dict shapes cost no memory whatever `config` says."""
+def _ints(value):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _ints(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _ints(v)
+
+
+def _meta_model(arch: str, config, path: Path, shapes: dict[str, tuple[int, ...]]):
+    """The generator built on the meta device: its state_dict shapes cost no memory whatever `config` says.
+
+    Building still takes time per layer, so no number in the config may exceed everything the file holds
+    (its largest dimension, its tensor count): a genuine config's widths are dimensions and its counts are
+    at most the number of tensors.
+    """
     import torch
 
     from instyle import models
 
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: bad model config (a JSON {type(config).__name__}, not an object)")
+    bound = max([256, len(shapes), *(d for shape in shapes.values() for d in shape)])
+    for key, value in config.items():
+        if any(n > bound for n in _ints(value)):
+            raise CheckpointError(f"{path}: bad model config ({key}={json.dumps(value)[:60]} is larger than "
+                                  f"anything the file's {len(shapes)} tensors hold)")
     try:
         with torch.device("meta"):
             return models.build(arch, config)
@@ -214,9 +237,10 @@ def load(path: str | os.PathLike, *, device="cpu"):
         except (KeyError, json.JSONDecodeError, RecursionError) as e:
             raise CheckpointError(f"{path}: damaged checkpoint (metadata config: {_first_line(e)})") from None
         arch = meta.get("arch", "")
-        skeleton = _meta_model(arch, config, path)
+        shapes = _safetensors_shapes(header, path)
+        skeleton = _meta_model(arch, config, path, shapes)
         expected = skeleton.state_dict()
-        _check_shapes(expected, _safetensors_shapes(header, path), path, arch, config)
+        _check_shapes(expected, shapes, path, arch, config)
         from safetensors.torch import load_file
 
         try:
@@ -229,7 +253,7 @@ def load(path: str | os.PathLike, *, device="cpu"):
         arch, config = "johnson", _infer_johnson_config(shapes, path)
         meta = {"instyle.format": FORMAT_VERSION, "arch": arch, "config": json.dumps(config),
                 "style": path.stem, "training": json.dumps({"imported_from": path.name})}
-        skeleton = _meta_model(arch, config, path)
+        skeleton = _meta_model(arch, config, path, shapes)
         expected = skeleton.state_dict()
         _check_shapes(expected, shapes, path, arch, config)
     for k, v in state.items():

@@ -115,12 +115,12 @@ def builds_on(monkeypatch):
 
 def test_config_that_disagrees_with_the_weights_is_refused_before_allocating(tmp_path, builds_on):
     model = JohnsonNet(width=8, blocks=1)
-    config = {**model.config, "width": 512}  # a few KB of weights that ask for a 512-wide net
+    config = {**model.config, "width": 200}  # a few KB of weights that ask for a 200-wide net
     path = _save_raw(tmp_path / "wide.safetensors", model.state_dict(), config)
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load(path)
     assert "wide.safetensors: conv1.conv2d.weight: shape [8, 3, 9, 9] in the file" in str(err.value)
-    assert "[512, 3, 9, 9]" in str(err.value) and "\n" not in str(err.value)
+    assert "[200, 3, 9, 9]" in str(err.value) and "\n" not in str(err.value)
     assert builds_on and set(builds_on) == {"meta"}, "the model was built for real before the shapes were checked"
 
 
@@ -202,3 +202,22 @@ def test_saved_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("change", [{"blocks": 10**7}, {"width": 2048}, {"width": 10**12}, {"width": -1}, {"width": "wide"},
+                                    {"norm": "quantum"}])
+def test_absurd_configs_are_refused_quickly(tmp_path, change):
+    import time
+
+    model = JohnsonNet(width=8, blocks=1)
+    path = _save_raw(tmp_path / "odd.safetensors", model.state_dict(), {**model.config, **change})
+    start = time.monotonic()
+    with pytest.raises(checkpoint.CheckpointError, match=r"odd\.safetensors: "):
+        checkpoint.load(path)
+    assert time.monotonic() - start < 2
+
+
+def test_config_that_is_not_an_object_is_refused(tmp_path):
+    path = _save_raw(tmp_path / "odd.safetensors", JohnsonNet(width=4, blocks=0).state_dict(), [1, 2])
+    with pytest.raises(checkpoint.CheckpointError, match="a JSON list, not an object"):
+        checkpoint.load(path)
