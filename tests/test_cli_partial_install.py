@@ -47,3 +47,10 @@ def test_any_other_missing_module_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(models_cli, "run", run)
     assert main(["models"]) == 2
     assert "some_optional_thing is not installed: pip install some_optional_thing" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan"])
+def test_tensorrt_workspace_must_be_positive(tmp_path, capsys, value):
+    assert main(["export", "tensorrt", "--model", "x.onnx", "-o", str(tmp_path / "x.engine"),
+                 "--workspace-gb", value]) == 2
+    assert "--workspace-gb" in _one_line(capsys)
