@@ -1,4 +1,4 @@
-"""Subcommands whose optional package is missing end in one line with the install command and exit code 2."""
+"""CLI boundaries: a missing optional package is one line with the install command (exit 2); so is a bad number."""
 import sys
 
 import pytest
