@@ -121,11 +121,20 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Create -o and prove it takes files, before any work: UsageError when it is a file or not writable."""
+    """Prove before any work that -o can take files (UsageError when it cannot); -o itself is created only
+    when the first output is written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"-o {out_dir}: exists and is not a folder")
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"-o {out_dir}: cannot be created ({existing} is not a folder)")
+    if existing != out_dir.absolute():
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"-o {out_dir}: cannot be created (no write permission in {existing})")
+        return
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".instyle-probe-", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
