@@ -168,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--iters must be >= 1 and --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
+    from instyle.errors import require
+
+    require("matplotlib", "the latency plot of instyle bench")  # before any timing, not after it
 
     import torch
 

@@ -78,6 +78,9 @@ def _is_onnx(spec: str | None) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    workspace = getattr(args, "workspace_gb", None)
+    if workspace is not None and not 0 < workspace < 1e6:
+        raise _usage(f"--workspace-gb {workspace}: must be a positive number of GB")
     if args.target == "onnx":
         return _run_onnx(args)
     if args.target == "tensorrt":
@@ -86,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_onnx(args) -> int:
+    from instyle.errors import require
+
+    for package in ("onnx", "onnxscript") + (("onnxruntime",) if args.check else ()):
+        require(package, "instyle export onnx")  # before loading the model: one line, exit 2
     from instyle.export import onnx as onnx_export
 
     if _is_onnx(args.model):

@@ -15,32 +15,48 @@ import struct
 from pathlib import Path
 
 from instyle.atomic import atomic_path
+from instyle.errors import CheckpointError
 from instyle.paths import ZOO_DIR
 
 FORMAT_VERSION = "1"
 # pytorch/examples InstanceNorm2d layers of old releases carried running stats that IN never uses
 _LEGACY_KEY = re.compile(r"(^|\.)in\d+\.running_(mean|var)$|\.num_batches_tracked$")
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used; the message names the file and the cause."""
+_MAX_HEADER = 100_000_000
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a .safetensors file, read without torch."""
-    path = Path(path)
+    return dict(_read_header(Path(path)).get("__metadata__", {}))
+
+
+def _read_header(path: Path) -> dict:
+    """The parsed safetensors header, checked to be a JSON object whose metadata is a string map."""
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file (too short)")
             (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
+            if n > _MAX_HEADER:
                 raise CheckpointError(f"{path}: not a safetensors file (bad header length)")
-            header = json.loads(f.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
-    return dict(header.get("__metadata__", {}))
+            text = f.read(n)
+            if len(text) < n:
+                raise CheckpointError(f"{path}: not a safetensors file (truncated header)")
+            header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({_first_line(e)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (the header is a JSON {type(header).__name__}, "
+                              f"not an object)")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path}: damaged checkpoint (__metadata__ is not a map of strings)")
+    return header
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 def save(model, path: str | os.PathLike, *, style: str = "", training: dict | None = None,
@@ -78,72 +94,188 @@ def save(model, path: str | os.PathLike, *, style: str = "", training: dict | No
 def _load_pth(path: Path) -> dict:
     import torch
 
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (empty file)")
+    if head[:4] != b"PK\x03\x04" and head[0] != 0x80:  # torch.save: a zip archive, or a pickle (legacy format)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused: the pickle asks to run code or build objects that are not plain tensors "
-            f"({first[:160]}); only plain state dicts load") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+        text = str(e)
+        if "GLOBAL" in text or "Unsupported" in text or "weights_only" in text.lower() or "Weights only" in text:
+            match = re.search(r"(unsupported GLOBAL [^\s]+|Unsupported[^\n.]*)", text)
+            raise CheckpointError(
+                f"{path}: refused: the pickle asks to run code or build objects that are not plain tensors "
+                f"({match.group(0) if match else _first_line(e)}); only plain state dicts load") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    except EOFError:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (empty or truncated file)") from None
+    except Exception as e:  # torch.load on arbitrary bytes raises almost anything (KeyError, RuntimeError, ...)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise CheckpointError(f"{path}: not a state dict")
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: {k}: a {type(v).__name__}, not a tensor")
     return {k.removeprefix("module."): v for k, v in obj.items() if not _LEGACY_KEY.search(k)}
 
 
-def _infer_johnson_config(state: dict, path: Path) -> dict:
-    """The TransformerNet variant stored in a pytorch/examples state dict."""
-    if "conv1.conv2d.weight" not in state:
-        raise CheckpointError(f"{path}: not a pytorch/examples TransformerNet state dict (no conv1.conv2d.weight)")
-    width = state["conv1.conv2d.weight"].shape[0]
-    blocks = len({k.split(".")[0] for k in state if re.match(r"res\d+\.", k)})
-    norm = "instance" if "in1.weight" in state else "none"
-    transposed = state["deconv1.conv2d.weight"].shape[0] == 4 * width  # ConvTranspose2d is (in, out, k, k)
+def _infer_johnson_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict:
+    """The TransformerNet variant stored in a pytorch/examples state dict (from its tensor shapes alone)."""
+    for key, rank in (("conv1.conv2d.weight", 4), ("deconv1.conv2d.weight", 4)):
+        if key not in shapes:
+            raise CheckpointError(f"{path}: not a pytorch/examples TransformerNet state dict (no {key})")
+        if len(shapes[key]) != rank:
+            raise CheckpointError(f"{path}: {key}: shape {list(shapes[key])} is not a {rank}-d conv weight")
+    width = shapes["conv1.conv2d.weight"][0]
+    blocks = len({k.split(".")[0] for k in shapes if re.match(r"res\d+\.", k)})
+    norm = "instance" if "in1.weight" in shapes else "none"
+    transposed = shapes["deconv1.conv2d.weight"][0] == 4 * width  # ConvTranspose2d is (in, out, k, k)
     return dict(width=width, blocks=blocks, norm=norm, padding="reflect",
                 upsampling="transposed" if transposed else "nearest")
 
 
-def load(path: str | os.PathLike, *, device="cpu"):
-    """Build the generator stored in `path` (.safetensors or pytorch/examples .pth); returns (model, metadata)."""
+def _safetensors_shapes(header: dict, path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header, before any tensor is read."""
+    shapes = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        if not isinstance(v, dict) or not isinstance(v.get("shape"), list) or \
+                not all(isinstance(d, int) and d >= 0 for d in v["shape"]):
+            raise CheckpointError(f"{path}: {k}: damaged tensor entry in the header")
+        shapes[k] = tuple(v["shape"])
+    return shapes
+
+
+def _check_shapes(expected: dict, shapes: dict[str, tuple[int, ...]], path: Path, arch: str, config: dict) -> None:
+    """Every key the model expects is in the file with the model's shape, and nothing else is."""
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"{path}: weights do not match the {arch} architecture ({'; '.join(parts)})")
+    for k, want in expected.items():
+        if tuple(want.shape) != shapes[k]:
+            raise CheckpointError(f"{path}: {k}: shape {list(shapes[k])} in the file, but the {arch} config "
+                                  f"{json.dumps(config, separators=(',', ':'))} expects {list(want.shape)}")
+
+
+def _ints(value):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _ints(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _ints(v)
+
+
+def _meta_model(arch: str, config, path: Path, shapes: dict[str, tuple[int, ...]]):
+    """The generator built on the meta device: its state_dict shapes cost no memory whatever `config` says.
+
+    Building still takes time per layer, so no number in the config may exceed everything the file holds
+    (its largest dimension, its tensor count): a genuine config's widths are dimensions and its counts are
+    at most the number of tensors.
+    """
+    import torch
+
     from instyle import models
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: bad model config (a JSON {type(config).__name__}, not an object)")
+    bound = max([256, len(shapes), *(d for shape in shapes.values() for d in shape)])
+    for key, value in config.items():
+        if any(n > bound for n in _ints(value)):
+            raise CheckpointError(f"{path}: bad model config ({key}={json.dumps(value)[:60]} is larger than "
+                                  f"anything the file's {len(shapes)} tensors hold)")
+    try:
+        with torch.device("meta"):
+            return models.build(arch, config)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: bad model config ({_first_line(e)})") from None
+
+
+def _check_tensor(k: str, v, want, path: Path) -> None:
+    """A plain, finite tensor of a dtype the model can take."""
+    import torch
+
+    if want.is_floating_point() and not (v.is_floating_point() or v.dtype in (torch.int8, torch.uint8, torch.int16,
+                                                                                   torch.int32, torch.int64)):
+        raise CheckpointError(f"{path}: {k}: dtype {v.dtype} where {want.dtype} is expected")
+    need = v.numel() * v.element_size()
+    if v.numel() and v.untyped_storage().nbytes() < need:
+        raise CheckpointError(f"{path}: {k}: {list(v.shape)} tensor backed by only {v.untyped_storage().nbytes()} "
+                              f"bytes (overlapping strides); not a plain tensor")
+    if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).sum())
+        raise CheckpointError(f"{path}: {k}: {bad} non-finite value(s) (NaN/Inf); the file is damaged or the "
+                              f"training diverged")
+
+
+def load(path: str | os.PathLike, *, device="cpu"):
+    """Build the generator stored in `path` (.safetensors or pytorch/examples .pth); returns (model, metadata).
+
+    Cheap whatever the file claims: the architecture is built on the meta device and every tensor's shape is
+    checked against it before any weight is allocated; the weights are then assigned, not copied.
+    """
+    import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        meta = read_metadata(path)
+        header = _read_header(path)
+        meta = dict(header.get("__metadata__", {}))
         if meta.get("instyle.format") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: not an instyle checkpoint (metadata instyle.format missing or not "
                                   f"{FORMAT_VERSION!r})")
         try:
-            state = load_file(str(path))
             config = json.loads(meta["config"])
-        except (SafetensorError, KeyError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: damaged checkpoint ({e})") from None
+        except (KeyError, json.JSONDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{path}: damaged checkpoint (metadata config: {_first_line(e)})") from None
         arch = meta.get("arch", "")
+        shapes = _safetensors_shapes(header, path)
+        skeleton = _meta_model(arch, config, path, shapes)
+        expected = skeleton.state_dict()
+        _check_shapes(expected, shapes, path, arch, config)
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # SafetensorError, or OSError/ValueError on a damaged file
+            raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(e)})") from None
     else:
         state = _load_pth(path)
-        arch, config = "johnson", _infer_johnson_config(state, path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        arch, config = "johnson", _infer_johnson_config(shapes, path)
         meta = {"instyle.format": FORMAT_VERSION, "arch": arch, "config": json.dumps(config),
                 "style": path.stem, "training": json.dumps({"imported_from": path.name})}
+        skeleton = _meta_model(arch, config, path, shapes)
+        expected = skeleton.state_dict()
+        _check_shapes(expected, shapes, path, arch, config)
+    for k, v in state.items():
+        _check_tensor(k, v, expected[k], path)
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     try:
-        model = models.build(arch, config)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad model config ({e})") from None
-    reference = model.state_dict()
-    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
+        skeleton.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the {arch} architecture "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), meta
+        raise CheckpointError(f"{path}: weights do not match the {arch} architecture ({_first_line(e, 200)})") from None
+    leftover = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{path}: {leftover[0]}: not in the file and not derivable from the config")
+    return skeleton.to(device).eval(), meta
 
 
 def style_names(meta: dict[str, str]) -> list[str]:

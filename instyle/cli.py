@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+
+from instyle.errors import MissingDependency, UsageError, install_command
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,8 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UsageError(Exception):
-    """A mistake in the command line that argparse cannot see (exit code 2)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every `finally` (temp-file cleanup) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +55,38 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help(sys.stderr)
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args._run(args) or 0)
     except UsageError as e:
-        print(f"instyle {args.command}: error: {e}", file=sys.stderr)
+        print(f"instyle {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except MissingDependency as e:
+        print(f"instyle {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if not e.name or e.name.split(".")[0] == "instyle":
+            raise  # a bug in instyle itself, not a partial install
+        print(f"instyle {args.command}: error: {e.name.split('.')[0]} is not installed: {install_command(e.name)}",
+              file=sys.stderr)
+        return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError, MemoryError, OverflowError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

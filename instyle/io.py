@@ -2,8 +2,11 @@
 
 Read: EXIF orientation applied; ICC profile kept; alpha split off and re-attached; L/LA/P/CMYK/I;16 ->
 RGB; 16-bit PNGs (grayscale via Pillow, RGB/RGBA via pypng) and 16-bit grayscale TIFFs read at full
-precision (0..65535 mapped to 0..255 floats); a pixel limit guards
-against decompression bombs. Write: format from the extension, atomic (temp file + rename).
+precision (0..65535 mapped to 0..255 floats); a pixel limit, checked on the header before any decoding,
+guards against decompression bombs. Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF): the first
+frame is read and `Picture.frames` says how many there were. Any failure while reading one file, whatever
+the decoder raised, is an ImageError naming the file. Write: format from the extension, atomic (temp file +
+rename).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from instyle.atomic import atomic_path
+from instyle.errors import ImageError, install_command
 
 DEFAULT_MAX_PIXELS = 2**28
 IMAGE_EXTENSIONS = frozenset(
@@ -24,10 +28,6 @@ _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".b
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-class ImageError(ValueError):
-    """An image that cannot be read or written; the message is `PATH: cause`."""
-
-
 @dataclass
 class Picture:
     """RGB pixels (H, W, 3; uint8, or float32 0..255 for high-bit input) plus what must survive the trip."""
@@ -35,6 +35,7 @@ class Picture:
     rgb: np.ndarray
     alpha: Image.Image | None = None
     icc_profile: bytes | None = None
+    frames: int = 1  # frames (pages) in the file; only the first is in `rgb`
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,13 +77,56 @@ def _is_png48(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
 
 
-def _read_rgb48(path: Path) -> np.ndarray:
-    """The RGB planes of a 16-bit PNG at full precision (pypng), as float32 0..255."""
+def _read_rgb48(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The RGB planes of a 16-bit PNG at full precision (pypng), as float32 0..255, and its 8-bit alpha (or None).
+
+    Decoded row by row into one preallocated array: memory is the result plus one row.
+    """
     import png
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    a = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    return a[..., :3].astype(np.float32) * np.float32(255.0 / 65535.0)
+    with open(path, "rb") as f:  # pypng leaves a file it opened itself open when decoding fails
+        return _decode_rgb48(png.Reader(file=f))
+
+
+def _decode_rgb48(reader) -> tuple[np.ndarray, np.ndarray | None]:
+    width, height, rows, info = reader.asDirect()
+    planes = info["planes"]
+    rgb = np.empty((height, width, 3), np.float32)
+    alpha = np.empty((height, width), np.uint8) if planes == 4 else None
+    scale = np.float32(255.0 / 65535.0)
+    y = -1
+    for y, row in enumerate(rows):
+        if y >= height:
+            raise ValueError("more rows than the header says")
+        a = np.frombuffer(row, dtype=np.uint16) if isinstance(row, (bytes, bytearray, memoryview)) or \
+            getattr(row, "typecode", "") == "H" else np.asarray(row, dtype=np.uint16)
+        a = a.reshape(width, planes)
+        np.multiply(a[:, :3], scale, out=rgb[y], casting="unsafe")
+        if alpha is not None:
+            alpha[y] = a[:, 3] >> 8  # Pillow's 8-bit alpha of a 16-bit PNG: the high byte
+    if y != height - 1:
+        raise ValueError(f"truncated: {y + 1} of {height} rows")
+    return rgb, alpha
+
+
+def _png_orientation(img: Image.Image, path: Path) -> int:
+    """The EXIF orientation of a PNG without decoding it (Pillow's getexif decodes when eXIf follows IDAT)."""
+    if "exif" in img.info:
+        return img.getexif().get(0x0112, 1)
+    with open(path, "rb") as f:
+        f.seek(8)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return 1
+            n, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(f.read(n))
+                return exif.get(0x0112, 1)
+            if kind == b"IEND":
+                return 1
+            f.seek(n + 4, os.SEEK_CUR)
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -94,7 +138,11 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode an image file fully; raise ImageError('PATH: cause') for anything unusable."""
+    """Decode an image file fully; raise ImageError('PATH: cause') for anything unusable.
+
+    Whatever the decoder raises on a damaged or hostile file (OSError, TypeError, MemoryError, a missing
+    optional package, ...) becomes one ImageError naming the file; only KeyboardInterrupt/SystemExit pass.
+    """
     path = Path(path)
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
@@ -104,11 +152,20 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                  f"(a decompression bomb?); raise it with --max-pixels")
+            frames = _frame_count(img)
+            if img.format == "PNG" and _is_png48(path):
+                # Pillow would decode it to 8 bits only to be thrown away: decode once, at 16 bits
+                rgb, alpha = _read_rgb48(path)
+                if rgb.shape[:2] != (h, w):
+                    raise ValueError(f"pypng read {rgb.shape[1]}x{rgb.shape[0]}, the header says {w}x{h}")
+                orientation = _png_orientation(img, path)
+                return Picture(_orient(rgb, orientation),
+                               None if alpha is None else Image.fromarray(_orient(alpha[..., None], orientation)[..., 0]),
+                               img.info.get("icc_profile"), frames)
             img.load()
             oriented = ImageOps.exif_transpose(img)
             pic = picture_from_pil(oriented)
-            if img.format == "PNG" and _is_png48(path):
-                pic.rgb = _orient(_read_rgb48(path), img.getexif().get(0x0112, 1))
+            pic.frames = frames
             return pic
     except ImageError:
         raise
@@ -118,10 +175,31 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         size = path.stat().st_size if path.exists() else 0
         cause = "empty file" if size == 0 else "not an image file Pillow can read"
         raise ImageError(f"{path}: {cause}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot decode ({e})") from None
+    except ModuleNotFoundError as e:
+        raise ImageError(f"{path}: reading it needs {e.name}, which is not installed: "
+                         f"{install_command(e.name or '')}") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it") from None
+    except Exception as e:  # a hostile file can make a decoder raise anything: it is still one bad file
+        raise ImageError(f"{path}: cannot decode ({_describe(e)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _frame_count(img: Image.Image) -> int:
+    try:
+        return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception:  # a damaged multi-frame file may fail to count its frames; the first may still decode
+        return 1
+
+
+def _describe(e: BaseException) -> str:
+    """One line: the message's first line, with the type name where the message alone says little."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:200] if text else ""
+    if isinstance(e, (OSError, SyntaxError, ValueError)) and first:
+        return first
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -131,10 +209,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            # Pillow's PNG getexif() decodes the whole image when no eXIf precedes IDAT: never here
+            orientation = _png_orientation(img, Path(path)) if img.format == "PNG" else img.getexif().get(0x0112, 1)
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
-        raise ImageError(f"{path}: cannot read header ({e})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ImageError(f"{path}: {'empty file' if size == 0 else 'not an image file Pillow can read'}") from None
+    except Exception as e:  # see read_image: anything a decoder raises is this file's error
+        raise ImageError(f"{path}: cannot read header ({_describe(e)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
 
@@ -177,6 +261,8 @@ def write_image(path: str | os.PathLike, pic: Picture, *, quality: int = 95) -> 
             img.save(tmp, format=fmt, **kwargs)
     except OSError as e:
         raise ImageError(f"{path}: cannot write ({e})") from None
+    except Exception as e:  # an encoder refusing what the input carried (a malformed ICC profile, ...)
+        raise ImageError(f"{path}: cannot write ({_describe(e)})") from None
     return path
 
 

@@ -1,19 +1,27 @@
 """`instyle stylize`: batch-stylize files, folders (recursive) and globs.
 
-Outputs keep their paths relative to the folder or glob base they were found under; existing outputs
-are skipped unless --overwrite; every write is atomic; a bad file prints `error: PATH: cause` and the
-batch goes on. Exit code 0 when all succeeded, 1 when any file failed.
+Outputs keep their paths relative to the folder or glob base they were found under, and always land inside
+-o: a relative path that would climb out (a glob with `..`, a symlink inside -o) is that file's error.
+Walking a folder skips dot-files, dot-folders and -o itself. -o is checked (a folder, writable) before any
+work. Existing outputs are skipped unless --overwrite; every write is atomic; a bad file, whatever went
+wrong with it, prints `error: PATH: cause` and the batch goes on; warnings (only the first frame of an
+animated or multi-page file is stylized) print `warning: PATH: ...`. Exit code 0 when all succeeded, 1 when
+any file failed, 2 on usage errors.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import os
 import sys
+import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from instyle.cli import UsageError
+from instyle.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,20 +65,34 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
+def _walk(folder: Path, skip: Path) -> list[Path]:
+    """Image files under `folder`, sorted, without dot-files, dot-folders, symlinked folders or `skip`."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
+        found += [Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f))]
+    return sorted(found)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job], list[str]]:
-    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing."""
+    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing or would escape -o."""
     found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
     errors = []
+    out_real = out_dir.resolve()
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and _is_image(f)]
+            found += [(f, f.relative_to(path)) for f in _walk(path, out_real)]
         elif path.is_file():
             found.append((path, Path(path.name)))
         elif glob.has_magic(arg):
             base = _glob_base(arg)
             matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
-            files = [m for m in matches if m.is_file() and _is_image(m)]
+            files = [m for m in matches if m.is_file() and _is_image(m) and not _inside(m.resolve(), out_real)]
             if not files:
                 errors.append(f"error: {arg}: no image files match")
             found += [(f, f.relative_to(base)) for f in files]
@@ -78,9 +100,16 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             errors.append(f"error: {arg}: no such file or folder")
     jobs, seen = [], {}
     for src, rel in found:
+        rel = Path(os.path.normpath(rel))
+        if rel.is_absolute() or rel.parts[:1] == ("..",):
+            errors.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
+                          f"name the files without '..'")
+            continue
         dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt else rel)
         key = dst.resolve()
-        if key == src.resolve():
+        if not _inside(key, out_real):
+            errors.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
+        elif key == src.resolve():
             errors.append(f"error: {src}: output would overwrite the input; choose another -o")
         elif key in seen:
             if seen[key] != src.resolve():
@@ -89,6 +118,28 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             seen[key] = src.resolve()
             jobs.append(Job(src, dst))
     return jobs, errors
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Prove before any work that -o can take files (UsageError when it cannot); -o itself is created only
+    when the first output is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: exists and is not a folder")
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"-o {out_dir}: cannot be created ({existing} is not a folder)")
+    if existing != out_dir.absolute():
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"-o {out_dir}: cannot be created (no write permission in {existing})")
+        return
+    try:
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".instyle-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def target_size(size: tuple[int, int], max_side: int | None, scale: float | None) -> tuple[int, int]:
@@ -108,6 +159,8 @@ def _validate(args) -> None:
         raise UsageError(f"--max-side must be >= 1, got {args.max_side}")
     if args.scale is not None and not 0 < args.scale <= 16:
         raise UsageError(f"--scale must be in (0, 16], got {args.scale}")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {args.quality}")
     if args.format:
@@ -137,6 +190,7 @@ def run(args) -> int:
     import instyle
     from instyle import io
 
+    prepare_out_dir(Path(args.out_dir))
     jobs, errors = collect(args.inputs, Path(args.out_dir), args.format)
     for line in errors:
         print(line, file=sys.stderr)
@@ -155,9 +209,15 @@ def run(args) -> int:
     groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
     for job in todo:
         try:
-            job.size = target_size(io.image_size(job.src), args.max_side, args.scale)
+            job.size = target_size(_reporting_warnings(io.image_size, job.src), args.max_side, args.scale)
         except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        w, h = job.size
+        if w * h > args.max_pixels:  # the limit guards memory, so it holds for what is stylized, too
+            print(f"error: {job.src}: {w}x{h} = {w * h} pixels to stylize (after --scale/--max-side) is over the "
+                  f"limit of {args.max_pixels}; raise it with --max-pixels", file=sys.stderr)
             failed += 1
             continue
         groups[job.size].append(job)
@@ -174,29 +234,74 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def _stylize_batch(stylizer, batch: list[Job], args) -> int:
-    """Read, stylize and write one batch; per-file errors are printed. Returns the number written."""
-    import torch
+@contextlib.contextmanager
+def _c_stderr(lines: list[str]):
+    """Collect what C libraries write straight to file descriptor 2 (libtiff does) while the block runs."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to borrow: let it through
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines += tmp.read(4096).decode("utf-8", "replace").splitlines()
 
+
+def _reporting_warnings(fn, path: Path, *args, **kwargs):
+    """Call fn(path, ...). When it succeeds, what the decoders warned about (Python warnings, libtiff's messages
+    on stderr) prints as `warning: PATH: ...`, one line each; when it fails, its error line says it all."""
+    c_lines: list[str] = []
+    with warnings.catch_warnings(record=True) as caught, _c_stderr(c_lines):
+        warnings.simplefilter("always")
+        result = fn(path, *args, **kwargs)
+    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    messages += [line.strip().removeprefix("tempfile.tif: ") for line in c_lines if line.strip()]
+    for line in list(dict.fromkeys(messages))[:3]:
+        print(f"warning: {path}: {line[:200]}", file=sys.stderr)
+    return result
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _stylize_batch(stylizer, batch: list[Job], args) -> int:
+    """Read, stylize and write one batch; per-file errors are printed. Returns the number written.
+
+    Anything that goes wrong with one file (a decoder's TypeError, MemoryError while tiling, ...) is that
+    file's error line; KeyboardInterrupt and SIGTERM end the run (temporary files are removed on the way).
+    """
     from instyle import io
 
     pictures, ready = [], []
     for job in batch:
         try:
-            pic = io.read_image(job.src, max_pixels=args.max_pixels)
+            pic = _reporting_warnings(io.read_image, job.src, max_pixels=args.max_pixels)
+            if pic.frames > 1:
+                print(f"warning: {job.src}: {pic.frames} frames; only the first is stylized", file=sys.stderr)
             if pic.size != job.size:
                 pic = io.resize_picture(pic, job.size)
             pictures.append(pic)
             ready.append(job)
         except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            print(f"error: {job.src}: cannot read ({_one_line(e)})", file=sys.stderr)
     if not ready:
         return 0
     try:
         out = stylizer(io.to_tensor(pictures))
-    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
+    except Exception as e:  # CUDA OOM, MemoryError/OverflowError while tiling, a backend's RuntimeError
         for job in ready:
-            print(f"error: {job.src}: stylizing failed ({str(e).splitlines()[0]})", file=sys.stderr)
+            print(f"error: {job.src}: stylizing failed ({_one_line(e)})", file=sys.stderr)
         return 0
     written = 0
     for job, pic, y in zip(ready, pictures, out):
@@ -204,6 +309,8 @@ def _stylize_batch(stylizer, batch: list[Job], args) -> int:
             io.write_image(job.dst, io.Picture(io.rgb_from_tensor(y), pic.alpha, pic.icc_profile),
                            quality=args.quality)
             written += 1
-        except (io.ImageError, OSError) as e:
+        except io.ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            print(f"error: {job.dst}: cannot write ({_one_line(e)})", file=sys.stderr)
     return written

@@ -128,3 +128,166 @@ def test_missing_model_is_one_line(tmp_path, photo, capsys):
     photo.crop((0, 0, 8, 8)).save(tmp_path / "p.png")
     assert main(["stylize", str(tmp_path / "p.png"), "--model", str(tmp_path / "none.pth")]) == 1
     assert capsys.readouterr().err.strip().endswith("none.pth: no such model file or shipped style")
+
+
+# --- hostile inputs and odd paths: per-file one-line errors, nothing written outside -o ---
+
+def _errors(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def test_glob_with_dotdot_cannot_write_outside_out(tmp_path, photo, model_path, capsys):
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    photo.crop((0, 0, 16, 16)).save(tmp_path / "secret" / "x.png")
+    photo.crop((0, 0, 12, 12)).save(tmp_path / "in" / "a" / "ok.png")
+    out = tmp_path / "in" / "out"
+    pattern = tmp_path / "in" / "*" / ".." / ".." / "secret" / "*.png"
+    assert stylize(pattern, tmp_path / "in" / "*" / "ok.png", "-o", out, "--model", model_path) == 1
+    errors = _errors(capsys)
+    assert errors and all("x.png" in e and "outside -o" in e for e in errors)  # `*` matches a/ and out/
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
+        "in/a/ok.png", "in/out/a/ok.png", "secret/x.png"]
+
+
+def test_symlink_inside_out_cannot_lead_outside(tmp_path, photo, model_path, capsys):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    photo.crop((0, 0, 12, 12)).save(tmp_path / "in" / "sub" / "p.png")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere")
+    assert stylize(tmp_path / "in", "-o", tmp_path / "out", "--model", model_path) == 1
+    assert "outside -o" in _errors(capsys)[0]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_out_inside_the_input_folder_and_dot_files_are_not_inputs(tmp_path, photo, model_path, capsys):
+    src = tmp_path / "photos"
+    (src / ".cache").mkdir(parents=True)
+    photo.crop((0, 0, 12, 12)).save(src / "p.png")
+    photo.crop((0, 0, 12, 12)).save(src / ".hidden.png")
+    photo.crop((0, 0, 12, 12)).save(src / ".cache" / "thumb.png")
+    for _ in range(2):
+        assert stylize(src, "-o", src / "stylized", "--model", model_path, "--overwrite") == 0
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if "stylized" in p.parts) == [
+        "stylized", "stylized/p.png"]
+
+
+def test_leftover_temp_file_of_a_killed_run_is_not_an_input(tmp_path, photo, model_path, capsys):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    photo.crop((0, 0, 12, 12)).save(src / "p.png")
+    code = ("import os, signal, sys\n"
+            "from instyle.atomic import atomic_path\n"
+            f"with atomic_path({str(src / 'q.png')!r}) as tmp:\n"
+            "    tmp.write_bytes(b'\\x89PNG partial')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    leftovers = [p.name for p in src.iterdir() if p.name != "p.png"]
+    assert len(leftovers) == 1 and not leftovers[0].endswith(".png")
+    assert stylize(src, "-o", tmp_path / "out", "--model", model_path) == 0
+    assert _errors(capsys) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p.png"]
+
+
+def test_sigterm_removes_the_temp_file(tmp_path, photo, model_path):
+    import subprocess
+    import sys
+
+    photo.crop((0, 0, 12, 12)).save(tmp_path / "p.png")
+    code = ("import os, signal\n"
+            "from PIL import Image\n"
+            "from instyle.cli import main\n"
+            "def save(self, fp, *a, **k):\n"
+            "    open(fp, 'wb').write(b'partial')\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "Image.Image.save = save\n"
+            f"raise SystemExit(main(['stylize', {str(tmp_path / 'p.png')!r}, '-o', {str(tmp_path / 'out')!r}, "
+            f"'--model', {str(model_path)!r}, '--backend', 'eager', '--device', 'cpu']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 143, proc.stderr
+    assert list((tmp_path / "out").iterdir()) == [], "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "read-only"])
+def test_unusable_out_is_a_usage_error_before_any_work(tmp_path, photo, capsys, kind):
+    import os
+
+    photo.crop((0, 0, 12, 12)).save(tmp_path / "p.png")
+    (tmp_path / "f").write_text("x")
+    out = {"file": tmp_path / "f", "under-a-file": tmp_path / "f" / "out", "read-only": tmp_path / "ro"}[kind]
+    if kind == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        out.mkdir(mode=0o555)
+    # a model that does not exist: the -o check must come first
+    assert main(["stylize", str(tmp_path / "p.png"), "-o", str(out), "--model", str(tmp_path / "none.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"-o {out}" in err[0], err
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_max_pixels_must_be_positive(tmp_path, value, capsys):
+    assert main(["stylize", str(tmp_path), "--max-pixels", value]) == 2
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_pixel_limit_applies_after_scale(tmp_path, photo, model_path, capsys):
+    photo.crop((0, 0, 64, 64)).save(tmp_path / "big.png")
+    photo.crop((0, 0, 16, 16)).save(tmp_path / "small.png")
+    code = stylize(tmp_path / "big.png", tmp_path / "small.png", "-o", tmp_path / "out", "--model", model_path,
+                   "--scale", "4", "--max-pixels", "10000")
+    assert code == 1
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "big.png: 256x256 = 65536 pixels to stylize" in errors[0]
+    assert Image.open(tmp_path / "out" / "small.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("exc", [MemoryError, OverflowError])
+def test_memory_and_overflow_errors_fail_one_file(tmp_path, photo, model_path, capsys, monkeypatch, exc):
+    from instyle.engine.stylizer import Stylizer
+
+    photo.crop((0, 0, 40, 24)).save(tmp_path / "huge.png")
+    photo.crop((0, 0, 16, 16)).save(tmp_path / "fine.png")
+    real = Stylizer.__call__
+
+    def call(self, x, *a, **k):
+        if x.shape[-1] == 40:
+            raise exc("cannot allocate the tile buffers")
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(Stylizer, "__call__", call)
+    assert stylize(tmp_path / "huge.png", tmp_path / "fine.png", "-o", tmp_path / "out", "--model", model_path) == 1
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "huge.png: stylizing failed" in errors[0]
+    assert (tmp_path / "out" / "fine.png").is_file()
+
+
+def test_decoder_type_error_fails_one_file(tmp_path, photo, model_path, capsys, monkeypatch):
+    from PIL import TiffImagePlugin
+
+    photo.crop((0, 0, 16, 16)).save(tmp_path / "a-fuzzed.tif")
+    photo.crop((0, 0, 16, 16)).save(tmp_path / "b-good.png")
+
+    def load(self):
+        raise TypeError("'<' not supported between instances of 'tuple' and 'int'")
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "load", load)
+    assert stylize(tmp_path, "-o", tmp_path / "out", "--model", model_path) == 1
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "a-fuzzed.tif: cannot decode (TypeError" in errors[0]
+    assert (tmp_path / "out" / "b-good.png").is_file()
+
+
+def test_animated_gif_warns_that_only_the_first_frame_is_stylized(tmp_path, photo, model_path, capsys):
+    frames = [photo.crop((i, 0, i + 20, 12)) for i in (0, 50)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
+    assert stylize(tmp_path / "anim.gif", "-o", tmp_path / "out", "--model", model_path) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'anim.gif'}: 2 frames; only the first is stylized" in err.splitlines()
+    assert Image.open(tmp_path / "out" / "anim.gif").size == (20, 12)
