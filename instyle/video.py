@@ -127,7 +127,7 @@ def pick_pix_fmt(codec: str, src_fmt: str, width: int, height: int) -> str:
     def fits(fmt: str) -> bool:
         return fmt in formats and not ((width % 2 or height % 2) and any(s in fmt for s in _SUBSAMPLED))
 
-    for fmt in (src_fmt, "yuv420p", "yuv444p", "gbrp", "rgb24", *formats):
+    for fmt in (src_fmt, "yuv420p", "yuv444p", "gbrp", "rgb24", "pal8", *formats):
         if fits(fmt):
             return fmt
     raise ValueError(f"{codec} cannot encode {width}x{height} frames in any pixel format")
@@ -370,7 +370,21 @@ def _encode_batch(stylizer, buf: list, enc, out, temporal) -> None:
     for (frame, rgb), styl in zip(buf, y):
         if temporal is not None:
             styl = temporal(rgb, styl)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(styl), format="rgb24")
+        if enc.pix_fmt == "pal8":  # GIF: a 256-colour palette per frame, not swscale's fixed 3-3-2 colours
+            vf = av.VideoFrame.from_ndarray(_palettized(styl), format="pal8")
+        else:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(styl), format="rgb24")
         vf.pts, vf.time_base = frame.pts, frame.time_base
         for p in enc.encode(vf):
             out.mux(p)
+
+
+def _palettized(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 -> (palette indices, 256x4 ARGB palette) for a pal8 frame (Pillow's median-cut, no dither)."""
+    from PIL import Image
+
+    q = Image.fromarray(rgb).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pal = np.zeros((256, 4), np.uint8)
+    colours = np.asarray(q.getpalette()[:768], np.uint8).reshape(-1, 3)
+    pal[: len(colours), 0], pal[: len(colours), 1:] = 255, colours
+    return np.asarray(q), pal
