@@ -194,3 +194,32 @@ def test_skip_existing_and_temporal(tmp_path, photo, model_path, stylizer, capsy
     assert out.stat().st_mtime_ns == first and "exist" in capsys.readouterr().err
     f_out, _, info, _, _ = probe(out)
     assert len(f_out) == 12 and info["n_audio"] == 1
+
+
+def test_animated_gif_is_a_video_and_a_still_gif_an_image(tmp_path, photo, model_path, stylizer):
+    crops = [Image.fromarray(np.ascontiguousarray(photo[40 + i:104 + i, 60 + 3 * i:156 + 3 * i])) for i in range(6)]
+    crops[0].save(tmp_path / "anim.gif", save_all=True, append_images=crops[1:], duration=[80, 120, 80, 80, 60, 80])
+    crops[0].save(tmp_path / "still.gif")
+    assert video.is_video(tmp_path / "anim.gif") and not video.is_video(tmp_path / "still.gif")
+    assert stylize(tmp_path / "anim.gif", tmp_path / "still.gif", "-o", tmp_path / "out", "--model", model_path) == 0
+    f_in, t_in, _, _, _ = probe(tmp_path / "anim.gif")
+    f_out, t_out, _, _, _ = probe(tmp_path / "out" / "anim.gif")
+    assert len(f_out) == 6 and np.allclose(t_out, t_in)  # per-frame delays kept
+    for got, ref in zip(f_out, reference(stylizer, f_in)):
+        assert psnr(got, ref) >= 30  # a 256-colour palette per frame
+    assert Image.open(tmp_path / "out" / "still.gif").size == (96, 64)
+
+
+def test_flow_blend_reduces_flicker_on_a_pan(tmp_path, photo, stylizer):
+    pytest.importorskip("cv2", reason="--temporal needs opencv-python-headless")
+    from instyle.bench.video_temporal import gt_flicker
+    from instyle.temporal import FlowBlend
+
+    f_in, _, _, _, _ = probe(make_clip(tmp_path / "clip.mp4", photo, audio=None))
+    off = reference(stylizer, f_in)
+    blend = FlowBlend(0.5)
+    on = [blend(x, y) for x, y in zip(f_in, off)]
+    assert np.array_equal(on[0], off[0])  # nothing to blend with yet
+    # the pan moves 3 px right and 1 px down per frame: the true motion, not the method's own flow
+    assert gt_flicker(on, 3, 1) < 0.7 * gt_flicker(off, 3, 1)
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(on, off)]) < gt_flicker(off, 3, 1)
