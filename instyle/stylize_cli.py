@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from instyle.engine.backends import BACKENDS
     from instyle.io import DEFAULT_MAX_PIXELS
 
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")
     p.add_argument("--model", help="shipped style name or model file (.safetensors, pytorch/examples .pth)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)

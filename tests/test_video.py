@@ -14,13 +14,9 @@ av = pytest.importorskip("av", reason="PyAV not installed: pip install 'instyle[
 import instyle  # noqa: E402
 from instyle import video  # noqa: E402
 from instyle.cli import main  # noqa: E402
+from test_stylize_cli import model_path  # noqa: E402,F401 -- the shared random-weight TransformerNet
 
 FPS = Fraction(24000, 1001)  # 23.976: not the 30 fps that tools like to assume
-
-
-@pytest.fixture(scope="module")
-def model_path(data):
-    return data / "pretrained" / "random-transformernet.pth"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +31,10 @@ def stylizer(model_path):
 
 
 def make_clip(path, photo, *, frames=12, size=(96, 64), rate=FPS, audio="aac", pts=None, rotation=0,
-              codec="libx264"):
+              codec="libx264", faststart=False):
     """A pan over `photo` (3 px right, 1 px down per frame); AAC/Opus sine tone; optional custom pts (VFR)."""
     w, h = size
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as c:
         v = c.add_stream(codec, rate=rate, options={"crf": "10", "b": "0"} if "vpx" in codec else {"crf": "10"})
         v.width, v.height = w, h
         v.pix_fmt = "yuv444p" if w % 2 or h % 2 else "yuv420p"
@@ -156,16 +152,19 @@ def test_corrupt_video_fails_alone_and_mixed_inputs_work(tmp_path, photo, model_
     src.mkdir()
     make_clip(src / "good.mp4", photo)
     data = (src / "good.mp4").read_bytes()
-    (src / "bad.mp4").write_bytes(data[: len(data) // 3])  # truncated: header promises frames that are gone
+    (src / "bad.mp4").write_bytes(data[: len(data) // 3])  # truncated: the index (at the end) is gone
+    make_clip(tmp_path / "fast.mp4", photo, faststart=True)
+    data = (tmp_path / "fast.mp4").read_bytes()
+    (src / "cut.mp4").write_bytes(data[: len(data) // 2])  # index first, half the frames' data gone
     (src / "junk.mov").write_bytes(b"not a video at all" * 100)
     Image.fromarray(photo[:40, :56]).save(src / "still.png")
     assert stylize(src, "-o", tmp_path / "out", "--model", model_path, "--format", "jpg") == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert any("junk.mov" in e for e in errors) and len(errors) <= 2, err
+    assert [e.split(":")[1].strip() for e in errors] == [str(src / n) for n in ("bad.mp4", "cut.mp4", "junk.mov")]
     assert all("\n" not in e and "Traceback" not in err for e in errors)
     assert (tmp_path / "out" / "good.mp4").exists() and (tmp_path / "out" / "still.jpg").exists()
-    assert not (tmp_path / "out" / "junk.mov").exists()
+    assert not any((tmp_path / "out" / n).exists() for n in ("bad.mp4", "cut.mp4", "junk.mov"))
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
