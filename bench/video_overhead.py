@@ -9,8 +9,10 @@ alternating, `--repeats` times each:
            Stylizer, each batch converted to uint8 (what any caller must do to keep the result)
   video    instyle.video.stylize_video on the clip: decode, stylize (same Stylizer, same batches),
            encode with the default codec/quality, copy the audio, atomic write
-overhead % = (median video - median tensors) / median tensors (wall clock), i.e. decode + colour
-conversion + encode + mux. CPU seconds (all threads of this process, getrusage) are printed as well.
+  io       the video path with an identity "stylizer": decode + colour conversion + encode + mux alone
+overhead % = (median video - median tensors) / median tensors, by wall clock and by CPU seconds (all threads
+of this process, getrusage); on a machine shared with other jobs both move by several %, so the io arm's
+ms/frame over the tensors' ms/frame is printed too: the path's own cost, whatever the neighbours do.
 """
 from __future__ import annotations
 
@@ -116,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         def run_video():
             video.stylize_video(stylizer, clip, Path(tmp) / "out.mp4", batch=args.batch)
 
+        def run_io():
+            video.stylize_video(lambda x: x.float(), clip, Path(tmp) / "io.mp4", batch=args.batch)
+
         run_tensors()  # warm-up: first-call allocations, backend set-up
-        times = {"tensors": [], "video": []}
-        cpu = {"tensors": [], "video": []}
+        times = {"tensors": [], "video": [], "io": []}
+        cpu = {"tensors": [], "video": [], "io": []}
         for _ in range(args.repeats):
-            for name, fn in (("tensors", run_tensors), ("video", run_video)):
+            for name, fn in (("tensors", run_tensors), ("video", run_video), ("io", run_io)):
                 c0, t0 = cpu_seconds(), time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
@@ -132,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
               "device": str(stylizer.device), "threads": torch.get_num_threads(),
               "tensors_ms_per_frame": 1000 * med["tensors"] / len(frames),
               "video_ms_per_frame": 1000 * med["video"] / len(frames),
+              "io_ms_per_frame": 1000 * med["io"] / len(frames),
+              "io_cpu_ms_per_frame": 1000 * med_cpu["io"] / len(frames),
+              "io_pct_of_tensors": 100 * med["io"] / med["tensors"],
               "overhead_pct": overhead,
               "cpu_overhead_pct": 100 * (med_cpu["video"] - med_cpu["tensors"]) / med_cpu["tensors"],
               "goal_pct": GOAL_OVERHEAD_PCT, "runs_s": times}
@@ -140,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  tensors: {result['tensors_ms_per_frame']:.1f} ms/frame   video: {result['video_ms_per_frame']:.1f} "
           f"ms/frame   overhead {overhead:+.1f} % wall, {result['cpu_overhead_pct']:+.1f} % CPU "
           f"(goal <= {GOAL_OVERHEAD_PCT:.0f} %)")
+    print(f"  decode+encode alone: {result['io_ms_per_frame']:.1f} ms/frame ({result['io_cpu_ms_per_frame']:.1f} "
+          f"CPU ms) = {result['io_pct_of_tensors']:.1f} % of the tensors' time")
     print(json.dumps(result))
     return 0
 

@@ -16,6 +16,8 @@ Because out_{t-1} is itself blended, the filter is recursive: a stable texture i
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -27,12 +29,16 @@ def _cv2():
     return cv2
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(h: int, w: int) -> np.ndarray:
+    """(H, W, 2) float32 pixel coordinates (x, y)."""
+    return np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
+
+
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample `image` at x + flow(x) (bilinear, border replicated): flow from the target frame to `image`."""
     cv2 = _cv2()
-    h, w = flow.shape[:2]
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
-    m = grid + flow
+    m = _grid(*flow.shape[:2]) + flow
     return cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -42,9 +48,8 @@ def consistent(back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
     f_at = warp(fwd, back)  # forward flow at the point each pixel's backward flow lands on
     err = ((back + f_at) ** 2).sum(-1)
     ok = err <= 0.01 * ((back ** 2).sum(-1) + (f_at ** 2).sum(-1)) + 0.5
-    ys, xs = np.mgrid[0:h, 0:w]
-    tx, ty = xs + back[..., 0], ys + back[..., 1]
-    ok &= (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    target = _grid(h, w) + back
+    ok &= (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
     return ok.astype(np.float32)
 
 
