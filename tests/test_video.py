@@ -76,6 +76,7 @@ def probe(path):
     with av.open(str(path)) as c:
         v = c.streams.video[0]
         info = dict(rate=v.average_rate, size=(v.width, v.height), pix_fmt=v.codec_context.pix_fmt,
+                    time_base=v.time_base, duration=c.duration / 1e6,
                     n_audio=len(c.streams.audio), order=[s.type for s in c.streams])
         frames, times, rotation = [], [], 0
         for f in c.decode(v):
@@ -95,7 +96,8 @@ def psnr(a, b):
 
 
 def stylize(*args):
-    return main(["stylize", *map(str, args), "--backend", "eager", "--device", "cpu", "--precision", "fp32"])
+    batch = [] if "--batch" in args else ["--batch", "4"]  # fewer, larger forwards: the tests' CPU time
+    return main(["stylize", *map(str, args), "--backend", "eager", "--device", "cpu", "--precision", "fp32", *batch])
 
 
 def reference(stylizer, frames):
@@ -113,7 +115,8 @@ def test_clip_keeps_timing_size_audio_and_matches_image_path(tmp_path, photo, mo
     f_in, t_in, info_in, audio_in, _ = probe(src)
     f_out, t_out, info_out, audio_out, _ = probe(out)
     assert len(f_out) == len(f_in) == 12
-    assert info_out["rate"] == FPS and info_out["size"] == size
+    assert info_out["rate"] == FPS and info_out["size"] == size and info_out["time_base"] == info_in["time_base"]
+    assert abs(info_out["duration"] - info_in["duration"]) <= 1 / FPS
     assert np.allclose(t_out, t_in, atol=1e-3), (t_in, t_out)
     assert info_out["n_audio"] == 1 and audio_out == audio_in, "audio packets must be copied bit for bit"
     assert info_out["order"] == info_in["order"] and info_out["pix_fmt"] == info_in["pix_fmt"]
