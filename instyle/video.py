@@ -238,6 +238,10 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
     audio_in = list(inp.streams.audio)
     window = _AudioWindow(ranged=frames is not None)
     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+    # AVI has no presentation timestamps (with B-frames the decoder's guesses come out of order): number its
+    # frames at the nominal rate, as for any frame without a timestamp or out of order
+    renumber = inp.format.name == "avi"
+    step = max(1, round(1 / (rate * vin.time_base)))
     with av.open(str(tmp), "w", format=_muxer_for(dst)) as out:
         audio_map = {}  # input audio stream index -> output stream (added after the video stream)
         for a in audio_in:
@@ -282,6 +286,9 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
                 continue
             for frame in packet.decode():
                 index += 1
+                if renumber or frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                    frame.pts = 0 if last_pts is None else last_pts + step
+                last_pts = frame.pts
                 t = _time(frame.pts, frame.time_base)
                 if index < start:
                     window.drop_before(t)
@@ -289,15 +296,12 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
                 if stop is not None and index >= stop:
                     done = True
                     break
-                if frame.pts is None:  # some AVI streams: number the frames at the nominal rate
-                    frame.pts = 0 if last_pts is None else last_pts + max(1, round(1 / (rate * vin.time_base)))
                 if t_first is None:
                     t_first = frame.pts
                     if frames is not None:
                         t0 = _time(frame.pts, frame.time_base)
                         t1 = t0 + (stop - start) / rate if stop is not None else float("inf")
                         mux_audio(window.start(t0, t1))
-                last_pts = frame.pts
                 rgb = _frame_rgb(frame, size)
                 if enc is None:
                     enc = _open_encoder(out, vin, frame, rgb.shape, result, crf, rate)

@@ -154,6 +154,7 @@ def test_corrupt_video_fails_alone_and_mixed_inputs_work(tmp_path, photo, model_
     src = tmp_path / "in"
     src.mkdir()
     make_clip(src / "good.mp4", photo)
+    make_clip(src / "old.avi", photo, audio=None)  # AVI: no timestamps, B-frames: frames numbered at the rate
     data = (src / "good.mp4").read_bytes()
     (src / "bad.mp4").write_bytes(data[: len(data) // 3])  # truncated: the index (at the end) is gone
     make_clip(tmp_path / "fast.mp4", photo, faststart=True)
@@ -167,6 +168,8 @@ def test_corrupt_video_fails_alone_and_mixed_inputs_work(tmp_path, photo, model_
     assert [e.split(":")[1].strip() for e in errors] == [str(src / n) for n in ("bad.mp4", "cut.mp4", "junk.mov")]
     assert all("\n" not in e and "Traceback" not in err for e in errors)
     assert (tmp_path / "out" / "good.mp4").exists() and (tmp_path / "out" / "still.jpg").exists()
+    f_avi, _, info, _, _ = probe(tmp_path / "out" / "old.avi")  # (AVI frame times: the rate, not stored)
+    assert len(f_avi) == 12 and info["rate"] == FPS
     assert not any((tmp_path / "out" / n).exists() for n in ("bad.mp4", "cut.mp4", "junk.mov"))
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
