@@ -1,6 +1,7 @@
 """Video files in and out (PyAV), streamed: decode -> batches of frames -> Stylizer -> encode.
 
-Memory is bounded by the batch (plus the codecs' own look-ahead), never by the clip's length. Kept from
+Memory is bounded by the batch (plus the codecs' own look-ahead), never by the clip's length. Encoding
+runs on a writer thread (instyle.video_encode), overlapping with decoding and stylizing the next batch. Kept from
 the input: the container (output name = input name), frame count, every frame's timestamp (so frame rate,
 time base, duration and variable frame rates survive), frame size, pixel format where the encoder takes
 it, colour tags and the display rotation (pixels are stylized as stored and the same display matrix is
@@ -26,15 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from instyle.atomic import atomic_path
+from instyle.video_encode import Writer, open_encoder, pick_codec
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})  # and .gif with > 1 frame
-# encoder preference per output container; the first one this PyAV build has wins
-_CODECS_BY_CONTAINER = {".webm": ("libvpx-vp9", "libvpx"), ".gif": ("gif",)}
-_DEFAULT_CODECS = ("libx264", "libopenh264", "mpeg4")
-# visually lossless constant-quality defaults for the encoders that take a CRF
-DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 20, "libvpx": 10, "libaom-av1": 20, "libsvtav1": 20}
-_SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv21", "nv16", "nv20", "nv24", "nv42")
-
 
 class VideoError(ValueError):
     """A video that cannot be read or written; the message is `PATH: cause`."""
@@ -99,50 +94,6 @@ def frame_count(path: str | os.PathLike) -> int | None:
     except (av.FFmpegError, OSError):
         return None
 
-
-def pick_codec(dst: Path, codec: str | None) -> str:
-    import av
-
-    if codec:
-        try:
-            av.Codec(codec, "w")
-        except (av.FFmpegError, ValueError):
-            raise ValueError(f"codec {codec!r} is not an encoder in this PyAV build") from None
-        return codec
-    candidates = _CODECS_BY_CONTAINER.get(dst.suffix.lower(), _DEFAULT_CODECS)
-    for name in candidates:
-        if name in av.codecs_available:
-            return name
-    raise ValueError(f"this PyAV build has none of the encoders {', '.join(candidates)} for {dst.suffix}")
-
-
-def pick_pix_fmt(codec: str, src_fmt: str, width: int, height: int) -> str:
-    """The input's pixel format when the encoder takes it at this size, else the closest one it does."""
-    import av
-
-    formats = [f.name for f in (av.Codec(codec, "w").video_formats or ())]
-    if not formats:
-        return src_fmt
-
-    def fits(fmt: str) -> bool:
-        return fmt in formats and not ((width % 2 or height % 2) and any(s in fmt for s in _SUBSAMPLED))
-
-    for fmt in (src_fmt, "yuv420p", "yuv444p", "gbrp", "rgb24", "pal8", *formats):
-        if fits(fmt):
-            return fmt
-    raise ValueError(f"{codec} cannot encode {width}x{height} frames in any pixel format")
-
-
-def _encoder_options(codec: str, crf: int | None, width: int, height: int, rate: Fraction) -> tuple[dict, int | None]:
-    """(codec options, bit rate) for visually lossless output: CRF where the encoder has one, else a high rate."""
-    if codec in DEFAULT_CRF:
-        opts = {"crf": str(DEFAULT_CRF[codec] if crf is None else crf)}
-        if codec.startswith("libvpx"):
-            opts["b"] = "0"  # constant quality, no bit-rate cap
-        return opts, None
-    if crf is not None:
-        raise ValueError(f"--crf needs an encoder with a CRF mode ({', '.join(DEFAULT_CRF)}), not {codec}")
-    return {}, int(max(width * height * float(rate or 25) * 0.5, 2e5))  # ~0.5 bit/pixel, like crf 18
 
 
 def _time(ts: int | None, tb) -> float:
@@ -233,104 +184,131 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
 
     vin = inp.streams.video[0]
     vin.thread_type = "AUTO"
-    start, stop = frames or (0, None)
-    result = VideoResult(codec=pick_codec(dst, codec))
-    audio_in = list(inp.streams.audio)
-    window = _AudioWindow(ranged=frames is not None)
-    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-    # AVI has no presentation timestamps (with B-frames the decoder's guesses come out of order): number its
-    # frames at the nominal rate, as for any frame without a timestamp or out of order
-    renumber = inp.format.name == "avi"
-    step = max(1, round(1 / (rate * vin.time_base)))
+    t = _Transcode(inp, vin, stylizer, batch, frames, size, progress, VideoResult(codec=pick_codec(dst, codec)))
     with av.open(str(tmp), "w", format=_muxer_for(dst)) as out:
-        audio_map = {}  # input audio stream index -> output stream (added after the video stream)
-        for a in audio_in:
+        t.out = out
+        for a in t.audio_in:
             if a.codec_context.name in out.supported_codecs:
-                audio_map[a.index] = None
+                t.audio_map[a.index] = None
             else:
-                result.notes.append(f"audio stream {a.index} ({a.codec_context.name}) cannot go into "
-                                    f"{dst.suffix} without re-encoding; dropped")
-        result.audio_copied = len(audio_map)
-        enc = None  # the video encoder stream, made when the first frame gives the size and rotation
-        early: list = []  # audio packets that come before it (the header is written on the first mux)
-        buf: list = []  # (input frame, rgb uint8) of the batch being filled
-        index, last_pts = -1, None
-        t_first = None
+                t.result.notes.append(f"audio stream {a.index} ({a.codec_context.name}) cannot go into "
+                                      f"{dst.suffix} without re-encoding; dropped")
+        t.result.audio_copied = len(t.audio_map)
+        t.crf, t.temporal = crf, temporal
+        try:
+            t.run()
+            if t.writer is None:
+                raise VideoError(f"{src}: no frames" + (f" in range {t.start}:{'' if t.stop is None else t.stop}"
+                                                         if frames else ""))
+            t.writer.finish()
+        except BaseException:
+            if t.writer is not None:
+                t.writer.abort()
+            raise
+    result, expected = t.result, min(vin.frames, t.stop or vin.frames) - t.start if vin.frames else 0
+    missing = expected - result.frames
+    if missing > max(2, expected // 100):  # a little slack: decoders may drop broken leading frames
+        raise VideoError(f"{src}: truncated or corrupt: decoded {result.frames} of {expected} frames")
+    if missing > 0:
+        result.notes.append(f"the container lists {expected} frames, {result.frames} decoded")
+    return result
 
-        def mux_audio(packets):
-            for p in packets:
-                if enc is None:
-                    early.append(p)
-                else:
-                    p.stream = audio_map[p.stream.index]
-                    out.mux(p)
 
-        def flush():
-            if not buf:
-                return
-            _encode_batch(stylizer, buf, enc, out, temporal)
-            result.frames += len(buf)
-            if progress:
-                progress(len(buf))
-            buf.clear()
+class _Transcode:
+    """The demux/decode loop: frame range, timestamps, batching, and the audio packets' way to the writer."""
 
+    def __init__(self, inp, vin, stylizer, batch, frames, size, progress, result: VideoResult):
+        self.inp, self.vin, self.stylizer, self.batch, self.size = inp, vin, stylizer, batch, size
+        self.ranged = frames is not None
+        self.start, self.stop = frames or (0, None)
+        self.progress, self.result = progress, result
+        self.audio_in = list(inp.streams.audio)
+        self.audio_map: dict = {}  # input audio stream index -> output stream (added after the video stream)
+        self.window = _AudioWindow(ranged=self.ranged)
+        self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        # AVI stores no presentation timestamps (with B-frames the decoder's guesses come out of order):
+        # number its frames at the nominal rate, as for any frame without a timestamp or out of order
+        self.renumber = inp.format.name == "avi"
+        self.step = max(1, round(1 / (self.rate * vin.time_base)))
+        self.out = self.writer = self.crf = self.temporal = None
+        self.early: list = []  # audio packets before the writer exists (the header is written on the first mux)
+        self.buf: list = []  # (pts, time base, rgb uint8) of the batch being filled
+        self.index, self.last_pts, self.t_first = -1, None, None
+
+    def run(self) -> None:
         done = False
-        for packet in inp.demux(vin, *[a for a in audio_in if a.index in audio_map]):
+        for packet in self.inp.demux(self.vin, *[a for a in self.audio_in if a.index in self.audio_map]):
             if packet.stream.type == "audio":
                 if packet.dts is not None:
-                    mux_audio(window.take(packet))
-                if done and window.t0 is not None and _time(packet.pts, packet.time_base) >= window.t1:
+                    self.mux_audio(self.window.take(packet))
+                if done and self.window.t0 is not None and _time(packet.pts, packet.time_base) >= self.window.t1:
                     break
                 continue
             if done:
                 continue
             for frame in packet.decode():
-                index += 1
-                if renumber or frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
-                    frame.pts = 0 if last_pts is None else last_pts + step
-                last_pts = frame.pts
-                t = _time(frame.pts, frame.time_base)
-                if index < start:
-                    window.drop_before(t)
-                    continue
-                if stop is not None and index >= stop:
+                if not self.frame(frame):
                     done = True
                     break
-                if t_first is None:
-                    t_first = frame.pts
-                    if frames is not None:
-                        t0 = _time(frame.pts, frame.time_base)
-                        t1 = t0 + (stop - start) / rate if stop is not None else float("inf")
-                        mux_audio(window.start(t0, t1))
-                rgb = _frame_rgb(frame, size)
-                if enc is None:
-                    enc = _open_encoder(out, vin, frame, rgb.shape, result, crf, rate)
-                    audio_map.update((a.index, out.add_stream_from_template(a)) for a in audio_in
-                                     if a.index in audio_map)
-                    mux_audio(early)
-                    early.clear()
-                if frames is not None:
-                    frame.pts -= t_first
-                buf.append((frame, rgb))
-                if len(buf) >= batch:
-                    flush()
             if done:
-                flush()
-                if window.t0 is None or not audio_map:
+                self.flush()
+                if self.window.t0 is None or not self.audio_map:
                     break
-        flush()
-        if enc is None:
-            raise VideoError(f"{src}: no frames" + (f" in range {start}:{'' if stop is None else stop}"
-                                                     if frames else ""))
-        for p in enc.encode(None):
-            out.mux(p)
-        expected = min(vin.frames, stop or vin.frames) - start if vin.frames else 0
-        missing = expected - result.frames
-        if missing > max(2, expected // 100):  # a little slack: decoders may drop broken leading frames
-            raise VideoError(f"{src}: truncated or corrupt: decoded {result.frames} of {expected} frames")
-        if missing > 0:
-            result.notes.append(f"the container lists {expected} frames, {result.frames} decoded")
-    return result
+        self.flush()
+
+    def frame(self, frame) -> bool:
+        """Take one decoded frame; False once past the range."""
+        self.index += 1
+        if self.renumber or frame.pts is None or (self.last_pts is not None and frame.pts <= self.last_pts):
+            frame.pts = 0 if self.last_pts is None else self.last_pts + self.step
+        self.last_pts = frame.pts
+        if self.index < self.start:
+            self.window.drop_before(_time(frame.pts, frame.time_base))
+            return True
+        if self.stop is not None and self.index >= self.stop:
+            return False
+        if self.t_first is None:
+            self.t_first = frame.pts
+            if self.ranged:
+                t0 = _time(frame.pts, frame.time_base)
+                t1 = t0 + (self.stop - self.start) / self.rate if self.stop is not None else float("inf")
+                self.mux_audio(self.window.start(t0, t1))
+        rgb = _frame_rgb(frame, self.size)
+        if self.writer is None:
+            self.open(frame, rgb.shape)
+        pts = frame.pts - self.t_first if self.ranged else frame.pts
+        self.buf.append((pts, frame.time_base, rgb))
+        if len(self.buf) >= self.batch:
+            self.flush()
+        return True
+
+    def open(self, frame, shape) -> None:
+        enc = open_encoder(self.out, self.vin, frame, shape, self.result.codec, self.crf, self.rate)
+        self.result.pix_fmt = enc.pix_fmt
+        for a in self.audio_in:
+            if a.index in self.audio_map:
+                self.audio_map[a.index] = self.out.add_stream_from_template(a)
+        self.writer = Writer(self.out, enc, self.temporal)
+        self.mux_audio(self.early)
+        self.early.clear()
+
+    def mux_audio(self, packets) -> None:
+        for p in packets:
+            if self.writer is None:
+                self.early.append(p)
+            else:
+                p.stream = self.audio_map[p.stream.index]
+                self.writer.put(("audio", p))
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        styl = _stylize(self.stylizer, [rgb for _, _, rgb in self.buf])
+        self.writer.put(("video", [(pts, tb, rgb, y) for (pts, tb, rgb), y in zip(self.buf, styl)]))
+        self.result.frames += len(self.buf)
+        if self.progress:
+            self.progress(len(self.buf))
+        self.buf = []
 
 
 def _muxer_for(dst: Path) -> str | None:
@@ -345,53 +323,11 @@ def _frame_rgb(frame, size) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def _open_encoder(out, vin, frame, shape, result: VideoResult, crf, rate):
-    height, width = shape[:2]
-    result.pix_fmt = pick_pix_fmt(result.codec, vin.codec_context.pix_fmt or "yuv420p", width, height)
-    opts, bit_rate = _encoder_options(result.codec, crf, width, height, rate)
-    enc = out.add_stream(result.codec, rate=rate, options=opts)
-    enc.width, enc.height, enc.pix_fmt = width, height, result.pix_fmt
-    enc.time_base = vin.time_base
-    enc.codec_context.time_base = vin.time_base  # every input timestamp is representable: VFR survives
-    if bit_rate:
-        enc.codec_context.bit_rate = bit_rate
-    cc_in, cc_out = vin.codec_context, enc.codec_context
-    for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
-        value = getattr(cc_in, tag, None)
-        if value:
-            setattr(cc_out, tag, value)
-    rotation = getattr(frame, "rotation", 0)
-    if rotation:
-        enc.set_display_rotation(rotation)
-    return enc
-
-
-def _encode_batch(stylizer, buf: list, enc, out, temporal) -> None:
-    import av
+def _stylize(stylizer, rgbs: list) -> np.ndarray:
+    """Equal-size H,W,3 uint8 frames -> the stylizer's N,H,W,3 uint8 (rounded, clamped) on the host."""
     import torch
 
-    x = torch.from_numpy(np.stack([rgb for _, rgb in buf])).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2)
     with torch.inference_mode():
         y = stylizer(x)
-    y = y.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for (frame, rgb), styl in zip(buf, y):
-        if temporal is not None:
-            styl = temporal(rgb, styl)
-        if enc.pix_fmt == "pal8":  # GIF: a 256-colour palette per frame, not swscale's fixed 3-3-2 colours
-            vf = av.VideoFrame.from_ndarray(_palettized(styl), format="pal8")
-        else:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(styl), format="rgb24")
-        vf.pts, vf.time_base = frame.pts, frame.time_base
-        for p in enc.encode(vf):
-            out.mux(p)
-
-
-def _palettized(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 -> (palette indices, 256x4 ARGB palette) for a pal8 frame (Pillow's median-cut, no dither)."""
-    from PIL import Image
-
-    q = Image.fromarray(rgb).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    pal = np.zeros((256, 4), np.uint8)
-    colours = np.asarray(q.getpalette()[:768], np.uint8).reshape(-1, 3)
-    pal[: len(colours), 0], pal[: len(colours), 1:] = 255, colours
-    return np.asarray(q), pal
+    return y.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

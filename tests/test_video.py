@@ -188,6 +188,13 @@ def test_exception_mid_encode_leaves_no_output(tmp_path, photo, stylizer):
         video.stylize_video(interrupted, src, tmp_path / "out" / "clip.mp4", batch=4)
     assert list((tmp_path / "out").iterdir()) == []
 
+    def failing_filter(src_rgb, styl):  # runs on the writer thread: its error must reach the caller
+        raise MemoryError("temporal filter failed")
+
+    with pytest.raises(MemoryError):
+        video.stylize_video(stylizer, src, tmp_path / "out" / "clip.mp4", batch=4, temporal=failing_filter)
+    assert list((tmp_path / "out").iterdir()) == []
+
 
 def test_skip_existing_and_temporal(tmp_path, photo, model_path, stylizer, capsys):
     pytest.importorskip("cv2", reason="--temporal needs opencv-python-headless")
