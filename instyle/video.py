@@ -1,8 +1,8 @@
 """Video files in and out (PyAV), streamed: decode -> batches of frames -> Stylizer -> encode.
 
 Memory is bounded by the batch (plus the codecs' own look-ahead), never by the clip's length. Encoding
-runs on a writer thread (instyle.video_encode), overlapping with decoding and stylizing the next batch. Kept from
-the input: the container (output name = input name), frame count, every frame's timestamp (so frame rate,
+runs on a writer thread (instyle.video_encode), overlapping with decoding and stylizing the next batch.
+Kept from the input: the container (output name = input name), frame count, every frame's timestamp (so frame rate,
 time base, duration and variable frame rates survive), frame size, pixel format where the encoder takes
 it, colour tags and the display rotation (pixels are stylized as stored and the same display matrix is
 written). Audio streams are copied packet by packet, never re-encoded. The output is written to a temp
@@ -30,6 +30,7 @@ from instyle.atomic import atomic_path
 from instyle.video_encode import Writer, open_encoder, pick_codec
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})  # and .gif with > 1 frame
+
 
 class VideoError(ValueError):
     """A video that cannot be read or written; the message is `PATH: cause`."""
@@ -93,7 +94,6 @@ def frame_count(path: str | os.PathLike) -> int | None:
             return c.streams.video[0].frames or None if c.streams.video else None
     except (av.FFmpegError, OSError):
         return None
-
 
 
 def _time(ts: int | None, tb) -> float:
@@ -184,28 +184,28 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
 
     vin = inp.streams.video[0]
     vin.thread_type = "AUTO"
-    t = _Transcode(inp, vin, stylizer, batch, frames, size, progress, VideoResult(codec=pick_codec(dst, codec)))
+    result = VideoResult(codec=pick_codec(dst, codec))
     with av.open(str(tmp), "w", format=_muxer_for(dst)) as out:
-        t.out = out
+        t = _Transcode(inp, vin, out, result, stylizer=stylizer, batch=batch, crf=crf, frames=frames, size=size,
+                       temporal=temporal, progress=progress)
         for a in t.audio_in:
             if a.codec_context.name in out.supported_codecs:
                 t.audio_map[a.index] = None
             else:
-                t.result.notes.append(f"audio stream {a.index} ({a.codec_context.name}) cannot go into "
-                                      f"{dst.suffix} without re-encoding; dropped")
-        t.result.audio_copied = len(t.audio_map)
-        t.crf, t.temporal = crf, temporal
+                result.notes.append(f"audio stream {a.index} ({a.codec_context.name}) cannot go into "
+                                    f"{dst.suffix} without re-encoding; dropped")
+        result.audio_copied = len(t.audio_map)
         try:
             t.run()
             if t.writer is None:
-                raise VideoError(f"{src}: no frames" + (f" in range {t.start}:{'' if t.stop is None else t.stop}"
-                                                         if frames else ""))
+                where = f" in range {t.start}:{'' if t.stop is None else t.stop}" if frames else ""
+                raise VideoError(f"{src}: no frames{where}")
             t.writer.finish()
         except BaseException:
             if t.writer is not None:
                 t.writer.abort()
             raise
-    result, expected = t.result, min(vin.frames, t.stop or vin.frames) - t.start if vin.frames else 0
+    expected = min(vin.frames, t.stop or vin.frames) - t.start if vin.frames else 0
     missing = expected - result.frames
     if missing > max(2, expected // 100):  # a little slack: decoders may drop broken leading frames
         raise VideoError(f"{src}: truncated or corrupt: decoded {result.frames} of {expected} frames")
@@ -217,11 +217,13 @@ def _transcode(inp, src: Path, tmp: Path, dst: Path, stylizer, batch, codec, crf
 class _Transcode:
     """The demux/decode loop: frame range, timestamps, batching, and the audio packets' way to the writer."""
 
-    def __init__(self, inp, vin, stylizer, batch, frames, size, progress, result: VideoResult):
-        self.inp, self.vin, self.stylizer, self.batch, self.size = inp, vin, stylizer, batch, size
+    def __init__(self, inp, vin, out, result: VideoResult, *, stylizer, batch, crf, frames, size, temporal,
+                 progress):
+        self.inp, self.vin, self.out, self.result = inp, vin, out, result
+        self.stylizer, self.batch, self.crf, self.size = stylizer, batch, crf, size
+        self.temporal, self.progress = temporal, progress
         self.ranged = frames is not None
         self.start, self.stop = frames or (0, None)
-        self.progress, self.result = progress, result
         self.audio_in = list(inp.streams.audio)
         self.audio_map: dict = {}  # input audio stream index -> output stream (added after the video stream)
         self.window = _AudioWindow(ranged=self.ranged)
@@ -230,7 +232,7 @@ class _Transcode:
         # number its frames at the nominal rate, as for any frame without a timestamp or out of order
         self.renumber = inp.format.name == "avi"
         self.step = max(1, round(1 / (self.rate * vin.time_base)))
-        self.out = self.writer = self.crf = self.temporal = None
+        self.writer = None  # made, with the encoder, when the first frame gives the size and rotation
         self.early: list = []  # audio packets before the writer exists (the header is written on the first mux)
         self.buf: list = []  # (pts, time base, rgb uint8) of the batch being filled
         self.index, self.last_pts, self.t_first = -1, None, None

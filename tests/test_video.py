@@ -148,6 +148,9 @@ def test_frame_range(tmp_path, photo, model_path, stylizer):
     assert abs(len(audio_out) * 960 / 48000 - span) <= 2 * 960 / 48000  # the range's audio, packet-exact
     for got, ref in zip(f_out, reference(stylizer, f_in[3:9])):  # output frame k = input frame 3 + k
         assert psnr(got, ref) >= 30
+    assert stylize(src, "-o", tmp_path / "none", "--model", model_path, "--frames", "50:60") == 1
+    assert not (tmp_path / "none" / "clip.mp4").exists()
+    assert stylize(src, "-o", tmp_path / "none", "--model", model_path, "--frames", "9:3") == 2  # usage error
 
 
 def test_corrupt_video_fails_alone_and_mixed_inputs_work(tmp_path, photo, model_path, capsys):
