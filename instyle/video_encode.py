@@ -3,8 +3,8 @@
 The Writer owns the output container once its streams exist: it encodes stylized frames (after the
 optional temporal filter) and muxes them and the copied audio packets in the order they were queued, on
 its own thread, so decoding and stylizing the next batch overlap with encoding this one (the generator
-on a GPU, libx264 and OpenCV on CPU cores; PyAV, OpenCV and torch release the GIL in their C code). The
-queue holds at most `depth` items, which keeps memory bounded.
+on a GPU, libx264 and OpenCV on CPU cores; PyAV, OpenCV and torch release the GIL in their C code). At
+most `depth` stylized batches wait for it, which keeps memory bounded.
 """
 from __future__ import annotations
 
@@ -103,27 +103,34 @@ def _palettized(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class Writer:
     """Encode + mux on a thread. put(("audio", packet)) or put(("video", [(pts, time_base, src_rgb, styl)]));
-    finish() flushes the encoder and re-raises the thread's error; abort() stops it without flushing."""
+    finish() flushes the encoder and re-raises the thread's error; abort() stops it without flushing.
+
+    At most `depth` video batches wait; audio packets never block the caller (they are small, and the
+    demuxer interleaves them with the video, which does wait), so the next batch is stylized while this
+    one encodes even when audio packets come between them.
+    """
 
     def __init__(self, out, enc, temporal=None, depth: int = 2):
         self.out, self.enc, self.temporal = out, enc, temporal
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.slots = threading.Semaphore(depth)
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="instyle-video-writer", daemon=True)
         self.thread.start()
 
     def put(self, item) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            if not self.thread.is_alive():
-                raise RuntimeError("video writer stopped")
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        if item is not None and item[0] == "video":
+            while not self.slots.acquire(timeout=0.1):
+                self._check()
+        self._check()
+        self.queue.put(item)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.thread.is_alive():
+            raise RuntimeError("video writer stopped")
 
     def finish(self) -> None:
         self.put(None)
@@ -133,12 +140,8 @@ class Writer:
 
     def abort(self) -> None:
         self.stop.set()
-        while self.thread.is_alive():  # unblock a thread waiting on an empty queue
-            try:
-                self.queue.put_nowait(None)
-            except queue.Full:
-                pass
-            self.thread.join(timeout=0.1)
+        self.queue.put(None)  # wakes a writer waiting on an empty queue
+        self.thread.join()
 
     def _run(self) -> None:
         try:
@@ -149,13 +152,15 @@ class Writer:
                 kind, payload = item
                 if kind == "audio":
                     self.out.mux(payload)
-                else:
-                    for frame in payload:
-                        self._encode(*frame)
+                    continue
+                for frame in payload:
+                    self._encode(*frame)
+                self.slots.release()
             else:
                 return  # aborted: no flush
-            for p in self.enc.encode(None):
-                self.out.mux(p)
+            if not self.stop.is_set():
+                for p in self.enc.encode(None):
+                    self.out.mux(p)
         except BaseException as e:  # noqa: BLE001 -- handed to the main thread by put()/finish()
             self.error = e
 
