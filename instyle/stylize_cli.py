@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from instyle import video_cli
 from instyle.errors import UsageError
 
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from instyle.engine.backends import BACKENDS
     from instyle.io import DEFAULT_MAX_PIXELS
 
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")
     p.add_argument("--model", help="shipped style name or model file (.safetensors, pytorch/examples .pth)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression-bomb guard, default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    video_cli.add_arguments(p)
 
 
 @dataclass
@@ -54,9 +56,11 @@ class Job:
 
 
 def _is_image(path: Path) -> bool:
+    """An image or video input by extension (videos go to video_cli)."""
     from instyle.io import IMAGE_EXTENSIONS
+    from instyle.video import VIDEO_EXTENSIONS
 
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def _glob_base(pattern: str) -> Path:
@@ -98,6 +102,8 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             found += [(f, f.relative_to(base)) for f in files]
         else:
             errors.append(f"error: {arg}: no such file or folder")
+    from instyle.video import is_video
+
     jobs, seen = [], {}
     for src, rel in found:
         rel = Path(os.path.normpath(rel))
@@ -105,7 +111,7 @@ def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job
             errors.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
                           f"name the files without '..'")
             continue
-        dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt else rel)
+        dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt and not is_video(src) else rel)
         key = dst.resolve()
         if not _inside(key, out_real):
             errors.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
@@ -184,6 +190,7 @@ def _stylizer_kwargs(args) -> dict:
 
 def run(args) -> int:
     _validate(args)
+    video_cli.validate(args)
     kwargs = _stylizer_kwargs(args)
     from tqdm import tqdm
 
@@ -205,6 +212,12 @@ def run(args) -> int:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
     stylizer = instyle.load(args.model, **kwargs)
+    from instyle.video import is_video
+
+    videos = [j for j in todo if is_video(j.src)]
+    todo = [j for j in todo if j not in videos]
+    done, video_failed = video_cli.stylize_jobs(stylizer, videos, args, target_size)
+    failed += video_failed
     # Group equal-size images into batches; the header read also catches unreadable files early.
     groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
     for job in todo:
@@ -222,7 +235,6 @@ def run(args) -> int:
             continue
         groups[job.size].append(job)
     batches = [g[i:i + args.batch] for g in groups.values() for i in range(0, len(g), args.batch)]
-    done = 0
     with tqdm(total=sum(map(len, batches)), unit="img", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         for batch in batches:
             ok = _stylize_batch(stylizer, batch, args)
