@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import backends, memory, plan, tiled
+from . import backends, controls, memory, plan, tiled
 from instyle.specs import resolve_device
+
+from instyle.models.styles import StyleError, bake, mix_weights, style_count
 
 from .padding import crop, pad_to_multiple
 
@@ -43,18 +45,51 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class Stylizer:
+    """Style controls (DESIGN.md, Public API): `style` (name or index) or `mix` ({name or index: weight})
+    pick the style of a multi-style model, baked into a single-style copy that the backend runs;
+    `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
+    `set_style` changes the style later; the controls can also be passed per call."""
+
     def __init__(self, model: nn.Module, *, backend: str = "eager", precision: str = "fp32",
-                 device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto"):
+                 device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto",
+                 style: str | int | None = None, mix: dict | None = None, strength: float = 1.0,
+                 preserve_color: bool = False, style_scale: float = 1.0):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
+        controls.check(strength, style_scale)
         self.tile = parse_tile(tile)
         self.device = resolve_device(device)
         self.backend = backend
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.metadata = dict(metadata or {})
+        self.strength, self.preserve_color, self.style_scale = float(strength), bool(preserve_color), float(style_scale)
+        self.source = model if style_count(model) > 1 else None  # the multi-style model, kept for set_style
+        self.style_names = self._names(model)
+        self._build(model, style, mix)
+
+    def _names(self, model: nn.Module) -> list[str]:
+        from instyle.checkpoint import style_names
+
+        names = style_names(self.metadata) if self.metadata else []
+        count = style_count(model)
+        return names if len(names) == count else [f"style{i}" for i in range(count)] if count > 1 else names
+
+    def _build(self, model: nn.Module, style=None, mix=None) -> None:
+        """Bake the chosen style of a multi-style model, move it to the device, build the backend."""
+        if self.source is not None:
+            weights = mix_weights(self.style_names, mix if mix is not None else style)
+            model = bake(self.source, weights)
+            self.mix = {n: float(w) for n, w in zip(self.style_names, weights.tolist()) if w > 0}
+        else:
+            picked = list(mix) if mix is not None else [] if style is None else [style]
+            own = (0, "0", *self.style_names[:1])
+            if any(p not in own for p in picked):
+                raise StyleError(f"this model holds one style ({', '.join(self.style_names) or 'unnamed'}); "
+                                 f"style/mix cannot pick {', '.join(map(str, picked))}")
+            self.mix = {self.style_names[0]: 1.0} if self.style_names else {}
         self.model = model.eval().to(self.device, self.dtype)
-        self.channels_last = self.device.type == "cuda" and backend in TORCH_BACKENDS
+        self.channels_last = self.device.type == "cuda" and self.backend in TORCH_BACKENDS
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.stride_multiple = model.stride_multiple
@@ -65,11 +100,23 @@ class Stylizer:
             self.steps = None  # a module without a plan: whole-image runs only
         if self.steps is None and isinstance(self.tile, int):
             raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
-        self._run = backends.factory(backend)(self.model, self.device, self.dtype)
+        self._run = backends.factory(self.backend)(self.model, self.device, self.dtype)
         self.last_tile: int | None = None  # tile side of the last call (None: whole image)
+
+    def set_style(self, style: str | int | None = None, mix: dict | None = None) -> None:
+        """Switch a multi-style model to another style or mix (rebuilds the backend's runner)."""
+        if self.source is None:
+            self._build(self.model, style, mix)  # validates; a single style has nothing to switch to
+            return
+        self._build(self.source, style, mix)
 
     @property
     def style(self) -> str:
+        """The style being applied: its name, or a mix written as name=weight,..."""
+        if len(self.mix) == 1:
+            return next(iter(self.mix))
+        if self.mix:
+            return ",".join(f"{n}={w:.3g}" for n, w in self.mix.items())
         return self.metadata.get("style", "")
 
     def _auto_tile(self, x: torch.Tensor) -> int:
@@ -91,11 +138,30 @@ class Stylizer:
         return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype, channels_last=self.channels_last)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """N,3,H,W (float 0..255 or uint8, any device) -> float32 0..255 on the Stylizer's device."""
+    def __call__(self, x: torch.Tensor, *, strength: float | None = None, preserve_color: bool | None = None,
+                 style_scale: float | None = None) -> torch.Tensor:
+        """N,3,H,W (float 0..255 or uint8, any device) -> float32 0..255 on the Stylizer's device.
+
+        The controls default to the Stylizer's own (see the class docstring)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
+        strength = self.strength if strength is None else float(strength)
+        preserve = self.preserve_color if preserve_color is None else bool(preserve_color)
+        scale = self.style_scale if style_scale is None else float(style_scale)
+        controls.check(strength, scale)
         x = x.to(self.device, torch.float32)
+        if strength == 0:
+            return x.clone()
+        h, w = x.shape[-2:]
+        y = self._generate(controls.resize(x, controls.scaled_size(h, w, scale)) if scale != 1 else x)
+        if scale != 1:
+            y = controls.resize(y, (h, w))
+        if preserve:
+            y = controls.preserve_color(y, x)
+        return controls.blend(y, x, strength)
+
+    def _generate(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator on x, padded and cropped back, clamped: float32 0..255."""
         padded, size = pad_to_multiple(x, self.stride_multiple, self.min_size)
         del x
         tile = self.plan_tile(padded)
@@ -130,12 +196,14 @@ class Stylizer:
 
 
 def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", *,
-         tile="auto", **kwargs) -> Stylizer:
+         tile="auto", style: str | int | None = None, mix: dict | None = None, **kwargs) -> Stylizer:
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
 
     Defaults: backend "auto" = triton on CUDA, onnxruntime on CPU, each only when its backend can be
     built here (BackendUnavailable: eager). precision "auto" = fp16 on CUDA, fp32 on CPU. tile: "auto" | "off" |
-    side in pixels (see Stylizer).
+    side in pixels (see Stylizer). A shipped style's name picks that style inside its file; `style` or
+    `mix` pick one of a multi-style file's styles (default: its first); other keyword arguments are the
+    Stylizer's style controls.
     """
     from instyle import checkpoint
 
@@ -143,10 +211,13 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     if isinstance(model, nn.Module):
         module, meta = model, {}
     else:
-        module, meta = checkpoint.load(checkpoint.resolve(model))
+        path, named = checkpoint.resolve_style(model)
+        module, meta = checkpoint.load(path)
+        if named is not None and style is None and mix is None:
+            style = named
     if precision == "auto":
         precision = "fp16" if dev.type == "cuda" else "fp32"
-    options = dict(precision=precision, device=dev, metadata=meta, tile=tile, **kwargs)
+    options = dict(precision=precision, device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
     if backend != "auto":
         return Stylizer(module, backend=backend, **options)
     try:

@@ -289,7 +289,7 @@ def style_names(meta: dict[str, str]) -> list[str]:
 
 
 def shipped() -> dict[str, Path]:
-    """Styles shipped in instyle/zoo/, in their listed order (first is the default)."""
+    """Model files shipped in instyle/zoo/, in their listed order (first is the default)."""
     order_file = ZOO_DIR / "index.json"
     found = {p.stem: p for p in sorted(ZOO_DIR.glob("*.safetensors"))}
     if order_file.is_file():
@@ -298,19 +298,39 @@ def shipped() -> dict[str, Path]:
     return found
 
 
-def resolve(model: str | os.PathLike | None) -> Path:
-    """A model name (shipped style) or path -> file path; None -> the default shipped style."""
+def shipped_styles() -> dict[str, tuple[Path, int]]:
+    """Every shipped style by name -> (file, its row in that file), styles inside multi-style files
+    included, in order (the first is the default). Reads headers only."""
+    styles: dict[str, tuple[Path, int]] = {}
+    for path in shipped().values():
+        for i, name in enumerate(style_names(read_metadata(path))):
+            styles.setdefault(name, (path, i))
+    return styles
+
+
+def resolve_style(model: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """A shipped style name, a shipped file's name or a path -> (file, the style named, or None).
+
+    None -> the default: the first shipped file (and its first style)."""
     zoo = shipped()
     if model is None:
         if not zoo:
-            raise CheckpointError("no model given and no shipped styles yet: pass --model PATH "
+            raise CheckpointError("no model given and no shipped styles: pass --model PATH "
                                   "(a .safetensors or pytorch/examples .pth file)")
-        return next(iter(zoo.values()))
+        return next(iter(zoo.values())), None
     text = str(model)
+    styles = shipped_styles()
+    if text in styles:
+        return styles[text][0], text
     if text in zoo:
-        return zoo[text]
+        return zoo[text], None
     path = Path(text).expanduser()
     if path.exists():
-        return path
-    known = f" (shipped: {', '.join(zoo)})" if zoo else ""
+        return path, None
+    known = f" (shipped: {', '.join(styles)})" if styles else ""
     raise CheckpointError(f"{text}: no such model file or shipped style{known}")
+
+
+def resolve(model: str | os.PathLike | None) -> Path:
+    """A model name (shipped style or file) or path -> file path; None -> the default shipped file."""
+    return resolve_style(model)[0]

@@ -1,4 +1,4 @@
-"""`instyle models`: the shipped styles (first = default) with a one-line description each."""
+"""`instyle models`: the shipped styles (first = default), styles inside multi-style files included."""
 from __future__ import annotations
 
 import argparse
@@ -16,24 +16,32 @@ def describe(meta: dict[str, str]) -> str:
     parts += [f"{k}={config[k]}" for k in ("norm", "padding") if k in config]
     if "iterations" in training:
         parts.append(f"{training['iterations']} iterations")
+    if meta.get("styles"):
+        parts.append(f"one of {len(json.loads(meta['styles']))} styles in the file")
     if "description" in training:
         parts.insert(0, training["description"])
     return ", ".join(parts)
 
 
 def run(args) -> int:
-    from instyle.checkpoint import read_metadata, shipped
+    from instyle.checkpoint import read_metadata, shipped_styles
 
-    zoo = shipped()
-    rows = [(name, path, read_metadata(path)) for name, path in zoo.items()]
+    styles = shipped_styles()
+    rows = []
+    for name, (path, index) in styles.items():
+        meta = read_metadata(path)
+        source = json.loads(meta["styles"])[index].get("source", "") if meta.get("styles") else ""
+        rows.append((name, path, index, source, meta))
     if args.json:
-        print(json.dumps([{"name": n, "path": str(p), "metadata": m} for n, p, m in rows], indent=2))
+        print(json.dumps([{"name": n, "path": str(p), "index": i, "source": src, "default": k == 0,
+                           "metadata": m} for k, (n, p, i, src, m) in enumerate(rows)], indent=2))
         return 0
     if not rows:
-        print("no shipped styles yet; use --model PATH with a .safetensors or pytorch/examples .pth file")
+        print("no shipped styles; use --model PATH with a .safetensors or pytorch/examples .pth file")
         return 0
-    width = max(len(n) for n, _, _ in rows)
-    for i, (name, _, meta) in enumerate(rows):
-        default = " (default)" if i == 0 else ""
-        print(f"{name:<{width}}  {describe(meta)}{default}")
+    width = max(len(r[0]) for r in rows)
+    for k, (name, path, index, source, meta) in enumerate(rows):
+        where = f"{path.name}[{index}]" if meta.get("styles") else path.name
+        default = " (default)" if k == 0 else ""
+        print(f"{name:<{width}}  {where}: {describe(meta)}{default}")
     return 0

@@ -45,6 +45,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression-bomb guard, default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g = p.add_argument_group("style controls")
+    pick = g.add_mutually_exclusive_group()
+    pick.add_argument("--style", metavar="NAME|INDEX", help="a style inside a multi-style model (default: its first; "
+                      "`instyle models` lists them)")
+    pick.add_argument("--mix", metavar="A=W,B=W", help="a mix of a multi-style model's styles (weights normalised)")
+    g.add_argument("--strength", type=float, default=1.0, metavar="S",
+                   help="0 = the input, 1 = the full style (default 1)")
+    g.add_argument("--preserve-color", action="store_true", help="keep the input's colours (stylized luminance, "
+                   "input chroma)")
+    g.add_argument("--style-scale", type=float, default=1.0, metavar="F",
+                   help="brush strokes F times larger (F < 1: smaller) at the same output size (default 1)")
     video_cli.add_arguments(p)
 
 
@@ -185,7 +196,28 @@ def _stylizer_kwargs(args) -> dict:
         tile = parse_tile(args.tile)
     except ValueError as e:
         raise UsageError(f"--{e}") from None
-    return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile)
+    if not 0 <= args.strength <= 1:
+        raise UsageError(f"--strength must be between 0 and 1, got {args.strength}")
+    if not 0.1 <= args.style_scale <= 10:
+        raise UsageError(f"--style-scale must be between 0.1 and 10, got {args.style_scale}")
+    return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile,
+                style=args.style, mix=parse_mix(args.mix) if args.mix else None, strength=args.strength,
+                preserve_color=args.preserve_color, style_scale=args.style_scale)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'candy=2,mosaic=1' -> {"candy": 2.0, "mosaic": 1.0} (normalised later, against the model's names)."""
+    mix: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, weight = item.strip().rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or not value >= 0:
+            raise UsageError(f"--mix {text!r}: expected NAME=WEIGHT,... with weights >= 0, e.g. candy=2,mosaic=1")
+        mix[name] = mix.get(name, 0.0) + value
+    return mix
 
 
 def run(args) -> int:
@@ -211,7 +243,12 @@ def run(args) -> int:
         if not failed:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
-    stylizer = instyle.load(args.model, **kwargs)
+    from instyle.models.styles import StyleError
+
+    try:
+        stylizer = instyle.load(args.model, **kwargs)
+    except StyleError as e:
+        raise UsageError(f"--style/--mix: {e}") from None
     from instyle.video import is_video
 
     videos = [j for j in todo if is_video(j.src)]

@@ -15,6 +15,10 @@ from torch import nn
 from .norm import ConditionalInstanceNorm2d
 
 
+class StyleError(ValueError):
+    """A style name, index or mix that the model cannot apply; the message lists the known styles."""
+
+
 def style_count(model: nn.Module) -> int:
     return int(getattr(model, "styles", 1))
 
@@ -33,7 +37,7 @@ def mix_weights(names: Sequence[str], mix: Mapping[str | int, float] | str | int
     for key, value in mix.items():
         w[_index(names, key)] += float(value)
     if (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
-        raise ValueError(f"style weights must be >= 0 with a positive sum, got {dict(mix)}")
+        raise StyleError(f"style weights must be >= 0 with a positive sum, got {dict(mix)}")
     return w / w.sum()
 
 
@@ -42,10 +46,10 @@ def _index(names: Sequence[str], key: str | int) -> int:
         i = int(key)
         if 0 <= i < len(names):
             return i
-        raise ValueError(f"style index {i} out of range (this model has {len(names)} styles: {', '.join(names)})")
+        raise StyleError(f"style index {i} out of range (this model has {len(names)} styles: {', '.join(names)})")
     if key in names:
         return list(names).index(key)
-    raise ValueError(f"unknown style {key!r} (known: {', '.join(names)})")
+    raise StyleError(f"unknown style {key!r} (known: {', '.join(names)})")
 
 
 def bake(model: nn.Module, weights: torch.Tensor) -> nn.Module:
