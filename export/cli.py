@@ -3,6 +3,7 @@ Triton-server model repository (DESIGN.md, Export contract). Heavy imports happe
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -192,7 +193,11 @@ def _run_triton_repo(args) -> int:
             trt_export.build_engine(onnx_path, model_file, profiles=_profiles(batch_args, min_size),
                                     precision=args.engine_precision, timing_cache=args.timing_cache,
                                     workspace_gb=args.workspace_gb)
-        folder = triton_repo.write_repo(args.output, name, model_file, args.format, max_batch=args.max_batch)
+        from instyle.export.onnx import read_metadata
+
+        styles = len(json.loads(read_metadata(onnx_path).get("styles") or "[]")) or 1
+        folder = triton_repo.write_repo(args.output, name, model_file, args.format, max_batch=args.max_batch,
+                                        styles=styles)
     print(f"wrote {folder} ({args.format}); serve with: tritonserver --model-repository={args.output}",
           file=sys.stdout)
     return 0

@@ -1,7 +1,9 @@
 """Export a generator to ONNX under the image contract (DESIGN.md, Export contract).
 
 The graph takes `image` (float32 N,3,H,W, RGB 0..255, dynamic N/H/W) and returns `stylized` (same shape,
-float32, clamped 0..255). The stride padding lives in the graph: H and W are reflect-padded bottom/right up
+float32, clamped 0..255). A multi-style generator's graph also takes `style_weights` (float32 N x S, each
+row a convex mix of the S styles; a one-hot row is one style), so one exported file serves every style and
+mix, sample by sample. The stride padding lives in the graph: H and W are reflect-padded bottom/right up
 to the next multiple of m, the generator's stride multiple (the amount, (-H) mod m as in engine/padding.py,
 is computed from the input's shape at run time), and the output is cropped back, so a Triton-server or
 TensorRT user can send any H, W >= the generator's `min_size`. Smaller images are padded by the engine's
@@ -37,7 +39,7 @@ from instyle.atomic import atomic_path
 
 from .cache import cache_dir, model_key
 
-INPUT_NAME, OUTPUT_NAME = "image", "stylized"
+INPUT_NAME, OUTPUT_NAME, STYLE_INPUT = "image", "stylized", "style_weights"
 INPUT_CONTRACT = "RGB 0..255 float32 NCHW"
 DEFAULT_OPSET = 18
 EXPORT_FORMAT = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
@@ -52,9 +54,10 @@ class _Fp32Norm(nn.Module):
     def __init__(self, norm: nn.Module):
         super().__init__()
         self.norm = norm.float()
+        self.conditional, self.styles = getattr(norm, "conditional", False), getattr(norm, "styles", 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.float()).to(x.dtype)
+    def forward(self, x: torch.Tensor, *style_weights: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float(), *style_weights).to(x.dtype)
 
 
 class ImageContract(nn.Module):
@@ -66,7 +69,7 @@ class ImageContract(nn.Module):
         self.multiple = int(generator.stride_multiple)
         self.compute_dtype = compute_dtype
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         h, w = image.shape[-2], image.shape[-1]
         m = self.multiple
         # ceil(h / m) * m traces to ONNX Div/Mul on the input's shape: the padding is computed in-graph. (The
@@ -74,7 +77,8 @@ class ImageContract(nn.Module):
         # pooled scales need, but not the same of h + (-h) % m.)
         hp, wp = (h + m - 1) // m * m, (w + m - 1) // m * m
         x = F.pad(image, (0, wp - w, 0, hp - h), mode="reflect")
-        y = self.generator(x.to(self.compute_dtype))[..., :h, :w]
+        extra = () if style_weights is None else (style_weights,)
+        y = self.generator(x.to(self.compute_dtype), *extra)[..., :h, :w]
         return y.float().clamp(0.0, 255.0)
 
 
@@ -97,7 +101,7 @@ def contract_module(model: nn.Module, precision: str = "fp32") -> ImageContract:
     if precision == "fp16":
         gen = gen.half()
         for name, module in list(gen.named_modules()):
-            if isinstance(module, (nn.InstanceNorm2d, nn.BatchNorm2d)):
+            if isinstance(module, (nn.InstanceNorm2d, nn.BatchNorm2d)) or getattr(module, "conditional", False):
                 parent_name, _, child = name.rpartition(".")
                 setattr(gen.get_submodule(parent_name), child, _Fp32Norm(module))
     return ImageContract(gen, _DTYPES[precision]).eval()
@@ -120,6 +124,7 @@ def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision:
         "min_size": str(model.min_size),
         "opset": str(opset),
         "training": meta.get("training", "{}"),
+        **({"styles": meta.get("styles", "[]")} if getattr(model, "styles", 1) > 1 else {}),
     }
 
 
@@ -204,13 +209,19 @@ def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEF
         raise ValueError(f"static size {static[0]}x{static[1]} is below the generator's minimum {lo}x{lo}")
     # a sample that is not a stride multiple and not 0/1 in any dynamic dim, so nothing gets specialized
     sample = torch.zeros(2, 3, *(static or (max(lo, 2 * m) + 1, max(lo, 2 * m) + 3)))
-    dims = {0: torch.export.Dim("batch")}
+    batch = torch.export.Dim("batch")
+    dims = {0: batch}
     if static is None:
         dims.update({2: torch.export.Dim("height", min=lo), 3: torch.export.Dim("width", min=lo)})
+    styles = int(getattr(model, "styles", 1))
+    args, names, shapes = (sample,), [INPUT_NAME], {"image": dims}
+    if styles > 1:  # one mix per sample: N x S, batch dimension shared with the image
+        args, names = (sample, torch.full((2, styles), 1.0 / styles)), [INPUT_NAME, STYLE_INPUT]
+        shapes = {"image": dims, "style_weights": {0: batch}}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (sample,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"image": dims}, opset_version=max(opset, DEFAULT_OPSET), verbose=False,
+            wrapper, args, dynamo=True, input_names=names, output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes, opset_version=max(opset, DEFAULT_OPSET), verbose=False,
             optimize=True)
     proto = program.model_proto
     if opset == 17:

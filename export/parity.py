@@ -48,11 +48,27 @@ def photo_batch(n: int, height: int, width: int, paths: list[Path] | None = None
     return torch.stack(images).permute(0, 3, 1, 2).float().contiguous()
 
 
-def reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The PyTorch fp32 CPU result of the engine's eager backend."""
+def reference(model: nn.Module, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The PyTorch fp32 CPU result of the engine's eager backend; with `style_weights` (N x S), the
+    multi-style generator run with each sample's own mix (padded and cropped as the engine does)."""
     from instyle.engine import Stylizer
+    from instyle.engine.padding import crop, pad_to_multiple
 
-    return Stylizer(copy.deepcopy(model).float().cpu(), backend="eager", precision="fp32", device="cpu")(x)
+    if style_weights is None:
+        return Stylizer(copy.deepcopy(model).float().cpu(), backend="eager", precision="fp32", device="cpu")(x)
+    net = copy.deepcopy(model).float().cpu().eval()
+    padded, size = pad_to_multiple(x.float(), net.stride_multiple, net.min_size)
+    with torch.no_grad():
+        return crop(net(padded, style_weights), size).clamp(0, 255)
+
+
+def mixed_weights(n: int, styles: int, seed: int = 0) -> torch.Tensor:
+    """n rows of style weights: a one-hot row, then random convex mixes (each sample its own)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(n, styles, generator=g)
+    w[0] = 0
+    w[0, (n - 1) % styles] = 1
+    return w / w.sum(dim=1, keepdim=True)
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -72,15 +88,20 @@ def passes(stats: dict[str, float], precision: str) -> bool:
 def check_onnx(path: str | os.PathLike, model: nn.Module, *, precision: str = "fp32",
                shapes: list[tuple[int, int, int]] | None = None) -> list[dict]:
     """Run the ONNX file in ONNX Runtime (CPU) and the PyTorch reference on photos; one row per N,H,W."""
-    from .onnx import INPUT_NAME
+    from .onnx import INPUT_NAME, STYLE_INPUT
     from .ort_runner import make_session
 
     session = make_session(path, "cpu")
+    styles = int(getattr(model, "styles", 1))
     rows = []
     for n, h, w in shapes or [(1, *CHECK_SIZES[0]), (1, *CHECK_SIZES[1]), (3, *CHECK_SIZES[0])]:
         x = photo_batch(n, h, w)
-        (out,) = session.run(None, {INPUT_NAME: x.numpy()})
-        stats = compare(torch.from_numpy(out), reference(model, x))
+        feed, weights = {INPUT_NAME: x.numpy()}, None
+        if styles > 1:
+            weights = mixed_weights(n, styles)
+            feed[STYLE_INPUT] = weights.numpy()
+        (out,) = session.run(None, feed)
+        stats = compare(torch.from_numpy(out), reference(model, x, weights))
         rows.append({"batch": n, "height": h, "width": w, **stats, "ok": passes(stats, precision)})
     return rows
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from instyle.atomic import atomic_path
 
 from .cache import sha256_file
-from .onnx import INPUT_NAME
+from .onnx import INPUT_NAME, STYLE_INPUT
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -136,9 +136,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         _constrain_norms_to_fp32(trt, network)
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    styles = inputs[STYLE_INPUT].shape[1] if STYLE_INPUT in inputs else 0  # multi-style graphs: N x S mixes
     for lo, opt, hi in profiles:
         profile = builder.create_optimization_profile()
         profile.set_shape(INPUT_NAME, lo, opt, hi)
+        if styles:
+            profile.set_shape(STYLE_INPUT, (lo[0], styles), (opt[0], styles), (hi[0], styles))
         config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
     blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""

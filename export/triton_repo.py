@@ -14,7 +14,7 @@ from pathlib import Path
 
 from instyle.atomic import atomic_path
 
-from .onnx import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAME
+from .onnx import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAME, STYLE_INPUT
 
 FORMATS = ("onnx", "plan")
 _PLATFORM = {"onnx": 'backend: "onnxruntime"', "plan": 'platform: "tensorrt_plan"'}
@@ -27,8 +27,8 @@ def model_name(text: str) -> str:
 
 
 def config_pbtxt(name: str, fmt: str = "onnx", *, max_batch: int = 8, instances: int = 1,
-                 queue_delay_us: int = 2000) -> str:
-    """config.pbtxt text for a model of the export contract."""
+                 queue_delay_us: int = 2000, styles: int = 1) -> str:
+    """config.pbtxt text for a model of the export contract (styles > 1: the `style_weights` input too)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if max_batch < 0:
@@ -36,12 +36,15 @@ def config_pbtxt(name: str, fmt: str = "onnx", *, max_batch: int = 8, instances:
     dims = "[ 3, -1, -1 ]" if max_batch > 0 else "[ -1, 3, -1, -1 ]"
     batching = (f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
                 if max_batch > 0 else "")
+    style_dims = f"[ {styles} ]" if max_batch > 0 else f"[ -1, {styles} ]"
+    style_input = (f',\n  {{\n    name: "{STYLE_INPUT}"\n    data_type: TYPE_FP32\n    dims: {style_dims}\n  }}'
+                   if styles > 1 else "")
     return (
         f'name: "{name}"\n'
         f"{_PLATFORM[fmt]}\n"
         f"max_batch_size: {max_batch}\n"
         f"# {INPUT_CONTRACT} in; same shape, clamped 0..255, out\n"
-        f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}\n]\n'
+        f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}{style_input}\n]\n'
         f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}\n]\n'
         f"{batching}"
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_AUTO\n  }}\n]\n"
@@ -90,13 +93,13 @@ Dynamic batching groups concurrent requests of the same H x W (up to max_batch_s
 
 
 def write_repo(repo: str | os.PathLike, name: str, model_file: str | os.PathLike, fmt: str = "onnx", *,
-               max_batch: int = 8) -> Path:
+               max_batch: int = 8, styles: int = 1) -> Path:
     """Lay out REPO/NAME/ around an existing model file (copied in); returns the model's folder."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     folder = Path(repo) / name
     target = folder / "1" / f"model.{fmt}"
-    config = config_pbtxt(name, fmt, max_batch=max_batch)
+    config = config_pbtxt(name, fmt, max_batch=max_batch, styles=styles)
     with atomic_path(target) as tmp:
         shutil.copyfile(model_file, tmp)
     sidecar = Path(str(model_file) + ".json")

@@ -186,3 +186,33 @@ def test_photo_batch_is_real_data(data):
     assert x.shape == (3, 3, 33, 51) and x.dtype == torch.float32
     assert 0 <= float(x.min()) and float(x.max()) <= 255 and not torch.equal(x[0], x[1])
     assert np.isfinite(x.numpy()).all()
+
+
+def test_multi_style_graph_takes_style_weights(tmp_path):
+    """A conditional-IN generator exports with a second input, N x S style weights, one mix per sample."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from instyle import models
+    from instyle.export import parity, triton_repo
+    from instyle.export.onnx import STYLE_INPUT, export_onnx, read_metadata
+    from instyle.models.norm import ConditionalInstanceNorm2d
+
+    torch.manual_seed(0)
+    m = models.build("johnson", dict(width=8, blocks=1, styles=3)).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, ConditionalInstanceNorm2d):
+                mod.weight.normal_(1, 0.5)
+                mod.bias.normal_(0, 0.5)
+    meta = {"styles": json.dumps([{"name": n, "source": ""} for n in "abc"])}
+    for precision, tol in (("fp32", 1e-2), ("fp16", 1.0)):
+        path = export_onnx(m, tmp_path / f"m-{precision}.onnx", precision=precision, metadata=meta)
+        proto = onnx.load(str(path))
+        assert [i.name for i in proto.graph.input] == ["image", STYLE_INPUT]
+        assert json.loads(read_metadata(path)["styles"])[2]["name"] == "c"
+        rows = parity.check_onnx(path, m, precision=precision, shapes=[(3, 37, 45), (1, 64, 48)])
+        assert all(r["max_abs"] <= tol for r in rows), rows
+    text = triton_repo.config_pbtxt("m", styles=3)
+    assert f'name: "{STYLE_INPUT}"' in text and "dims: [ 3 ]" in text
+    assert STYLE_INPUT not in triton_repo.config_pbtxt("m")

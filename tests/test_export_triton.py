@@ -51,3 +51,11 @@ def test_write_repo_layout(tmp_path):
     text = (tmp_path / "repo" / "README.md").read_text()
     assert "docker run" in text and "tritonclient.http" in text and '"candy"' in text
     assert not [p for p in (tmp_path / "repo").rglob(".*")]  # no temporary files
+
+
+@pytest.mark.parametrize("max_batch", [0, 8])
+def test_multi_style_config_declares_style_weights(max_batch):
+    config = _parse(triton_repo.config_pbtxt("zoo", max_batch=max_batch, styles=10))
+    assert [t.name for t in config.input] == ["image", "style_weights"]
+    assert list(config.input[1].dims) == ([10] if max_batch else [-1, 10])
+    assert config.input[1].data_type == model_config_pb2.TYPE_FP32
