@@ -210,3 +210,30 @@ def test_two_style_model_end_to_end(tmp_path, data, capsys):
     ref = load(str(out), backend="eager", device="cpu", mix={"candy": 1, "udnie": 3})(x)
     ort = load(str(out), backend="onnxruntime", device="cpu", mix={"candy": 1, "udnie": 3})(x)
     assert (ort - ref).abs().max() <= 1e-2
+
+
+def test_finetune_adds_a_style_and_trains_only_its_rows(tmp_path, data):
+    """--finetune: the base model's convolutions and style rows stay bit for bit; the new rows move."""
+    from instyle.models.norm import ConditionalInstanceNorm2d
+
+    base = tmp_path / "base.safetensors"
+    common = ["--data", str(data / "content" / "demo"), "--batch-size", "2", "--image-size", "32", "--workers", "0",
+              "--style-size", "64", "--no-progress", "--vgg", str(need(data / "vgg" / "vgg16-features.safetensors"))]
+    assert main(["train", "--style", str(need(data / "styles" / "candy.jpg")), "--style",
+                 str(need(data / "styles" / "udnie.jpg")), "--out", str(base), "--iterations", "2", "--width", "4",
+                 "--blocks", "1", *common]) == 0
+    out = tmp_path / "three.safetensors"
+    assert main(["train", "--finetune", str(base), "--style", str(need(data / "styles" / "wave.jpg")), "--out",
+                 str(out), "--iterations", "3", "--lr", "0.05", "--width", "4", "--blocks", "1", *common]) == 0
+    old, _ = checkpoint.load(base)
+    new, meta = checkpoint.load(out)
+    assert checkpoint.style_names(meta) == ["candy", "udnie", "wave"] and new.styles == 3
+    moved = False
+    for (name, a), (_, b) in zip(old.state_dict().items(), new.state_dict().items()):
+        owner = new.get_submodule(name.rpartition(".")[0])
+        if isinstance(owner, ConditionalInstanceNorm2d):
+            assert torch.equal(a, b[:2]), name      # the base styles' rows are untouched
+            moved |= not torch.allclose(b[2], a.mean(0))  # the new row has learnt
+        else:
+            assert torch.equal(a, b), name          # shared weights are frozen
+    assert moved

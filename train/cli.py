@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="style image (texture mode: the texture to reproduce); repeat it to train one network on "
                         "several styles (conditional instance norm; style names = file names without extension)")
     p.add_argument("--styles-dir", metavar="DIR", help="every image in DIR is a style (sorted by name)")
+    p.add_argument("--finetune", metavar="MODEL", help="add the --style images as new styles to this trained "
+                   "generator, training only their instance-norm gamma/beta rows (the rest stays as it is)")
     p.add_argument("--data", help="folder of content images, searched recursively (style mode)")
     p.add_argument("--out", required=True, help="output generator .safetensors (state, log, samples go beside it)")
     g = p.add_argument_group("generator")
@@ -87,6 +89,10 @@ def style_paths(args) -> list[str]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"style names must differ (file names without extension): {', '.join(dup)} repeats")
+    if args.finetune and not Path(args.finetune).is_file():
+        raise UsageError(f"--finetune {args.finetune}: no such model file")
+    if args.finetune and args.mode == "texture":
+        raise UsageError("--finetune adds styles to a style-mode generator, not a texture model")
     if len(paths) > 1 and args.norm != "instance":
         raise UsageError("several styles in one network need --norm instance (conditional instance norm)")
     if len(paths) > 1 and args.mode == "texture":
@@ -137,6 +143,7 @@ def run(args) -> int:
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
         resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
+        finetune=args.finetune,
         progress=not args.no_progress,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )

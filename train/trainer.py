@@ -29,7 +29,7 @@ from .state import git_rev, load_state, rng_state, save_state, set_rng_state, st
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 # settings that must match for --resume to continue the same run
-_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style")
+_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style", "finetune")
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     save_dtype: str = "fp32"  # fp32 | fp16 (of the .safetensors generator)
     progress: bool = True
     time_budget: float | None = None  # seconds of training (this process) after which to stop and save
+    finetune: str | None = None  # a trained generator: add `style` as new styles, train only their gamma/beta
     vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
 
     @property
@@ -109,7 +110,13 @@ class Trainer:
         self.texture = cfg.mode == "texture"
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.model = build_generator(cfg)
+        self.base_entries: list[dict] = []  # fine-tuning: the base model's styles, before the new ones
+        if cfg.finetune:
+            from .finetune import extend
+
+            self.model, self.base_entries = extend(cfg.finetune, len(cfg.style_paths))
+        else:
+            self.model = build_generator(cfg)
         m = self.model.stride_multiple
         if cfg.image_size % m or cfg.image_size < self.model.min_size:
             raise ValueError(f"--image-size {cfg.image_size} must be a multiple of {m} and >= "
@@ -119,16 +126,24 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.loss.vgg.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        params = list(self.model.parameters())
+        if cfg.finetune:
+            from .finetune import trainable_rows
+
+            params = trainable_rows(self.model, len(self.base_entries))
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
         self.n_fused = fused.maybe_fuse(self.model, dev, cfg.fused)
 
         self.files = [] if self.texture else list_images(_need_data(cfg), cfg.max_images, cfg.seed)
         self.step, self.position, self.elapsed = 0, 0, 0.0
-        self.names = cfg.style_names
+        self.names = [e["name"] for e in self.base_entries] + cfg.style_names
         self.styles = len(self.names)
-        if getattr(loss, "num_styles", 1) != self.styles:
-            raise ValueError(f"the loss holds {getattr(loss, 'num_styles', 1)} style targets for {self.styles} styles")
+        if len(set(self.names)) != self.styles:
+            raise ValueError(f"style names repeat: {', '.join(self.names)}")
+        if getattr(loss, "num_styles", 1) != len(cfg.style_paths):
+            raise ValueError(f"the loss holds {getattr(loss, 'num_styles', 1)} style targets for "
+                             f"{len(cfg.style_paths)} styles")
         self.style_columns = tuple(f"style_{n}" for n in self.names) if self.styles > 1 else ()
         self.log = LossLog(self._sibling(".log.csv"), self._sibling(".loss.png"), extra_fields=self.style_columns)
         if cfg.resume:
@@ -185,7 +200,8 @@ class Trainer:
         if self.styles == 1:
             return None
         g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1_013 + rank)
-        return torch.randint(self.styles, (self.cfg.batch_size,), generator=g).to(self.device)
+        first = len(self.base_entries)  # fine-tuning draws only the new styles
+        return (first + torch.randint(self.styles - first, (self.cfg.batch_size,), generator=g)).to(self.device)
 
     def _loader(self):
         if self.texture:
@@ -206,7 +222,9 @@ class Trainer:
                 y = self.net(x)
             else:
                 y = self.net(x, torch.nn.functional.one_hot(index, self.styles).float())
-            terms = self.loss(y, None if self.texture else content, index)
+            # the loss holds the targets of the styles being trained: the new ones when fine-tuning
+            terms = self.loss(y, None if self.texture else content,
+                              None if index is None else index - len(self.base_entries))
         self.last_styles = (index, terms.pop("style_per_sample").detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total"]).backward()
@@ -320,8 +338,8 @@ class Trainer:
             "config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}, "losses": losses,
         })
         dtype = {"fp32": None, "fp16": torch.float16}[cfg.save_dtype]
-        styles = None if self.styles == 1 else [
-            {"name": n, "source": Path(p).name} for n, p in zip(self.names, cfg.style_paths)]
+        styles = None if self.styles == 1 else self.base_entries + [
+            {"name": n, "source": Path(p).name} for n, p in zip(cfg.style_names, cfg.style_paths)]
         checkpoint.save(self.model, self.out, style=self.names[0], styles=styles,
                         training=self.training_metadata(losses), dtype=dtype)
         self.log.flush()
