@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="style name, .safetensors/.pth path, or an exported .onnx file")
     p.add_argument("-o", "--output", required=True, type=Path, help="the .engine file to write")
     p.add_argument("--profile", action="append", metavar="MIN:OPT:MAX",
-                   help="optimization profile, repeatable; shapes HxW or NxCxHxW, e.g. "
-                        "256x256:1024x1024:1024x1024 (default: buckets <=1024^2, <=1080p, <=4K)")
+                   help="optimization profile, repeatable; image sizes WxH or tensor shapes NxCxHxW, e.g. "
+                        "256x256:1920x1080:1920x1080 (default: buckets <=1024^2, <=1080p, <=4K)")
     _engine_options(p)
 
     p = sub.add_parser("triton-repo", help="Triton Inference Server model repository")
@@ -45,11 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _engine_options(p: argparse.ArgumentParser, max_batch_default: int = 1) -> None:
     p.add_argument("--max-batch", type=int, default=max_batch_default,
                    help=f"largest batch (default {max_batch_default})")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--fp16", action="store_const", dest="engine_precision", const="fp16",
-                       help="allow fp16 kernels (instance norms stay fp32)")
-    group.add_argument("--bf16", action="store_const", dest="engine_precision", const="bf16",
-                       help="allow bf16 kernels (instance norms stay fp32)")
+    p.add_argument("--fp16", action="store_const", dest="engine_precision", const="fp16",
+                   help="an fp16 engine, built from the fp16 ONNX graph (instance norms stay fp32)")
     p.set_defaults(engine_precision="fp32")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4)")
@@ -138,17 +135,23 @@ def _profiles(args, min_size: int):
 
 
 def _onnx_source(args, tmpdir: Path) -> tuple[Path, int, str]:
-    """(an ONNX file for --model, the generator's min_size, a default name)."""
+    """(an ONNX file for --model at the engine's precision, the generator's min_size, a default name)."""
     from instyle.export import onnx as onnx_export
 
+    # the engine's precision is its graph's (strongly typed): only a TensorRT target asks for one
+    precision = args.engine_precision if getattr(args, "format", "plan") == "plan" else None
     if _is_onnx(args.model):
         path = Path(args.model).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
         meta = onnx_export.read_metadata(path)
+        graph = meta.get("precision", "fp32")
+        if precision is not None and graph != precision:
+            raise _usage(f"--model {path} is an {graph} graph; an engine runs its graph's precision: export it "
+                         f"with --precision {precision}, or pass the model file")
         return path, int(meta.get("min_size", 1)), meta.get("style") or path.stem
     model, meta = _load_model(args.model)
-    path = onnx_export.export_onnx(model, tmpdir / "model.onnx", metadata=meta)
+    path = onnx_export.export_onnx(model, tmpdir / "model.onnx", metadata=meta, precision=precision or "fp32")
     return path, int(model.min_size), meta.get("style") or "instyle"
 
 

@@ -1,14 +1,17 @@
-"""TensorRT engines from the exported ONNX graph (TensorRT >= 10 Python API).
+"""TensorRT engines from the exported ONNX graph (TensorRT 10 and 11 Python API).
 
 Optimization profiles. TensorRT tunes kernels for a range of input shapes per profile; one profile per
-resolution bucket keeps each range tight. A profile string is `MIN:OPT:MAX`, each shape either
-`NxCxHxW` (C must be 3) or `HxW` (batch 1; MAX's batch becomes --max-batch). Examples:
-    1x3x256x256:1x3x1024x1024:4x3x1024x1024      256x256:1024x1024:1024x1024
+resolution bucket keeps each range tight. A profile string is `MIN:OPT:MAX`, each shape either a tensor
+shape `NxCxHxW` (C must be 3) or an image size `WxH`, width first like every size on instyle's command line
+(batch 1; MAX's batch becomes --max-batch). Examples:
+    1x3x256x256:1x3x1080x1920:4x3x1080x1920      256x256:1920x1080:1920x1080
 Default buckets (long side up to 1024, up to 1080p, up to 4K, both orientations): see `default_profiles`.
 At run time the first profile whose MIN..MAX contains the input shape is used (`pick_profile`).
 
-Precision: --fp16/--bf16 let TensorRT pick lower-precision kernels, while the InstanceNormalization layers
-(parsed natively, NATIVE_INSTANCENORM) are constrained to fp32 so their statistics stay accurate.
+Precision lives in the graph: engines are built as strongly typed networks (TensorRT 11 removed the
+precision builder flags; 10.x accepts the creation flag), so an fp16 engine is built from the fp16 ONNX
+export, whose convolutions are fp16 and whose InstanceNormalization nodes (parsed natively,
+NATIVE_INSTANCENORM) run in fp32 between Casts, keeping their statistics accurate.
 The engine's JSON sidecar (`<engine>.json`) records the TensorRT version, GPU, profiles, precision and the
 sha256 of the source ONNX file: an engine only runs on the GPU model and TensorRT version that built it.
 """
@@ -36,19 +39,19 @@ Profile = tuple[Shape, Shape, Shape]  # min, opt, max
 BUCKETS = (("1024", (1024, 1024), (1024, 1024)),
            ("1080p", (1080, 1920), (1920, 1920)),
            ("4k", (2160, 3840), (3840, 3840)))
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16")  # the ONNX export's precisions: a strongly typed engine takes the graph's
 _SHAPE = re.compile(r"^\d+(x\d+){1,3}$")
 
 
 def parse_shape(text: str, batch: int = 1) -> Shape:
     text = text.strip().lower()
     if not _SHAPE.match(text):
-        raise ValueError(f"bad shape {text!r}: expected HxW or NxCxHxW with positive integers")
+        raise ValueError(f"bad shape {text!r}: expected WxH or NxCxHxW with positive integers")
     dims = [int(v) for v in text.split("x")]
-    if len(dims) == 2:
-        dims = [batch, 3, *dims]
+    if len(dims) == 2:  # an image size, width first
+        dims = [batch, 3, dims[1], dims[0]]
     if len(dims) != 4:
-        raise ValueError(f"bad shape {text!r}: expected HxW or NxCxHxW, got {len(dims)} numbers")
+        raise ValueError(f"bad shape {text!r}: expected WxH or NxCxHxW, got {len(dims)} numbers")
     if dims[1] != 3:
         raise ValueError(f"bad shape {text!r}: the image has 3 channels, got C={dims[1]}")
     if min(dims) < 1:
@@ -60,8 +63,8 @@ def parse_profile(text: str, *, max_batch: int = 1, min_size: int = 1) -> Profil
     """`MIN:OPT:MAX` -> three N,3,H,W shapes; raises ValueError with a one-line reason."""
     parts = text.split(":")
     if len(parts) != 3:
-        raise ValueError(f"bad profile {text!r}: expected MIN:OPT:MAX, e.g. 256x256:1024x1024:1024x1024 "
-                         "or 1x3x256x256:1x3x1024x1024:4x3x1024x1024")
+        raise ValueError(f"bad profile {text!r}: expected MIN:OPT:MAX, e.g. 256x256:1920x1080:1920x1080 "
+                         "or 1x3x256x256:1x3x1080x1920:4x3x1080x1920")
     lo, opt, hi = parse_shape(parts[0]), parse_shape(parts[1]), parse_shape(parts[2], batch=max_batch)
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
         raise ValueError(f"bad profile {text!r}: needs MIN <= OPT <= MAX in every dimension")
@@ -101,29 +104,36 @@ def import_tensorrt():
     return tensorrt
 
 
-def _constrain_norms_to_fp32(trt, network: trt.INetworkDefinition) -> None:
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.NORMALIZATION:
-            layer.precision = trt.float32
-            layer.set_output_type(0, trt.float32)
-            # get_layer returns the ILayer base; view it as INormalizationLayer for its compute precision
-            layer.__class__ = trt.INormalizationLayer
-            layer.compute_precision = trt.float32
+def strongly_typed_network(trt, builder):
+    """An explicit-batch, strongly typed network: the only kind in TensorRT 11, opt-in (flag) in 10.x."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return builder.create_network(0 if flag is None else 1 << int(flag))
+
+
+def graph_precision(onnx_path: str | os.PathLike) -> str:
+    """The precision the ONNX export recorded in its metadata (fp32 when absent)."""
+    from .onnx import read_metadata
+
+    return read_metadata(onnx_path).get("precision", "fp32")
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *,
-                 profiles: list[Profile], precision: str = "fp16", timing_cache: str | os.PathLike | None = None,
+                 profiles: list[Profile], precision: str | None = None, timing_cache: str | os.PathLike | None = None,
                  workspace_gb: float = 4.0) -> dict:
-    """Build a serialized engine from an ONNX file; writes the engine and its JSON sidecar atomically."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """Build a serialized engine from an ONNX file; writes the engine and its JSON sidecar atomically.
+
+    precision: None takes the graph's; a value must match it (strong typing runs the graph's types)."""
+    graph = graph_precision(onnx_path)
+    if precision is not None and precision != graph:
+        raise ValueError(f"{onnx_path} is an {graph} graph; a strongly typed engine runs the graph's precision: "
+                         f"export it with `instyle export onnx --precision {precision}` (or pass the model)")
+    precision = graph
     if not profiles:
         raise ValueError("at least one optimization profile is needed")
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = strongly_typed_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
@@ -132,10 +142,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision != "fp32":
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        _constrain_norms_to_fp32(trt, network)
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     styles = inputs[STYLE_INPUT].shape[1] if STYLE_INPUT in inputs else 0  # multi-style graphs: N x S mixes
     for lo, opt, hi in profiles:

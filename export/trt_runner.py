@@ -16,7 +16,7 @@ from . import tensorrt as trt_export
 from .cache import cache_dir, model_key
 from .onnx import INPUT_NAME, OUTPUT_NAME, cached_onnx
 
-_PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}  # strongly typed: the ONNX export's precisions
 
 
 def cached_engine(model: nn.Module, precision: str, *, max_batch: int = 1) -> Path:
@@ -27,8 +27,8 @@ def cached_engine(model: nn.Module, precision: str, *, max_batch: int = 1) -> Pa
     path = cache_dir("tensorrt") / f"{model.arch}-{precision}-{key}.engine"
     if not path.is_file():
         profiles = trt_export.default_profiles(min_size=int(model.min_size), max_batch=max_batch)
-        trt_export.build_engine(cached_onnx(model), path, profiles=profiles, precision=precision,
-                                timing_cache=cache_dir("tensorrt") / "timing.cache")
+        trt_export.build_engine(cached_onnx(model, precision=precision), path, profiles=profiles,
+                                precision=precision, timing_cache=cache_dir("tensorrt") / "timing.cache")
     return path
 
 
@@ -85,6 +85,6 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
     except RuntimeError as e:
         raise BackendUnavailable(str(e)) from None
     if dtype not in _PRECISION_OF:
-        raise BackendUnavailable(f"the tensorrt backend runs fp32, fp16 or bf16, not {dtype}")
+        raise BackendUnavailable(f"the tensorrt backend runs fp32 or fp16 (the ONNX graph's precision), not {dtype}")
     with torch.cuda.device(device):
         return EngineRunner(cached_engine(model, _PRECISION_OF[dtype]), device)

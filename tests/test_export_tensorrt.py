@@ -14,7 +14,8 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.mark.parametrize("text,expected", [
     ("256x256:1024x1024:1024x1024", ((1, 3, 256, 256), (1, 3, 1024, 1024), (4, 3, 1024, 1024))),
     ("1x3x256x256:1x3x1024x1024:4x3x1024x1024", ((1, 3, 256, 256), (1, 3, 1024, 1024), (4, 3, 1024, 1024))),
-    ("8x8:720X1280:1x3x1080x1920", ((1, 3, 8, 8), (1, 3, 720, 1280), (1, 3, 1080, 1920))),
+    ("8x8:1280X720:1x3x1080x1920", ((1, 3, 8, 8), (1, 3, 720, 1280), (1, 3, 1080, 1920))),
+    ("16x8:1920x1080:1920x1080", ((1, 3, 8, 16), (1, 3, 1080, 1920), (4, 3, 1080, 1920))),  # WxH: width first
 ])
 def test_parse_profile(text, expected):
     assert trt_export.parse_profile(text, max_batch=4) == expected
@@ -22,13 +23,13 @@ def test_parse_profile(text, expected):
 
 @pytest.mark.parametrize("text,needle", [
     ("256x256:1024x1024", "MIN:OPT:MAX"),
-    ("256:1024x1024:1024x1024", "HxW or NxCxHxW"),
+    ("256:1024x1024:1024x1024", "WxH or NxCxHxW"),
     ("1x4x8x8:1x4x8x8:1x4x8x8", "3 channels"),
     ("0x8:8x8:8x8", ">= 1"),
     ("64x64:32x32:128x128", "MIN <= OPT <= MAX"),
     ("2x3x64x64:1x3x64x64:4x3x64x64", "MIN <= OPT <= MAX"),
     ("4x4:8x8:8x8", "H and W >= 8"),
-    ("a:b:c", "HxW or NxCxHxW"),
+    ("a:b:c", "WxH or NxCxHxW"),
 ])
 def test_parse_profile_rejects(text, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")) as info:
@@ -100,3 +101,26 @@ def test_engine_matches_eager(tmp_path, monkeypatch):
     out = Stylizer(model, backend="tensorrt", precision="fp32", device="cuda")(x)  # batch 3 > max 1: chunks
     assert (out - ref).abs().max().item() <= 0.05
     assert list((tmp_path / "tensorrt").glob("*.engine.json"))
+
+
+def test_engine_precision_is_the_graphs(tmp_path):
+    """Strongly typed engines (TensorRT 11): --fp16 needs the fp16 graph; a model is exported at --fp16."""
+    import argparse
+
+    from instyle.cli import UsageError
+    from instyle.export import cli as export_cli
+    from instyle.export.onnx import export_onnx
+    from instyle.models import JohnsonNet
+
+    pytest.importorskip("onnxscript")
+    fp32 = export_onnx(JohnsonNet(width=4, blocks=0), tmp_path / "m.onnx")
+    args = argparse.Namespace(model=str(fp32), engine_precision="fp16")
+    with pytest.raises(UsageError, match="fp32 graph.*--precision fp16"):
+        export_cli._onnx_source(args, tmp_path)
+    args.engine_precision = "fp32"
+    assert export_cli._onnx_source(args, tmp_path)[0] == fp32
+    repo = argparse.Namespace(model=str(fp32), engine_precision="fp16", format="onnx")  # triton-repo, ONNX Runtime
+    assert export_cli._onnx_source(repo, tmp_path)[0] == fp32
+    with pytest.raises(ValueError, match="fp32 graph"):
+        trt_export.build_engine(fp32, tmp_path / "e.engine", profiles=trt_export.default_profiles(),
+                                precision="fp16")
