@@ -25,6 +25,7 @@ from .padding import crop, pad_to_multiple
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TORCH_BACKENDS = ("eager", "triton", "compile")  # run the PyTorch module: channels_last on CUDA
 MIN_TILE = 32
+MIX_CACHE = 4  # per-sample mixes: baked networks kept per Stylizer
 
 
 def parse_tile(tile) -> str | int:
@@ -139,10 +140,12 @@ class Stylizer:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, *, strength: float | None = None, preserve_color: bool | None = None,
-                 style_scale: float | None = None) -> torch.Tensor:
+                 style_scale: float | None = None, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         """N,3,H,W (float 0..255 or uint8, any device) -> float32 0..255 on the Stylizer's device.
 
-        The controls default to the Stylizer's own (see the class docstring)."""
+        The controls default to the Stylizer's own (see the class docstring). style_weights (N x S, a
+        multi-style model only): each sample its own mix; samples that share a mix run as one batch of a
+        network with that mix baked in (a few of those are kept, MIX_CACHE)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
         strength = self.strength if strength is None else float(strength)
@@ -153,12 +156,42 @@ class Stylizer:
         if strength == 0:
             return x.clone()
         h, w = x.shape[-2:]
-        y = self._generate(controls.resize(x, controls.scaled_size(h, w, scale)) if scale != 1 else x)
+        xs = controls.resize(x, controls.scaled_size(h, w, scale)) if scale != 1 else x
+        y = self._generate(xs) if style_weights is None else self._generate_per_sample(xs, style_weights)
         if scale != 1:
             y = controls.resize(y, (h, w))
         if preserve:
             y = controls.preserve_color(y, x)
         return controls.blend(y, x, strength)
+
+    def _generate_per_sample(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        if self.source is None:
+            raise StyleError("per-sample style weights need a multi-style model; this one holds one style")
+        n, s = x.shape[0], len(self.style_names)
+        w = style_weights.detach().float().cpu()
+        if w.shape != (n, s) or (w < 0).any() or not (w.sum(1) > 0).all():
+            raise StyleError(f"style_weights must be N x S = {n} x {s}, >= 0, each row with a positive sum; "
+                             f"got {tuple(w.shape)}")
+        w = w / w.sum(1, keepdim=True)
+        y = torch.empty_like(x)
+        for row in torch.unique(w, dim=0):
+            idx = (w == row).all(1).nonzero().flatten().to(x.device)
+            y[idx] = self._for_mix(row)._generate(x[idx])
+        return y
+
+    def _for_mix(self, row: torch.Tensor) -> "Stylizer":
+        """A Stylizer of the same backend with the mix `row` baked in (LRU of MIX_CACHE)."""
+        key = tuple(round(v, 6) for v in row.tolist())
+        cache = self.__dict__.setdefault("_mix_cache", {})
+        if key not in cache:
+            if len(cache) >= MIX_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[key] = Stylizer(self.source, backend=self.backend, precision=self.precision, device=self.device,
+                                  metadata=self.metadata, tile=self.tile,
+                                  mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
+        else:
+            cache[key] = cache.pop(key)  # most recently used last
+        return cache[key]
 
     def _generate(self, x: torch.Tensor) -> torch.Tensor:
         """The generator on x, padded and cropped back, clamped: float32 0..255."""
