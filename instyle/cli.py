@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from instyle.errors import BackendUnavailable
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "stylize": ("instyle.stylize_cli", "stylize image files, folders or globs"),
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UsageError as e:
         print(f"instyle {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as e:  # an explicit --backend that cannot run here: say why and how to fix it
+        print(f"instyle {args.command}: error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -159,20 +159,22 @@ def test_compile_backend_inductor_matches_eager():
             assert_close(run(x), m(x), 1e-3)
 
 
-def test_load_auto_on_cpu_prefers_onnxruntime_else_eager(monkeypatch):
+def test_load_auto_on_cpu_tries_openvino_then_onnxruntime_then_eager(monkeypatch, capsys):
     real = backends.factory
     calls = []
 
     def factory(name):
         calls.append(name)
-        if name == "onnxruntime":
-            raise BackendUnavailable("backend 'onnxruntime' needs the package onnxruntime (test)")
+        if name in ("openvino", "onnxruntime"):
+            raise BackendUnavailable(f"backend {name!r} needs the package {name} (test)")
         return real(name)
 
     monkeypatch.setattr(backends, "factory", factory)
     s = load(narrow(), device="cpu", tile="off")
-    assert calls == ["onnxruntime", "eager"]
+    assert calls == ["openvino", "onnxruntime", "eager"]
     assert (s.backend, s.precision, s.tile) == ("eager", "fp32", "off")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [s.choice] and "backend eager fp32" in lines[0] and "needs the package onnxruntime" in lines[0]
 
 
 def test_load_explicit_and_errors():
