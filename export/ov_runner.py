@@ -47,6 +47,7 @@ from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
 PRECISIONS = ("fp32", "bf16")
 _PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _HINT = {"fp32": "f32", "bf16": "bf16"}
+_TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spells them
 CACHE_FORMAT = "1"  # bump when the converted graph changes for the same weights (invalidates caches)
 HINT = "pip install openvino"
 
@@ -134,12 +135,18 @@ def _sidecar(blob: Path) -> Path:
     return blob.with_suffix(".json")
 
 
-def _import_cached(blob: Path, n_threads: int):
+def _import_cached(blob: Path, precision: str, n_threads: int):
     """The compiled model from `blob`, after checking it against its sidecar; raises on any mismatch."""
     meta = json.loads(_sidecar(blob).read_text())
     if blob.stat().st_size != meta["bytes"] or sha256_file(blob) != meta["sha256"]:
         raise ValueError("size or sha256 differs from its sidecar (truncated or corrupt)")
-    return _core().import_model(blob.read_bytes(), "CPU", {"INFERENCE_NUM_THREADS": n_threads})
+    # the same config as at compile time: without the precision hint an imported model runs the plugin's
+    # default precision (bf16 on a BF16 CPU), not the one it was compiled for
+    compiled = _core().import_model(blob.read_bytes(), "CPU", compile_config(precision, n_threads))
+    got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    if _TYPE_NAME[precision] not in got:
+        raise ValueError(f"imported model runs {got}, not {precision}")
+    return compiled
 
 
 def _write_cache(compiled, blob: Path, precision: str) -> None:
@@ -180,7 +187,7 @@ def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cach
             notes.append(f"cache unreadable ({_why(e)}): running without a cache")
         if present:
             try:
-                return _import_cached(blob, n_threads), notes
+                return _import_cached(blob, precision, n_threads), notes
             except Exception as e:  # noqa: BLE001 -- any unusable entry is rebuilt once
                 notes.append(f"cached {blob.name} was unusable ({_why(e)}): rebuilt it")
                 _forget(blob)

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instyle {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BackendUnavailable as e:  # an explicit --backend that cannot run here: say why and how to fix it
-        print(f"instyle {args.command}: error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
-              file=sys.stderr)
+        lines = str(e).strip().splitlines()
+        print(f"instyle {args.command}: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
