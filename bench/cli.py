@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(johnson, pyramid) for random weights; default: the first shipped style, else a "
                         "random JohnsonNet (timings do not depend on weight values)")
     parser.add_argument("--backends", default="all", metavar="LIST",
-                        help="comma-separated (eager, triton, compile, onnxruntime, tensorrt, ...), or all; "
+                        help="comma-separated (eager, triton, compile, onnxruntime, openvino, tensorrt, ...), or all; "
                         "unavailable ones become rows marked skipped (default: all)")
-    parser.add_argument("--precisions", metavar="LIST", help="fp32,fp16,bf16 (default: all three on CUDA, fp32 on CPU)")
+    parser.add_argument("--precisions", metavar="LIST", help="fp32,fp16,bf16 (default: all three on CUDA; on CPU "
+                        "fp32, and fp32,bf16 for openvino)")
     parser.add_argument("--sizes", metavar="LIST", help=f"N (square) or WxH, comma-separated "
                         f"(default: {GPU_SIZES} on CUDA, {CPU_SIZES} on CPU)")
     parser.add_argument("--batch", metavar="LIST", help="batch sizes, comma-separated (default: 1,8 on CUDA, 1 on CPU)")
@@ -116,8 +117,10 @@ def default_out(date: str, device_name: str) -> Path:
 
 
 NOTES = {
-    "timing": "Steady-state figures exclude setup (setup_s) and warm-up (warmup_s); each of `iters` calls "
-              "is timed alone: CUDA events on GPU, time.perf_counter on CPU.",
+    "timing": "Steady-state figures exclude setup (setup_s: building the Stylizer, export/conversion or cache "
+              "load included), the first call at each new size (first_call_s: per-shape compilation) and the "
+              "other warm-up calls (warmup_s counts all warm-up calls, the first included); each of `iters` "
+              "calls is timed alone: CUDA events on GPU, time.perf_counter on CPU.",
     "flops": "tflops counts convolution FLOPs only (2 x MACs of every conv/transposed conv, from forward "
              "hooks on the real modules, at the padded size); norms, activations and bias adds are not in it.",
     "bound": "bound_ms = max(conv FLOPs / peak FLOP/s, min bytes / peak GB/s) with min bytes = float32 input "
@@ -173,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
                               "--precisions"),
         sizes=parse_sizes(args.sizes or (GPU_SIZES if cuda else CPU_SIZES)),
         batches=parse_batches(args.batch or ("1,8" if cuda else "1")),
-        iters=args.iters, warmup=args.warmup)
+        iters=args.iters, warmup=args.warmup,
+        # on CPU only openvino has a fast bf16 (the CPU's BF16 units); other backends' bf16 is opt-in
+        per_backend={} if cuda or args.precisions else {"openvino": ["fp32", "bf16"]})
     model, name, note = load_model(args.model)
     counted = flops.count(model)
     info = devices.device_info(device)

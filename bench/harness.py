@@ -2,9 +2,10 @@
 
 What one row measures: `Stylizer.__call__` on a float32 N,3,H,W tensor already on the device, i.e. the
 padding, the generator, the crop and the clamp: what a caller of `instyle.load(...)(x)` gets.
-- Building the Stylizer (export, engine build) is `setup_s`; the first `warmup` calls at each shape are
-  `warmup_s` (this is where torch.compile, autotuning and CUDA-graph capture happen). Neither is in the
-  steady-state figures.
+- Building the Stylizer (export, conversion, engine build, or loading them from the cache) is `setup_s`;
+  the first call at each new shape is `first_call_s` (where torch.compile, autotuning, CUDA-graph capture
+  and OpenVINO's per-shape kernel compilation happen); all `warmup` calls at that shape, the first
+  included, are `warmup_s`. None of them is in the steady-state figures.
 - Steady state: `iters` calls, each timed on its own: CUDA events around the call on GPU (the stream is
   synchronized after the last), time.perf_counter on CPU. Median, p10 and p90 of those.
 - Memory: on CUDA, torch.cuda.max_memory_allocated over warm-up and timed calls (the PyTorch allocator
@@ -30,7 +31,7 @@ from .devices import peak_tflops_for
 
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
-            "setup_s", "warmup_s", "iters", "gflop", "mem_kind")
+            "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind")
 TORCH_BACKENDS = ("eager", "triton", "compile")
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -43,16 +44,20 @@ class Matrix:
     batches: list[int]
     iters: int = 20
     warmup: int = 3
+    per_backend: dict[str, list[str]] = field(default_factory=dict)  # backend -> its precisions, overriding
+
+    def precisions_for(self, backend: str) -> list[str]:
+        return self.per_backend.get(backend, self.precisions)
 
     def cells(self):
         for backend in self.backends:
-            for precision in self.precisions:
+            for precision in self.precisions_for(backend):
                 for height, width in self.sizes:
                     for batch in self.batches:
                         yield backend, precision, batch, height, width
 
     def __len__(self) -> int:
-        return len(self.backends) * len(self.precisions) * len(self.sizes) * len(self.batches)
+        return sum(1 for _ in self.cells())
 
 
 @dataclass
@@ -104,7 +109,10 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(max(warmup, 1)):  # at least one call: the first call at a new shape is never timed
+    stylizer(x)  # at least one call: the first call at a new shape is never in the steady state
+    _sync(device)
+    first_call_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         stylizer(x)
     _sync(device)
     warmup_s = time.perf_counter() - t0
@@ -135,6 +143,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
         "tflops": tflops,
         "pct_peak": 100 * tflops / peak if peak else None,
         "bound_ms": _flops.bound_ms(conv_flops, min_bytes, peak, device_info.get("peak_gbps")),
+        "first_call_s": first_call_s,
         "warmup_s": warmup_s,
         "iters": iters,
         "gflop": conv_flops / 1e9,
@@ -163,7 +172,7 @@ def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_inf
     done: set[tuple] = set()
     try:
         for backend in matrix.backends:
-            for precision in matrix.precisions:
+            for precision in matrix.precisions_for(backend):
                 _run_pair(model, backend, precision, matrix, device, device_info, counted["conv"],
                           weight_count, result, done, bar)
     except KeyboardInterrupt:
@@ -197,6 +206,11 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
             finish(cell, empty_row(*cell, skipped=_reason(e)))
         return
     setup_s = time.perf_counter() - t0
+    if stylizer.precision != precision:  # e.g. openvino bf16 on a CPU without BF16 runs fp32: not this row
+        reason = f"runs {stylizer.precision} here" + (f" ({'; '.join(stylizer.notes)})" if stylizer.notes else "")
+        for cell in cells:
+            finish(cell, empty_row(*cell, skipped=reason))
+        return
     for cell in cells:
         row = empty_row(*cell, skipped=None)
         _, _, batch, height, width = cell

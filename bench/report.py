@@ -16,7 +16,8 @@ MD_COLUMNS = [  # (row key, header, format)
     ("size", "H×W", "{}"), ("median_ms", "median ms", "{:.2f}"), ("p10_ms", "p10 ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"), ("images_per_s", "img/s", "{:.1f}"), ("mpx_per_s", "Mpx/s", "{:.2f}"),
     ("peak_mem_mb", "peak mem MB", "{:.0f}"), ("tflops", "TFLOP/s", "{:.3f}"), ("pct_peak", "% peak", "{:.1f}"),
-    ("bound_ms", "bound ms", "{:.3f}"), ("warmup_s", "warm-up s", "{:.2f}"),
+    ("bound_ms", "bound ms", "{:.3f}"), ("setup_s", "setup s", "{:.2f}"), ("first_call_s", "first call s", "{:.2f}"),
+    ("warmup_s", "warm-up s", "{:.2f}"),
 ]
 
 
