@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reported as warmup_s (default 3; at least 1 is always made)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads on CPU (eager/compile "
                         "rows; onnxruntime sizes its own pool to the physical cores); default: torch's choice")
+    parser.add_argument("--image", type=Path, metavar="PHOTO", help="time on this photo resized to each size "
+                        "(default: uniform noise); rows after an eager fp32 row of the same shape get "
+                        "psnr_vs_eager_db")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default bench/results/<date>-<device>/)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
@@ -105,6 +108,24 @@ def load_model(spec: str | None):
         path = checkpoint.resolve(spec)
     module, meta = checkpoint.load(path)
     return module, meta.get("style") or path.stem, None
+
+
+def _read_image(path: Path | None):
+    """3,H,W float 0..255 tensor of a photo (EXIF orientation applied), or None."""
+    if path is None:
+        return None
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    from instyle.cli import UsageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
+    except OSError as e:
+        raise UsageError(f"--image {path}: {e}") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def default_out(date: str, device_name: str) -> Path:
@@ -178,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         batches=parse_batches(args.batch or ("1,8" if cuda else "1")),
         iters=args.iters, warmup=args.warmup,
         # on CPU only openvino has a fast bf16 (the CPU's BF16 units); other backends' bf16 is opt-in
-        per_backend={} if cuda or args.precisions else {"openvino": ["fp32", "bf16"]})
+        per_backend={} if cuda or args.precisions else {"openvino": ["fp32", "bf16"]},
+        image=_read_image(args.image))
     model, name, note = load_model(args.model)
     counted = flops.count(model)
     info = devices.device_info(device)
@@ -190,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         "model": {"name": name, "arch": getattr(model, "arch", type(model).__name__),
                   "config": getattr(model, "config", None), "params": sum(p.numel() for p in model.parameters()),
                   "conv_flops_per_px": counted["conv"], "other_flops_per_px": counted["other"], "note": note},
-        "matrix": {"iters": matrix.iters, "warmup": matrix.warmup, "torch_threads": torch.get_num_threads()},
+        "matrix": {"iters": matrix.iters, "warmup": matrix.warmup, "torch_threads": torch.get_num_threads(),
+                   "input": str(args.image) if args.image else "uniform noise"},
         "notes": NOTES,
     }
     load_before = _loadavg()

@@ -31,7 +31,7 @@ from .devices import peak_tflops_for
 
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
-            "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind")
+            "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind", "psnr_vs_eager_db")
 TORCH_BACKENDS = ("eager", "triton", "compile")
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -45,6 +45,7 @@ class Matrix:
     iters: int = 20
     warmup: int = 3
     per_backend: dict[str, list[str]] = field(default_factory=dict)  # backend -> its precisions, overriding
+    image: torch.Tensor | None = None  # 3,H,W float 0..255: inputs are this photo resized (else uniform noise)
 
     def precisions_for(self, backend: str) -> list[str]:
         return self.per_backend.get(backend, self.precisions)
@@ -100,18 +101,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def make_input(batch: int, height: int, width: int, image: torch.Tensor | None = None) -> torch.Tensor:
+    """N,3,H,W float 0..255 on the CPU: `image` resized to H,W (antialiased bilinear), else seeded noise."""
+    if image is None:
+        gen = torch.Generator().manual_seed(0)
+        return torch.rand(batch, 3, height, width, generator=gen) * 255
+    x = torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return x.clamp_(0, 255).expand(batch, -1, -1, -1).contiguous()
+
+
+def psnr_db(y: torch.Tensor, ref: torch.Tensor) -> float:
+    mse = ((y.double() - ref.double()) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
+
+
 def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: int, warmup: int,
-            device: torch.device, conv_flops_per_px: float, weight_count: int, device_info: dict) -> dict:
-    """One row: warm-up, timed calls, derived rates and the lower bound."""
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, 3, height, width, generator=gen) * 255).to(device)
+            device: torch.device, conv_flops_per_px: float, weight_count: int, device_info: dict,
+            image: torch.Tensor | None = None, outputs: dict | None = None) -> dict:
+    """One row: warm-up, timed calls, derived rates and the lower bound. With `outputs`, the first call's
+    output is stored there under "y"."""
+    x = make_input(batch, height, width, image).to(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    stylizer(x)  # at least one call: the first call at a new shape is never in the steady state
+    y = stylizer(x)  # at least one call: the first call at a new shape is never in the steady state
     _sync(device)
     first_call_s = time.perf_counter() - t0
+    if outputs is not None:
+        outputs["y"] = y.cpu()
+    del y
     for _ in range(warmup - 1):
         stylizer(x)
     _sync(device)
@@ -170,11 +190,12 @@ def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_inf
     result = Result()
     bar = tqdm(total=len(matrix), desc="bench", unit="cfg", disable=True if progress is False else None)
     done: set[tuple] = set()
+    refs: dict[tuple, torch.Tensor] = {}  # (batch, height, width) -> eager fp32 output, for psnr_vs_eager_db
     try:
         for backend in matrix.backends:
             for precision in matrix.precisions_for(backend):
                 _run_pair(model, backend, precision, matrix, device, device_info, counted["conv"],
-                          weight_count, result, done, bar)
+                          weight_count, result, done, bar, refs)
     except KeyboardInterrupt:
         result.interrupted = True
         for cell in matrix.cells():
@@ -188,7 +209,7 @@ def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_inf
 
 
 def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_px, weight_count,
-              result, done, bar) -> None:
+              result, done, bar, refs) -> None:
     cells = [c for c in matrix.cells() if c[:2] == (backend, precision)]
 
     def finish(cell, row):
@@ -215,9 +236,15 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
         row = empty_row(*cell, skipped=None)
         _, _, batch, height, width = cell
         try:
+            outputs: dict = {}
             row.update(measure(stylizer, batch, height, width, iters=matrix.iters, warmup=matrix.warmup,
                                device=device, conv_flops_per_px=conv_per_px, weight_count=weight_count,
-                               device_info=device_info))
+                               device_info=device_info, image=matrix.image, outputs=outputs))
+            key = (batch, height, width)
+            if (backend, precision) == ("eager", "fp32"):
+                refs[key] = outputs["y"]
+            elif key in refs:
+                row["psnr_vs_eager_db"] = psnr_db(outputs["y"], refs[key])
             row["setup_s"] = setup_s
         except (BackendUnavailable, ValueError, RuntimeError, NotImplementedError) as e:
             row = empty_row(*cell, skipped=_reason(e))

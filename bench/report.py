@@ -17,7 +17,7 @@ MD_COLUMNS = [  # (row key, header, format)
     ("p90_ms", "p90 ms", "{:.2f}"), ("images_per_s", "img/s", "{:.1f}"), ("mpx_per_s", "Mpx/s", "{:.2f}"),
     ("peak_mem_mb", "peak mem MB", "{:.0f}"), ("tflops", "TFLOP/s", "{:.3f}"), ("pct_peak", "% peak", "{:.1f}"),
     ("bound_ms", "bound ms", "{:.3f}"), ("setup_s", "setup s", "{:.2f}"), ("first_call_s", "first call s", "{:.2f}"),
-    ("warmup_s", "warm-up s", "{:.2f}"),
+    ("warmup_s", "warm-up s", "{:.2f}"), ("psnr_vs_eager_db", "PSNR vs eager dB", "{:.1f}"),
 ]
 
 
