@@ -46,6 +46,8 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 def markdown(result: dict) -> str:
     dev, model = result["device"], result["model"]
     kind = f"CPU, {dev.get('logical_cpus')} logical CPUs" if dev["kind"] == "cpu" else "GPU"
+    if dev.get("isa") is not None:
+        kind += "; " + (" ".join(dev["isa"]) or "no AVX2") + ("" if "amx_bf16" in dev["isa"] else "; no AMX")
     lines = [
         f"# instyle bench: {dev['name']} ({kind})",
         "",
@@ -56,7 +58,8 @@ def markdown(result: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
         "",
         f"Timed calls per row: {result['matrix']['iters']} (after {result['matrix']['warmup']} warm-up); torch "
-        f"threads {result['matrix']['torch_threads']}; 1-min load average start/end "
+        f"threads {result['matrix']['torch_threads']}; input {result['matrix'].get('input', 'uniform noise')}; "
+        f"1-min load average start/end "
         f"{(result['matrix'].get('load_avg_1m') or {}).get('start')}/{(result['matrix'].get('load_avg_1m') or {}).get('end')}.",
         "",
         f"Peak: {json.dumps(dev['peak_tflops']) + ' TFLOP/s' if dev['peak_tflops'] else 'unknown'}"
