@@ -25,7 +25,7 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
 __all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory", "register",
-           "chain", "auto_precision"]
+           "chain", "auto_precision", "check_device"]
 
 
 @dataclass
@@ -106,6 +106,14 @@ def factory(name: str) -> Factory:
             hint = f" ({spec.hint})" if spec.hint else ""
             raise BackendUnavailable(f"backend {name!r} needs the package {e.name or e}{hint}") from None
     return spec.factory
+
+
+def check_device(name: str, device: torch.device) -> None:
+    """Raise BackendUnavailable when backend `name` does not run on `device`'s type."""
+    spec = TABLE.get(name)
+    kind = torch.device(device).type
+    if spec is not None and kind not in spec.devices:
+        raise BackendUnavailable(f"backend {name!r} runs on {' or '.join(spec.devices)}, not {kind}")
 
 
 def auto_precision(name: str, device: torch.device) -> str:

@@ -51,6 +51,7 @@ class Stylizer:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
         self.tile = parse_tile(tile)
         self.device = resolve_device(device)
+        backends.check_device(backend, self.device)
         self.backend = backend
         self.precision = precision
         self.dtype = PRECISIONS[precision]

@@ -274,3 +274,24 @@ def test_gpu_compile_backend():
         x = image(1, h, w).cuda()
         assert_close(s(x), ref(x), 1e-2)
 
+
+
+def test_auto_chains_and_precisions_per_device():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert backends.chain(cuda) == ("triton", "eager")  # auto on CUDA stays triton + fp16
+    assert backends.chain(cpu) == ("openvino", "onnxruntime", "eager")
+    assert backends.auto_precision("triton", cuda) == "fp16"
+    assert backends.auto_precision("onnxruntime", cpu) == backends.auto_precision("eager", cpu) == "fp32"
+    assert set(backends.BACKENDS) == set(backends.TABLE) and "openvino" in backends.BACKENDS
+    with pytest.raises(BackendUnavailable, match="runs on cuda, not cpu"):
+        backends.check_device("tensorrt", cpu)
+    with pytest.raises(BackendUnavailable, match="runs on cpu, not cuda"):
+        backends.check_device("openvino", cuda)
+
+
+def test_missing_package_is_unavailable_with_install_hint(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable, match=r"needs the package onnxruntime \(pip install 'instyle\[onnx\]'\)"):
+        backends.factory("onnxruntime")
