@@ -78,34 +78,21 @@ def one_line(capsys) -> str:
 # -- parity ---------------------------------------------------------------------------------------------
 
 
-def float64_reference(generator, x):
-    """The generator in float64 under the engine's padding contract: the 'true' output to measure errors."""
-    from instyle.engine.padding import crop, pad_to_multiple
-
-    g = copy.deepcopy(generator).double()
-    padded, size = pad_to_multiple(x.double(), g.stride_multiple, g.min_size)
-    with torch.no_grad():
-        return crop(g(padded), size).clamp(0, 255)
-
-
 @needs_ov
 def test_fp32_parity_with_eager_on_real_photos(generator, photos):
-    """max |delta| vs eager fp32 <= 1e-3, or, where eager fp32 itself is further than that from the float64
-    result (on small crops of this random-weight checkpoint it is: ~3e-3), within 2x eager's own error
-    + 1e-3 of float64 (a derived tolerance, STYLE.md)."""
+    """max |delta| <= 1e-3 vs eager fp32 at odd sizes, batches, mixed sizes across calls, and a larger photo
+    crop (where OpenVINO's native MVN was 0.08 off: the fp32 graph uses two-pass instance norms)."""
     eager = Stylizer(copy.deepcopy(generator), backend="eager", precision="fp32", tile="off")
     ov = Stylizer(copy.deepcopy(generator), backend="openvino", precision="fp32", tile="off")
     assert ov.precision == "fp32"
-    for i, (n, (h, w)) in enumerate([(1, SIZES[0]), (3, SIZES[0]), (2, SIZES[1]), (1, SIZES[2]), (2, SIZES[0])]):
-        x = batch(photos, n, h, w, offset=i)
+    cases = [(1, SIZES[0], 0), (3, SIZES[0], 0), (2, SIZES[1], 1), (1, SIZES[2], 2), (1, (515, 771), 1),
+             (2, SIZES[0], 1)]
+    for n, (h, w), offset in cases:
+        x = batch(photos, n, h, w, offset=offset)
         y, ref = ov(x), eager(x)
         assert y.shape == x.shape and y.dtype == torch.float32
         d = (y - ref).abs().max().item()
-        if d > FP32_MAX_ABS:
-            truth = float64_reference(generator, x)
-            own, ours = (ref.double() - truth).abs().max().item(), (y.double() - truth).abs().max().item()
-            assert ours <= 2 * own + FP32_MAX_ABS, (
-                f"{n}x{h}x{w}: max |delta| vs eager {d:.3g}; vs float64: openvino {ours:.3g}, eager {own:.3g}")
+        assert d <= FP32_MAX_ABS, f"{n}x{h}x{w}: max |delta| vs eager {d:.3g} > {FP32_MAX_ABS}"
 
 
 @needs_ov
@@ -278,7 +265,7 @@ def test_unwritable_cache_onnxruntime_runs_from_memory(tmp_path, monkeypatch, ca
 def test_failed_conversion_moves_down(monkeypatch, capsys):
     from instyle.export import ov_runner
 
-    def broken(model):
+    def broken(model, precision="fp32"):
         raise RuntimeError("Check 'x' failed at convert.cpp:1\nsecond line")
 
     monkeypatch.setattr(ov_runner, "convert", broken)
