@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(johnson, pyramid) for random weights; default: the first shipped style, else a "
                         "random JohnsonNet (timings do not depend on weight values)")
     parser.add_argument("--backends", default="all", metavar="LIST",
-                        help="comma-separated (eager, triton, compile, onnxruntime, tensorrt, ...), or all; "
+                        help="comma-separated (eager, triton, compile, onnxruntime, openvino, tensorrt, ...), or all; "
                         "unavailable ones become rows marked skipped (default: all)")
-    parser.add_argument("--precisions", metavar="LIST", help="fp32,fp16,bf16 (default: all three on CUDA, fp32 on CPU)")
+    parser.add_argument("--precisions", metavar="LIST", help="fp32,fp16,bf16 (default: all three on CUDA; on CPU "
+                        "fp32, and fp32,bf16 for openvino)")
     parser.add_argument("--sizes", metavar="LIST", help=f"N (square) or WxH, comma-separated "
                         f"(default: {GPU_SIZES} on CUDA, {CPU_SIZES} on CPU)")
     parser.add_argument("--batch", metavar="LIST", help="batch sizes, comma-separated (default: 1,8 on CUDA, 1 on CPU)")
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reported as warmup_s (default 3; at least 1 is always made)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads on CPU (eager/compile "
                         "rows; onnxruntime sizes its own pool to the physical cores); default: torch's choice")
+    parser.add_argument("--image", type=Path, metavar="PHOTO", help="time on this photo resized to each size "
+                        "(default: uniform noise); rows after an eager fp32 row of the same shape get "
+                        "psnr_vs_eager_db")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--tile", default="off", help="off (default: whole images), auto, or a tile side in "
                         "pixels; every row records the tile side that ran (`tiled`)")
@@ -108,6 +112,24 @@ def load_model(spec: str | None):
     return module, meta.get("style") or path.stem, None
 
 
+def _read_image(path: Path | None):
+    """3,H,W float 0..255 tensor of a photo (EXIF orientation applied), or None."""
+    if path is None:
+        return None
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    from instyle.cli import UsageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
+    except OSError as e:
+        raise UsageError(f"--image {path}: {e}") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
 def default_out(date: str, device_name: str) -> Path:
     from instyle.paths import PROJECT_ROOT
 
@@ -118,8 +140,10 @@ def default_out(date: str, device_name: str) -> Path:
 
 
 NOTES = {
-    "timing": "Steady-state figures exclude setup (setup_s) and warm-up (warmup_s); each of `iters` calls "
-              "is timed alone: CUDA events on GPU, time.perf_counter on CPU.",
+    "timing": "Steady-state figures exclude setup (setup_s: building the Stylizer, export/conversion or cache "
+              "load included), the first call at each new size (first_call_s: per-shape compilation) and the "
+              "other warm-up calls (warmup_s counts all warm-up calls, the first included); each of `iters` "
+              "calls is timed alone: CUDA events on GPU, time.perf_counter on CPU.",
     "flops": "tflops counts convolution FLOPs only (2 x MACs of every conv/transposed conv, from forward "
              "hooks on the real modules, at the padded size); norms, activations and bias adds are not in it.",
     "bound": "bound_ms = max(conv FLOPs / peak FLOP/s, min bytes / peak GB/s) with min bytes = float32 input "
@@ -188,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
                               "--precisions"),
         sizes=parse_sizes(args.sizes or (GPU_SIZES if cuda else CPU_SIZES)),
         batches=parse_batches(args.batch or ("1,8" if cuda else "1")),
-        iters=args.iters, warmup=args.warmup, tile=_tile(args.tile))
+        iters=args.iters, warmup=args.warmup, tile=_tile(args.tile),
+        # on CPU only openvino has a fast bf16 (the CPU's BF16 units); other backends' bf16 is opt-in
+        per_backend={} if cuda or args.precisions else {"openvino": ["fp32", "bf16"]},
+        image=_read_image(args.image))
     model, name, note = load_model(args.model)
     counted = flops.count(model)
     info = devices.device_info(device)
@@ -200,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
         "model": {"name": name, "arch": getattr(model, "arch", type(model).__name__),
                   "config": getattr(model, "config", None), "params": sum(p.numel() for p in model.parameters()),
                   "conv_flops_per_px": counted["conv"], "other_flops_per_px": counted["other"], "note": note},
-        "matrix": {"iters": matrix.iters, "warmup": matrix.warmup, "torch_threads": torch.get_num_threads()},
+        "matrix": {"iters": matrix.iters, "warmup": matrix.warmup, "torch_threads": torch.get_num_threads(),
+                   "input": str(args.image) if args.image else "uniform noise"},
         "notes": NOTES,
     }
     load_before = _loadavg()

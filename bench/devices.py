@@ -78,10 +78,23 @@ def device_info(device) -> dict:
         info = {"name": name, "kind": "cuda", "memory_gb": round(props.total_memory / 1e9, 1)}
     else:
         peaks = None
-        info = {"name": _cpu_name(), "kind": "cpu", "logical_cpus": os.cpu_count()}
+        info = {"name": _cpu_name(), "kind": "cpu", "logical_cpus": os.cpu_count(), "isa": cpu_isa()}
     info["peak_tflops"] = {k: v for k, v in peaks.items() if k != "gbps"} if peaks else None
     info["peak_gbps"] = peaks["gbps"] if peaks else None
     return info
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> list[str]:
+    """The CPU's vector/matrix extensions that decide CPU speed per precision (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def slug(name: str) -> str:
@@ -118,6 +131,7 @@ def versions() -> dict:
         "triton": _dist_version("triton", "pytorch-triton"),
         "onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu"),
         "tensorrt": _dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+        "openvino": _dist_version("openvino"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "driver": _nvidia_driver() if torch.cuda.is_available() else None,

@@ -2,9 +2,10 @@
 
 What one row measures: `Stylizer.__call__` on a float32 N,3,H,W tensor already on the device, i.e. the
 padding, the generator, the crop and the clamp: what a caller of `instyle.load(...)(x)` gets.
-- Building the Stylizer (export, engine build) is `setup_s`; the first `warmup` calls at each shape are
-  `warmup_s` (this is where torch.compile, autotuning and CUDA-graph capture happen). Neither is in the
-  steady-state figures.
+- Building the Stylizer (export, conversion, engine build, or loading them from the cache) is `setup_s`;
+  the first call at each new shape is `first_call_s` (where torch.compile, autotuning, CUDA-graph capture
+  and OpenVINO's per-shape kernel compilation happen); all `warmup` calls at that shape, the first
+  included, are `warmup_s`. None of them is in the steady-state figures.
 - Steady state: `iters` calls, each timed on its own: CUDA events around the call on GPU (the stream is
   synchronized after the last), time.perf_counter on CPU. Median, p10 and p90 of those.
 - Memory: on CUDA, torch.cuda.max_memory_allocated over warm-up and timed calls (the PyTorch allocator
@@ -30,7 +31,7 @@ from .devices import peak_tflops_for
 
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
-            "setup_s", "warmup_s", "iters", "gflop", "mem_kind", "tiled")
+            "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind", "psnr_vs_eager_db", "tiled")
 TORCH_BACKENDS = ("eager", "triton", "compile")
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -44,16 +45,21 @@ class Matrix:
     iters: int = 20
     warmup: int = 3
     tile: str | int = "off"  # the Stylizer's tile option: "off" times whole images; rows record what ran
+    per_backend: dict[str, list[str]] = field(default_factory=dict)  # backend -> its precisions, overriding
+    image: torch.Tensor | None = None  # 3,H,W float 0..255: inputs are this photo resized (else uniform noise)
+
+    def precisions_for(self, backend: str) -> list[str]:
+        return self.per_backend.get(backend, self.precisions)
 
     def cells(self):
         for backend in self.backends:
-            for precision in self.precisions:
+            for precision in self.precisions_for(backend):
                 for height, width in self.sizes:
                     for batch in self.batches:
                         yield backend, precision, batch, height, width
 
     def __len__(self) -> int:
-        return len(self.backends) * len(self.precisions) * len(self.sizes) * len(self.batches)
+        return sum(1 for _ in self.cells())
 
 
 @dataclass
@@ -96,16 +102,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def make_input(batch: int, height: int, width: int, image: torch.Tensor | None = None) -> torch.Tensor:
+    """N,3,H,W float 0..255 on the CPU: `image` resized to H,W (antialiased bilinear), else seeded noise."""
+    if image is None:
+        gen = torch.Generator().manual_seed(0)
+        return torch.rand(batch, 3, height, width, generator=gen) * 255
+    x = torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return x.clamp_(0, 255).expand(batch, -1, -1, -1).contiguous()
+
+
+def psnr_db(y: torch.Tensor, ref: torch.Tensor) -> float:
+    mse = ((y.double() - ref.double()) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
+
+
 def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: int, warmup: int,
-            device: torch.device, conv_flops_per_px: float, weight_count: int, device_info: dict) -> dict:
-    """One row: warm-up, timed calls, derived rates and the lower bound."""
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, 3, height, width, generator=gen) * 255).to(device)
+            device: torch.device, conv_flops_per_px: float, weight_count: int, device_info: dict,
+            image: torch.Tensor | None = None, outputs: dict | None = None) -> dict:
+    """One row: warm-up, timed calls, derived rates and the lower bound. With `outputs`, the first call's
+    output is stored there under "y"."""
+    x = make_input(batch, height, width, image).to(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(max(warmup, 1)):  # at least one call: the first call at a new shape is never timed
+    y = stylizer(x)  # at least one call: the first call at a new shape is never in the steady state
+    _sync(device)
+    first_call_s = time.perf_counter() - t0
+    if outputs is not None:
+        outputs["y"] = y.cpu()
+    del y
+    for _ in range(warmup - 1):
         stylizer(x)
     _sync(device)
     warmup_s = time.perf_counter() - t0
@@ -136,6 +164,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
         "tflops": tflops,
         "pct_peak": 100 * tflops / peak if peak else None,
         "bound_ms": _flops.bound_ms(conv_flops, min_bytes, peak, device_info.get("peak_gbps")),
+        "first_call_s": first_call_s,
         "warmup_s": warmup_s,
         "iters": iters,
         "gflop": conv_flops / 1e9,
@@ -163,11 +192,12 @@ def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_inf
     result = Result()
     bar = tqdm(total=len(matrix), desc="bench", unit="cfg", disable=True if progress is False else None)
     done: set[tuple] = set()
+    refs: dict[tuple, torch.Tensor] = {}  # (batch, height, width) -> eager fp32 output, for psnr_vs_eager_db
     try:
         for backend in matrix.backends:
-            for precision in matrix.precisions:
+            for precision in matrix.precisions_for(backend):
                 _run_pair(model, backend, precision, matrix, device, device_info, counted["conv"],
-                          weight_count, result, done, bar)
+                          weight_count, result, done, bar, refs)
     except KeyboardInterrupt:
         result.interrupted = True
         for cell in matrix.cells():
@@ -181,7 +211,7 @@ def run(model: torch.nn.Module, matrix: Matrix, device: torch.device, device_inf
 
 
 def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_px, weight_count,
-              result, done, bar) -> None:
+              result, done, bar, refs) -> None:
     cells = [c for c in matrix.cells() if c[:2] == (backend, precision)]
 
     def finish(cell, row):
@@ -200,13 +230,24 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
             finish(cell, empty_row(*cell, skipped=_reason(e)))
         return
     setup_s = time.perf_counter() - t0
+    if stylizer.precision != precision:  # e.g. openvino bf16 on a CPU without BF16 runs fp32: not this row
+        reason = f"runs {stylizer.precision} here" + (f" ({'; '.join(stylizer.notes)})" if stylizer.notes else "")
+        for cell in cells:
+            finish(cell, empty_row(*cell, skipped=reason))
+        return
     for cell in cells:
         row = empty_row(*cell, skipped=None)
         _, _, batch, height, width = cell
         try:
+            outputs: dict = {}
             row.update(measure(stylizer, batch, height, width, iters=matrix.iters, warmup=matrix.warmup,
                                device=device, conv_flops_per_px=conv_per_px, weight_count=weight_count,
-                               device_info=device_info))
+                               device_info=device_info, image=matrix.image, outputs=outputs))
+            key = (batch, height, width)
+            if (backend, precision) == ("eager", "fp32"):
+                refs[key] = outputs["y"]
+            elif key in refs:
+                row["psnr_vs_eager_db"] = psnr_db(outputs["y"], refs[key])
             row["setup_s"] = setup_s
         except Exception as e:  # noqa: BLE001 -- a failing cell is a row, the matrix goes on
             row = empty_row(*cell, skipped=_reason(e))

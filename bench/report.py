@@ -16,7 +16,8 @@ MD_COLUMNS = [  # (row key, header, format)
     ("size", "H×W", "{}"), ("median_ms", "median ms", "{:.2f}"), ("p10_ms", "p10 ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"), ("images_per_s", "img/s", "{:.1f}"), ("mpx_per_s", "Mpx/s", "{:.2f}"),
     ("peak_mem_mb", "peak mem MB", "{:.0f}"), ("tflops", "TFLOP/s", "{:.3f}"), ("pct_peak", "% peak", "{:.1f}"),
-    ("bound_ms", "bound ms", "{:.3f}"), ("warmup_s", "warm-up s", "{:.2f}"),
+    ("bound_ms", "bound ms", "{:.3f}"), ("setup_s", "setup s", "{:.2f}"), ("first_call_s", "first call s", "{:.2f}"),
+    ("warmup_s", "warm-up s", "{:.2f}"), ("psnr_vs_eager_db", "PSNR vs eager dB", "{:.1f}"),
 ]
 
 
@@ -45,6 +46,8 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 def markdown(result: dict) -> str:
     dev, model = result["device"], result["model"]
     kind = f"CPU, {dev.get('logical_cpus')} logical CPUs" if dev["kind"] == "cpu" else "GPU"
+    if dev.get("isa") is not None:
+        kind += "; " + (" ".join(dev["isa"]) or "no AVX2") + ("" if "amx_bf16" in dev["isa"] else "; no AMX")
     lines = [
         f"# instyle bench: {dev['name']} ({kind})",
         "",
@@ -55,7 +58,8 @@ def markdown(result: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
         "",
         f"Timed calls per row: {result['matrix']['iters']} (after {result['matrix']['warmup']} warm-up); torch "
-        f"threads {result['matrix']['torch_threads']}; 1-min load average start/end "
+        f"threads {result['matrix']['torch_threads']}; input {result['matrix'].get('input', 'uniform noise')}; "
+        f"1-min load average start/end "
         f"{(result['matrix'].get('load_avg_1m') or {}).get('start')}/{(result['matrix'].get('load_avg_1m') or {}).get('end')}.",
         "",
         f"Peak: {json.dumps(dev['peak_tflops']) + ' TFLOP/s' if dev['peak_tflops'] else 'unknown'}"

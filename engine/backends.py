@@ -1,25 +1,40 @@
 """Backends: how a Stylizer runs its generator.
 
 A backend factory takes (model, device, dtype) and returns a runner: a callable from a padded float
-N,3,H,W tensor (0..255, on `device`) to the generator's raw output. Backends that live in other
-subpackages (export/) are named by import path and loaded on first use, so engine/ never imports them.
+N,3,H,W tensor (0..255, on `device`) to the generator's raw output. A runner may carry two optional
+attributes: `precision` (the precision it really runs, where that differs from the one asked for) and
+`notes` (one-line remarks for the user, e.g. "running without a cache").
+
+All backends are one table, `TABLE` (name -> Backend). Backends that live in other subpackages (export/)
+are named by import path and loaded on first use, so engine/ never imports them at module import time;
+the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
+`chain(device)` is the order `auto` tries them in.
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from instyle.errors import BackendUnavailable
+
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
-BACKENDS = ("eager", "triton", "fused", "compile", "onnxruntime", "tensorrt")
+__all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory", "register",
+           "chain", "auto_precision", "check_device"]
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here; the message says why."""
+@dataclass
+class Backend:
+    factory: Factory | str                       # callable, or "module:function" resolved lazily
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    requires: tuple[str, ...] = ()               # packages imported before the factory is
+    hint: str = ""                               # how to install them
+    auto_precision: str | None = None            # "module:function(device) -> precision" for precision="auto"
 
 
 def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner:
@@ -29,35 +44,81 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
     return run
 
 
-# name -> factory, or "module:function" resolved lazily
-_REGISTRY: dict[str, Factory | str] = {
-    "eager": _eager,
-    "triton": "instyle.engine.fused:make_runner",
-    "fused": "instyle.engine.fused_chain:make_runner",
-    "compile": "instyle.engine.compiled:make_runner",
-    "onnxruntime": "instyle.export.ort_runner:make_runner",
-    "tensorrt": "instyle.export.trt_runner:make_runner",
+TABLE: dict[str, Backend] = {
+    "eager": Backend(_eager),
+    "triton": Backend("instyle.engine.fused:make_runner"),
+    "fused": Backend("instyle.engine.fused_chain:make_runner"),
+    "compile": Backend("instyle.engine.compiled:make_runner"),
+    "onnxruntime": Backend("instyle.export.ort_runner:make_runner", requires=("onnxruntime",),
+                           hint="pip install 'instyle[onnx]'"),
+    "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), requires=("openvino",),
+                        hint="pip install openvino", auto_precision="instyle.export.ov_runner:auto_precision"),
+    "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",),
+                        hint="pip install 'instyle[tensorrt]'"),
 }
+BACKENDS = tuple(TABLE)
+
+# what `auto` tries, in order, per device type
+_CHAINS = {"cuda": ("triton", "eager"), "cpu": ("openvino", "onnxruntime", "eager")}
 
 
 def register(name: str, factory: Factory | str) -> None:
-    _REGISTRY[name] = factory
+    if name in TABLE:
+        TABLE[name].factory = factory
+    else:
+        TABLE[name] = Backend(factory)
+
+
+def chain(device: torch.device) -> tuple[str, ...]:
+    return _CHAINS.get(torch.device(device).type, ("eager",))
+
+
+def _resolve(path: str):
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _require(name: str, spec: Backend) -> None:
+    for package in spec.requires:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            hint = f" ({spec.hint})" if spec.hint else ""
+            raise BackendUnavailable(f"backend {name!r} needs the package {package}{hint}") from None
+        except Exception as e:  # noqa: BLE001 -- a broken install (missing shared library, ...) is unavailable too
+            raise BackendUnavailable(f"backend {name!r}: importing {package} failed: "
+                                     f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                     ) from None
 
 
 def factory(name: str) -> Factory:
-    if name not in BACKENDS:
+    if name not in TABLE:
         raise ValueError(f"unknown backend {name!r} (choose from {', '.join(('auto',) + BACKENDS)})")
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise BackendUnavailable(f"backend {name!r} is not available in this build of instyle")
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
+    spec = TABLE[name]
+    _require(name, spec)
+    if isinstance(spec.factory, str):
+        module_name = spec.factory.partition(":")[0]
         try:
-            entry = getattr(importlib.import_module(module_name), attr)
+            spec.factory = _resolve(spec.factory)
         except ImportError as e:
             if e.name and module_name.startswith(e.name):
                 raise BackendUnavailable(f"backend {name!r} is not available in this build of instyle") from None
-            extra = {"onnxruntime": " (pip install 'instyle[onnx]')", "tensorrt": " (pip install 'instyle[tensorrt]')"}
-            raise BackendUnavailable(f"backend {name!r} needs the package {e.name or e}{extra.get(name, '')}") from None
-        _REGISTRY[name] = entry
-    return entry
+            hint = f" ({spec.hint})" if spec.hint else ""
+            raise BackendUnavailable(f"backend {name!r} needs the package {e.name or e}{hint}") from None
+    return spec.factory
+
+
+def check_device(name: str, device: torch.device) -> None:
+    """Raise BackendUnavailable when backend `name` does not run on `device`'s type."""
+    spec = TABLE.get(name)
+    kind = torch.device(device).type
+    if spec is not None and kind not in spec.devices:
+        raise BackendUnavailable(f"backend {name!r} runs on {' or '.join(spec.devices)}, not {kind}")
+
+
+def auto_precision(name: str, device: torch.device) -> str:
+    """The precision `precision="auto"` means for backend `name` on `device`."""
+    spec = TABLE.get(name)
+    if spec is not None and spec.auto_precision:
+        return _resolve(spec.auto_precision)(torch.device(device))
+    return "fp16" if torch.device(device).type == "cuda" else "fp32"

@@ -12,6 +12,8 @@ convolutions and the engine's exact global-statistics normalization, whatever th
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -60,6 +62,7 @@ class Stylizer:
         controls.check(strength, style_scale)
         self.tile = parse_tile(tile)
         self.device = resolve_device(device)
+        backends.check_device(backend, self.device)
         self.backend = backend
         self.precision = precision
         self.dtype = PRECISIONS[precision]
@@ -102,6 +105,9 @@ class Stylizer:
         if self.steps is None and isinstance(self.tile, int):
             raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
         self._run = backends.factory(self.backend)(self.model, self.device, self.dtype)
+        # what the runner really does, where it differs from what was asked (e.g. bf16 on a CPU without BF16)
+        self.precision = getattr(self._run, "precision", self.precision)
+        self.notes: list[str] = list(getattr(self._run, "notes", ()))
         self.last_tile: int | None = None  # tile side of the last call (None: whole image)
 
     def set_style(self, style: str | int | None = None, mix: dict | None = None) -> None:
@@ -228,15 +234,28 @@ class Stylizer:
         return io.picture_to_pil(io.Picture(io.rgb_from_tensor(out), pic.alpha, pic.icc_profile))
 
 
+def _first_line(e: BaseException, limit: int = 240) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    if not isinstance(e, backends.BackendUnavailable):
+        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", *,
-         tile="auto", style: str | int | None = None, mix: dict | None = None, **kwargs) -> Stylizer:
+         tile="auto", report=None, style: str | int | None = None, mix: dict | None = None,
+         **kwargs) -> Stylizer:
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
 
-    Defaults: backend "auto" = triton on CUDA, onnxruntime on CPU, each only when its backend can be
-    built here (BackendUnavailable: eager). precision "auto" = fp16 on CUDA, fp32 on CPU. tile: "auto" | "off" |
-    side in pixels (see Stylizer). A shipped style's name picks that style inside its file; `style` or
-    `mix` pick one of a multi-style file's styles (default: its first); other keyword arguments are the
-    Stylizer's style controls.
+    backend "auto" tries `backends.chain(device)` in order -- on CUDA triton then eager; on CPU openvino,
+    onnxruntime, eager -- and keeps the first that builds: any failure to build (a missing package, a
+    failed conversion, an unusable cache) moves down the chain. It then writes one line to `report`
+    (default: sys.stderr; False: nothing) naming the backend and precision that run and, where it moved
+    down the chain, why; `Stylizer.choice` holds the same line. An explicit backend that cannot be built
+    raises BackendUnavailable. precision "auto" = fp16 on CUDA; on CPU the backend's own choice (openvino:
+    bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer).
+    A shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style
+    file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
     """
     from instyle import checkpoint
 
@@ -248,12 +267,39 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         module, meta = checkpoint.load(path)
         if named is not None and style is None and mix is None:
             style = named
-    if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else "fp32"
-    options = dict(precision=precision, device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
+    options = dict(device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
     if backend != "auto":
-        return Stylizer(module, backend=backend, **options)
-    try:
-        return Stylizer(module, backend="triton" if dev.type == "cuda" else "onnxruntime", **options)
-    except backends.BackendUnavailable:
-        return Stylizer(module, backend="eager", **options)
+        prec = backends.auto_precision(backend, dev) if precision == "auto" else precision
+        return Stylizer(module, backend=backend, precision=prec, **options)
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
+    parse_tile(tile)  # argument errors are the caller's, not a reason to move down the chain
+    names = backends.chain(dev)
+    skipped = []
+    for i, name in enumerate(names):
+        try:
+            prec = backends.auto_precision(name, dev) if precision == "auto" else precision
+            # every try but the last gets its own copy: a failed build may have cast or changed the module
+            stylizer = Stylizer(module if i == len(names) - 1 else _copy(module), backend=name,
+                                precision=prec, **options)
+        except Exception as e:  # noqa: BLE001 -- whatever stops a backend from building moves down the chain
+            if i == len(names) - 1 or isinstance(e, StyleError):  # a bad style is the caller's, like bad args
+                raise
+            skipped.append(f"{name}: {_first_line(e)}")
+        else:
+            break
+    line = f"instyle: backend {stylizer.backend} {stylizer.precision}"
+    if skipped:
+        line += " (skipped " + "; ".join(skipped) + ")"
+    if stylizer.notes:
+        line += " [" + "; ".join(stylizer.notes) + "]"
+    stylizer.choice = line
+    if report is not False:
+        print(line, file=report or sys.stderr, flush=True)
+    return stylizer
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

@@ -244,13 +244,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> Path:
     return path
 
 
-def cached_onnx(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                metadata: dict | None = None) -> Path:
-    """The ONNX export of `model` in the cache, written on first use."""
+def cache_path(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:
+    """Where the cache keeps the ONNX export of `model` (whether or not it is there yet)."""
     from instyle import __version__
 
     key = model_key(model, precision=precision, opset=opset, export_format=EXPORT_FORMAT, instyle=__version__)
-    path = cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}-{key}.onnx"
+    return cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}-{key}.onnx"
+
+
+def cached_onnx(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                metadata: dict | None = None) -> Path:
+    """The ONNX export of `model` in the cache, written on first use."""
+    path = cache_path(model, precision=precision, opset=opset)
     if not path.is_file():
         export_onnx(model, path, precision=precision, opset=opset, metadata=metadata)
     return path

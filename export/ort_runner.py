@@ -2,14 +2,23 @@
 
 CPU by default; on a CUDA device it asks for the TensorRT and CUDA execution providers when this build of
 onnxruntime has them, and binds torch CUDA tensors to the session directly (IO binding, no host copies).
+
+The runner never fails on its cache: a cached file ONNX Runtime cannot load (truncated, corrupt) is deleted
+and exported again once; an unwritable cache means running the export from memory. Both are reported in
+the runner's `notes`. A missing onnx/onnxscript (needed only to export) or a failed export is a
+BackendUnavailable that says so.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from instyle.atomic import atomic_path
+from instyle.errors import BackendUnavailable
 
 from . import onnx as onnx_export
 
@@ -60,8 +69,6 @@ def providers_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         if not wanted:
-            from instyle.engine import BackendUnavailable
-
             raise BackendUnavailable("onnxruntime on cuda needs onnxruntime-gpu (CUDA execution provider); "
                                      f"this build has {', '.join(available)}")
         return wanted + ["CPUExecutionProvider"]
@@ -80,44 +87,94 @@ def _provider_options(provider: str, device: torch.device) -> dict[str, str]:
     return options
 
 
-def make_session(path: str | os.PathLike, device: torch.device | str = "cpu", *, threads: int | None = None,
-                 arena: bool = True):
+def make_session(path: str | os.PathLike | bytes, device: torch.device | str = "cpu", *,
+                 threads: int | None = None, arena: bool = True):
+    """An InferenceSession for an ONNX file, or for a serialized model (bytes)."""
     import onnxruntime as ort
 
     device = torch.device(device)
     providers = providers_for(device)
     options = [_provider_options(p, device) for p in providers]
-    return ort.InferenceSession(str(path), sess_options=session_options(threads, arena=arena),
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path),
+                                sess_options=session_options(threads, arena=arena),
                                 providers=providers, provider_options=options)
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+
+
+def _export(model: nn.Module, precision: str) -> bytes:
+    try:
+        return onnx_export.to_onnx_proto(model, precision=precision).SerializeToString()
+    except ImportError as e:
+        raise BackendUnavailable(f"backend 'onnxruntime' needs the package {e.name or 'onnx'} to export the "
+                                 "model (pip install 'instyle[onnx]')") from None
+    except Exception as e:  # noqa: BLE001 -- a failed export: the backend cannot run this model
+        raise BackendUnavailable(f"backend 'onnxruntime': ONNX export failed ({_why(e)})") from None
+
+
+def cached_session(model: nn.Module, precision: str, device: torch.device):
+    """(session, source, notes): source is the cached file, or the serialized model when the cache is unusable."""
+    notes: list[str] = []
+    try:
+        path = onnx_export.cache_path(model, precision=precision)
+        present = path.is_file()
+    except OSError as e:
+        path, present = None, False
+        notes.append(f"cache unreadable ({_why(e)}): running without a cache")
+    if present:
+        try:
+            return make_session(path, device), path, notes
+        except BackendUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 -- truncated/corrupt file: export again, once
+            notes.append(f"cached {path.name} was unusable ({_why(e)}): rebuilt it")
+            with contextlib.suppress(OSError):
+                path.unlink()
+    data = _export(model, precision)
+    source: Path | bytes = data
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            source = path
+        except OSError as e:
+            notes.append(f"cannot write the cache in {path.parent} ({_why(e)}): running without a cache")
+    try:
+        return make_session(source, device), source, notes
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise BackendUnavailable(f"backend 'onnxruntime': the exported model does not load ({_why(e)})") from None
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
     """Backend factory (engine/backends.py): padded N,3,H,W float 0..255 -> stylized float32 0..255."""
     if dtype not in _PRECISION_OF:
-        from instyle.engine import BackendUnavailable
-
         raise BackendUnavailable(f"the onnxruntime backend runs fp32 or fp16, not {dtype}")
     try:
         onnx_export.check_exportable(model)
     except ValueError as e:
-        from instyle.engine import BackendUnavailable
-
         raise BackendUnavailable(f"onnxruntime backend: {e}") from None
     device = torch.device(device)
-    path = onnx_export.cached_onnx(model, precision=_PRECISION_OF[dtype])
-    session = make_session(path, device)
+    session, source, notes = cached_session(model, _PRECISION_OF[dtype], device)
     if device.type == "cuda":
-        return _cuda_runner(session, device)
+        run = _cuda_runner(session, device)
+        run.notes = notes
+        return run
     sessions = {True: session}  # arena -> session; the lean one is made on the first large input
 
     def run(x: torch.Tensor) -> torch.Tensor:
         image = x.detach().to("cpu", torch.float32).contiguous().numpy()
         arena = x.shape[0] * x.shape[-2] * x.shape[-1] <= LEAN_ABOVE_PIXELS
         if arena not in sessions:
-            sessions[arena] = make_session(path, device, arena=arena)
+            sessions[arena] = make_session(source, device, arena=arena)
         (out,) = sessions[arena].run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: image})
         return torch.from_numpy(out)
 
+    run.notes = notes
     return run
 
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from instyle.errors import MissingDependency, UsageError, install_command
+from instyle.errors import BackendUnavailable, MissingDependency, UsageError, install_command
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instyle {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except MissingDependency as e:
+        print(f"instyle {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as e:  # an explicit --backend that cannot run here: say why and how to fix it
         print(f"instyle {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:

@@ -18,6 +18,7 @@ INSTALL = {
     "PIL": "pip install pillow",
     "av": "pip install av",
     "ray": "pip install 'ray[data]'",
+    "openvino": "pip install openvino",
 }
 
 
@@ -56,3 +57,7 @@ def require(package: str, purpose: str = "") -> None:
     except ImportError as e:
         # e.name differs from `package` when the package is there but one of its own dependencies is not
         raise MissingDependency((e.name or package).split(".")[0], purpose) from None
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says why (and, where a package is missing, how to install it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -151,6 +152,28 @@ def test_unavailable_backend_becomes_skipped_row():
                          progress=False)
     (row,) = result.rows
     assert row["skipped"] and "tensorrt" in row["skipped"] and row["median_ms"] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_openvino_rows_fp32_and_bf16_with_first_call_apart(small_model, tmp_path, monkeypatch, data):
+    monkeypatch.setenv("INSTYLE_CACHE", str(tmp_path / "cache"))
+    argv = ["bench", "--model", str(small_model), "--backends", "eager,openvino", "--sizes", "40x24",
+            "--iters", "2", "--warmup", "2", "--out", str(tmp_path / "out"),
+            "--image", str(data / "content" / "demo" / "chicago.jpg")]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [(r["backend"], r["precision"]) for r in rows] == [("eager", "fp32"), ("openvino", "fp32"),
+                                                              ("openvino", "bf16")]
+    for r in rows:
+        if r["skipped"]:  # bf16 on a CPU without BF16
+            assert r["precision"] == "bf16" and "runs fp32" in r["skipped"]
+            continue
+        assert 0 < r["first_call_s"] <= r["warmup_s"] and r["setup_s"] > 0 and r["median_ms"] > 0
+        if r["backend"] == "eager":
+            assert r["psnr_vs_eager_db"] is None
+        else:  # the same photo through openvino: fp32 all but equal, bf16 close
+            assert r["psnr_vs_eager_db"] > (80 if r["precision"] == "fp32" else 35)
+    assert "first call s" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_ctrl_c_keeps_measured_rows(monkeypatch, tmp_path):

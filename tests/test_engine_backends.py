@@ -159,20 +159,22 @@ def test_compile_backend_inductor_matches_eager():
             assert_close(run(x), m(x), 1e-3)
 
 
-def test_load_auto_on_cpu_prefers_onnxruntime_else_eager(monkeypatch):
+def test_load_auto_on_cpu_tries_openvino_then_onnxruntime_then_eager(monkeypatch, capsys):
     real = backends.factory
     calls = []
 
     def factory(name):
         calls.append(name)
-        if name == "onnxruntime":
-            raise BackendUnavailable("backend 'onnxruntime' needs the package onnxruntime (test)")
+        if name in ("openvino", "onnxruntime"):
+            raise BackendUnavailable(f"backend {name!r} needs the package {name} (test)")
         return real(name)
 
     monkeypatch.setattr(backends, "factory", factory)
     s = load(narrow(), device="cpu", tile="off")
-    assert calls == ["onnxruntime", "eager"]
+    assert calls == ["openvino", "onnxruntime", "eager"]
     assert (s.backend, s.precision, s.tile) == ("eager", "fp32", "off")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [s.choice] and "backend eager fp32" in lines[0] and "needs the package onnxruntime" in lines[0]
 
 
 def test_load_explicit_and_errors():
@@ -272,3 +274,24 @@ def test_gpu_compile_backend():
         x = image(1, h, w).cuda()
         assert_close(s(x), ref(x), 1e-2)
 
+
+
+def test_auto_chains_and_precisions_per_device():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert backends.chain(cuda) == ("triton", "eager")  # auto on CUDA stays triton + fp16
+    assert backends.chain(cpu) == ("openvino", "onnxruntime", "eager")
+    assert backends.auto_precision("triton", cuda) == "fp16"
+    assert backends.auto_precision("onnxruntime", cpu) == backends.auto_precision("eager", cpu) == "fp32"
+    assert set(backends.BACKENDS) == set(backends.TABLE) and "openvino" in backends.BACKENDS
+    with pytest.raises(BackendUnavailable, match="runs on cuda, not cpu"):
+        backends.check_device("tensorrt", cpu)
+    with pytest.raises(BackendUnavailable, match="runs on cpu, not cuda"):
+        backends.check_device("openvino", cuda)
+
+
+def test_missing_package_is_unavailable_with_install_hint(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable, match=r"needs the package onnxruntime \(pip install 'instyle\[onnx\]'\)"):
+        backends.factory("onnxruntime")

@@ -1,0 +1,278 @@
+"""The `openvino` backend: the generator converted to OpenVINO and compiled for the CPU, cached on disk.
+
+Conversion: `openvino.convert_model` straight from the PyTorch module (no ONNX, so no onnx/onnxscript
+install is needed), input `image` with dynamic N/H/W, output `stylized`, the names of the export contract.
+The engine pads to the stride multiple before calling the runner and crops/clamps after, as for every backend.
+
+Precision: fp32 or bf16 through the CPU plugin's INFERENCE_PRECISION_HINT ("f32" is always set
+explicitly: on a CPU with BF16 the plugin's own default is bf16). bf16 runs only where the CPU reports
+the BF16 optimization capability (AVX512-BF16 or AMX); elsewhere a bf16 request runs fp32 and the runner
+says so in `notes`. fp16 is refused: the CPU plugin would not run it as fp16 on these CPUs, and calling
+an fp32 or bf16 run "fp16" would be a lie. Threads: one per physical core.
+
+Cache: the compiled model is written with `CompiledModel.export_model` into $INSTYLE_CACHE/openvino/
+(export/cache.py), named by the model hash + precision + OpenVINO version + the CPU (name and
+capabilities: a blob compiled for one CPU is not for another), with a JSON sidecar holding the blob's
+size and sha256. A second process verifies the sidecar and `import_model`s the blob: no PyTorch tracing,
+no conversion, no compilation. Why export/import rather than OpenVINO's CACHE_DIR property: CACHE_DIR
+keys blobs by hashing an ov.Model or a model file, so a second process would still have to trace and
+convert the PyTorch module (most of the setup time) or keep an IR file beside it; with our own key the
+whole setup is one file read, written atomically (instyle.atomic) and checked before use. A blob that
+fails its check or its import is deleted and rebuilt once; an unwritable cache means running uncached.
+Both are reported in `notes`, not raised.
+
+Kernels for a new input shape are still compiled by the plugin at the first call with that shape; the
+bench reports that first-call time separately (first_call_s).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from instyle.atomic import atomic_path
+from instyle.errors import BackendUnavailable
+
+from .cache import cache_dir, model_key, sha256_file
+from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
+
+PRECISIONS = ("fp32", "bf16")
+_PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_HINT = {"fp32": "f32", "bf16": "bf16"}
+_TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spells them
+CACHE_FORMAT = "2"  # bump when the converted graph changes for the same weights (invalidates caches)
+HINT = "pip install openvino"
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(f"backend 'openvino' needs the package openvino ({HINT})") from None
+    return openvino
+
+
+@functools.cache
+def _core():
+    return _openvino().Core()
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    return tuple(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def bf16_supported() -> bool:
+    """True where OpenVINO's CPU plugin reports BF16 (AVX512-BF16 or AMX) on this CPU."""
+    return "BF16" in cpu_capabilities()
+
+
+def auto_precision(device: torch.device) -> str:
+    """precision="auto" for this backend: bf16 where the CPU has BF16, else fp32."""
+    try:
+        return "bf16" if bf16_supported() else "fp32"
+    except Exception:  # noqa: BLE001 -- no openvino: the factory will say so with the install hint
+        return "fp32"
+
+
+def threads() -> int:
+    from .ort_runner import physical_cores
+
+    return physical_cores()
+
+
+def compile_config(precision: str, n_threads: int) -> dict:
+    return {"INFERENCE_PRECISION_HINT": _HINT[precision], "INFERENCE_NUM_THREADS": n_threads,
+            "PERFORMANCE_HINT": "LATENCY"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """convert_model traces with TorchScript: silence its tracer warnings for one conversion."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+class TwoPassInstanceNorm(nn.Module):
+    """Instance norm with the variance taken of the centred input (two passes), for the fp32 graph.
+
+    OpenVINO's CPU MVN (what nn.InstanceNorm2d converts to) loses fp32 accuracy on large planes: on a
+    1024x1024 photo its output was 0.08 (0..255 scale) away from a float64 run, eager PyTorch 7e-4; this
+    explicit form brings it to 7e-4. bf16 keeps the native MVN: it is faster there and bf16 rounding
+    dominates the error anyway (same PSNR).
+    """
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = None if norm.weight is None else nn.Parameter(norm.weight.detach()[None, :, None, None])
+        self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach()[None, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean((2, 3), keepdim=True)
+        y = centred * torch.rsqrt((centred * centred).mean((2, 3), keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
+
+
+def _two_pass_norms(gen: nn.Module) -> nn.Module:
+    for name, module in list(gen.named_modules()):
+        if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
+            parent, _, child = name.rpartition(".")
+            setattr(gen.get_submodule(parent) if parent else gen, child, TwoPassInstanceNorm(module))
+    return gen
+
+
+def convert(model: nn.Module, precision: str = "fp32"):
+    """The generator as an ov.Model: input `image` (f32, [?,3,?,?]) -> output `stylized`."""
+    ov = _openvino()
+    gen = copy.deepcopy(model).float().cpu().eval()
+    if precision == "fp32":
+        gen = _two_pass_norms(gen)
+    m, lo = int(model.stride_multiple), int(model.min_size)
+    side = max(lo, 2 * m)
+    example = torch.rand(2, 3, side + m, side + 2 * m, generator=torch.Generator().manual_seed(0)) * 255
+    with _quiet(), torch.no_grad():
+        ov_model = ov.convert_model(gen, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def blob_path(model: nn.Module, precision: str) -> Path:
+    from instyle import __version__
+
+    ov = _openvino()
+    cpu = _core().get_property("CPU", "FULL_DEVICE_NAME")
+    key = model_key(model, precision=precision, openvino=ov.get_version(), cpu=cpu,
+                    capabilities=cpu_capabilities(), format=CACHE_FORMAT, instyle=__version__)
+    return cache_dir("openvino") / f"{getattr(model, 'arch', 'model')}-{precision}-{key}.blob"
+
+
+def _sidecar(blob: Path) -> Path:
+    return blob.with_suffix(".json")
+
+
+def _import_cached(blob: Path, precision: str, n_threads: int):
+    """The compiled model from `blob`, after checking it against its sidecar; raises on any mismatch."""
+    meta = json.loads(_sidecar(blob).read_text())
+    if blob.stat().st_size != meta["bytes"] or sha256_file(blob) != meta["sha256"]:
+        raise ValueError("size or sha256 differs from its sidecar (truncated or corrupt)")
+    # the same config as at compile time: without the precision hint an imported model runs the plugin's
+    # default precision (bf16 on a BF16 CPU), not the one it was compiled for
+    compiled = _core().import_model(blob.read_bytes(), "CPU", compile_config(precision, n_threads))
+    got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    if _TYPE_NAME[precision] not in got:
+        raise ValueError(f"imported model runs {got}, not {precision}")
+    return compiled
+
+
+def _write_cache(compiled, blob: Path, precision: str) -> None:
+    ov = _openvino()
+    import io
+
+    buffer = io.BytesIO()
+    compiled.export_model(buffer)
+    with atomic_path(blob) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+    meta = {"bytes": blob.stat().st_size, "sha256": sha256_file(blob), "openvino": ov.get_version(),
+            "precision": precision}
+    with atomic_path(_sidecar(blob)) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+
+
+def _forget(blob: Path) -> None:
+    for p in (blob, _sidecar(blob)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+
+
+def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True):
+    """(CompiledModel, notes): from the disk cache when a valid entry exists, else converted and compiled
+    (and written to the cache when it is writable)."""
+    notes: list[str] = []
+    blob = blob_path(model, precision) if use_cache else None
+    if blob is not None:
+        try:
+            present = blob.is_file()
+        except OSError as e:
+            present, blob = False, None
+            notes.append(f"cache unreadable ({_why(e)}): running without a cache")
+        if present:
+            try:
+                return _import_cached(blob, precision, n_threads), notes
+            except Exception as e:  # noqa: BLE001 -- any unusable entry is rebuilt once
+                notes.append(f"cached {blob.name} was unusable ({_why(e)}): rebuilt it")
+                _forget(blob)
+    try:
+        compiled = _core().compile_model(convert(model, precision), "CPU", compile_config(precision, n_threads))
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a failed conversion or compilation: the backend cannot run
+        raise BackendUnavailable(f"backend 'openvino': conversion failed ({_why(e)})") from None
+    if blob is not None:
+        try:
+            _write_cache(compiled, blob, precision)
+        except Exception as e:  # noqa: BLE001 -- read-only or full disk: run from memory
+            _forget(blob)
+            notes.append(f"cannot write the cache in {blob.parent} ({_why(e)}): running without a cache")
+    return compiled, notes
+
+
+class OpenVINORunner:
+    """Runs a compiled model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output."""
+
+    def __init__(self, compiled, precision: str, notes: list[str]):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.precision = precision
+        self.notes = notes
+
+    def inputs(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """The request's inputs, built in one place (a multi-style model adds `style_weights` here)."""
+        return {INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer(self.inputs(x), share_inputs=True)
+        return torch.from_numpy(out[OUTPUT_NAME])
+
+
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> OpenVINORunner:
+    """Backend factory (engine/backends.py)."""
+    _openvino()
+    if torch.device(device).type != "cpu":
+        raise BackendUnavailable("backend 'openvino' runs on the CPU (use triton or tensorrt on CUDA)")
+    precision = _PRECISION_OF.get(dtype)
+    if precision not in PRECISIONS:
+        raise BackendUnavailable(f"backend 'openvino' runs fp32 or bf16 on the CPU, not {precision or dtype} "
+                                 "(fp16 is not a CPU inference precision there; use bf16 or fp32)")
+    try:
+        check_exportable(model)
+    except ValueError as e:
+        raise BackendUnavailable(f"backend 'openvino': {e}") from None
+    notes = []
+    if precision == "bf16" and not bf16_supported():
+        precision = "fp32"
+        notes.append("this CPU reports no BF16 capability: running fp32")
+    compiled, cache_notes = compiled_model(model, precision, threads())
+    return OpenVINORunner(compiled, precision, notes + cache_notes)
