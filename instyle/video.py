@@ -66,7 +66,7 @@ def is_video(path: str | os.PathLike) -> bool:
     try:
         with Image.open(path) as img:
             return getattr(img, "n_frames", 1) > 1
-    except (OSError, ValueError):
+    except Exception:  # a damaged GIF may raise anything (IndexError from Pillow's frame count)
         return False  # the image path reports the error
 
 
