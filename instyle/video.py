@@ -314,7 +314,9 @@ class _Transcode:
 
 
 def _muxer_for(dst: Path) -> str | None:
-    return {".m4v": "mp4", ".mkv": "matroska"}.get(dst.suffix.lower())  # others: guessed from the name
+    """The muxer for `dst`'s container: named, since the temporary file's name ends in `.tmp-XXXXXXXX`."""
+    ext = dst.suffix.lower()
+    return {".m4v": "mp4", ".mkv": "matroska"}.get(ext, ext.lstrip(".") or None)
 
 
 def _frame_rgb(frame, size) -> np.ndarray:

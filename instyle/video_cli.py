@@ -58,13 +58,13 @@ def stylize_one(stylizer, job, args, target_size, bar=None) -> None:
     if not video.have_av():
         job.lines.append(f"error: {job.src}: video input needs PyAV: pip install 'instyle[video]'")
         return
-    total = video.frame_count(job.src)
-    if total and args.frames:
-        start, stop = args.frames
-        total = max(0, min(total, stop or total) - start)
-    if bar is not None:
-        bar.reset(total=total)
-    try:
+    try:  # whatever goes wrong with one video (a damaged container's metadata included) is that file's error
+        total = video.frame_count(job.src)
+        if total and args.frames:
+            start, stop = args.frames
+            total = max(0, min(total, stop or total) - start)
+        if bar is not None:
+            bar.reset(total=total)
         temporal = None
         if args.temporal:
             from instyle.temporal import FlowBlend
@@ -74,9 +74,12 @@ def stylize_one(stylizer, job, args, target_size, bar=None) -> None:
             stylizer, job.src, job.dst, batch=args.batch, codec=args.codec, crf=args.crf,
             frames=args.frames, size=lambda w, h: target_size((w, h), args.max_side, args.scale),
             temporal=temporal, progress=bar.update if bar is not None else None)
-    except (video.VideoError, ImportError, OSError, RuntimeError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        job.lines.append(f"error: {msg}" if isinstance(e, video.VideoError) else f"error: {job.src}: {msg}")
+    except video.VideoError as e:
+        job.lines.append(f"error: {str(e).splitlines()[0]}")
+        return
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        job.lines.append(f"error: {job.src}: {msg}")
         return
     job.lines += [f"warning: {job.src}: {note}" for note in result.notes]
     job.ok = True
