@@ -1,4 +1,5 @@
 """`instyle stylize --distributed ray` on a local Ray cluster: the same outputs, errors and exit codes as a local run."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from instyle.cli import main
 
@@ -30,6 +31,22 @@ def _make_inputs(data: Path, folder: Path) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         crop.save(folder / name, quality=95)
     (folder / "broken.jpg").write_bytes((data / "content" / "demo" / "chicago.jpg").read_bytes()[:400])
+    if importlib.util.find_spec("av"):  # an animated GIF is a video: one Ray task, the local video path
+        with Image.open(data / "content" / "demo" / "amber.jpg") as img:
+            frames = [img.convert("RGB").crop((i, 0, i + 24, 16)) for i in (0, 40, 80)]
+        frames[0].save(folder / "sub" / "anim.gif", save_all=True, append_images=frames[1:], duration=60)
+
+
+def _outputs(folder: Path) -> list[str]:
+    video = ["sub/anim.gif"] if (folder / "sub" / "anim.gif").exists() else []
+    return sorted([name for _, _, name in PHOTOS] + video)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """Every frame's RGB pixels (one frame for a still image)."""
+    with Image.open(path) as img:
+        return np.stack([np.asarray(f.convert("RGBA" if path.suffix == ".png" else "RGB"), dtype=int)
+                         for f in ImageSequence.Iterator(img)])
 
 
 def _tree(root: Path, skip: set[str]) -> dict[str, tuple[int, int]]:
@@ -59,17 +76,18 @@ def test_same_outputs_errors_and_skips_as_local(tmp_path, data):
     assert run.returncode == 1, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert errors == [errors[0]] and errors[0].startswith("error: ../in/broken.jpg: "), run.stderr[-3000:]
-    assert "6 stylized, 0 skipped (exist), 1 failed -> ../out_ray" in run.stderr
-    for _, _, name in PHOTOS:
-        a, b = (np.asarray(Image.open(tmp_path / out / name), dtype=int) for out in ("out_local", "out_ray"))
+    names = _outputs(tmp_path / "in")
+    assert f"{len(names)} stylized, 0 skipped (exist), 1 failed -> ../out_ray" in run.stderr
+    for name in names:
+        a, b = (_pixels(tmp_path / out / name) for out in ("out_local", "out_ray"))
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, f"{name}: max |Δ| {np.abs(a - b).max()}"
     written = _tree(tmp_path / "out_ray", set())
-    assert sorted(written) == sorted(name for _, _, name in PHOTOS)  # no temp files left, no output for broken.jpg
+    assert sorted(written) == names  # no temp files left, no output for broken.jpg
     assert _tree(tmp_path, {"out_ray", "out_local"}) == before, "something was written outside -o"
 
     again = _ray_stylize(tmp_path / "cwd", "--style", style)
     assert again.returncode == 1, again.stderr[-3000:]
-    assert "0 stylized, 6 skipped (exist), 1 failed -> ../out_ray" in again.stderr
+    assert f"0 stylized, {len(names)} skipped (exist), 1 failed -> ../out_ray" in again.stderr
     assert [line for line in again.stderr.splitlines() if line.startswith("error:")] == errors
     assert _tree(tmp_path / "out_ray", set()) == written
     assert _tree(tmp_path, {"out_ray", "out_local"}) == before
