@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,7 +120,7 @@ class StylizeWorker:
                 path.write_bytes(ray.get(model[0]))  # the ref travels inside a list so Ray does not resolve it early
                 self.stylizer = instyle.load(str(path), **stylizer_kwargs)
         except Exception as e:  # raised from __call__, where Ray Data reports it to the driver as a task error
-            self.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -141,6 +142,21 @@ class StylizeWorker:
                             jobs.ImageOptions.from_args(self.args))
         return {"index": np.array(index, dtype=np.int64), "ok": np.array([j.ok for j in todo], dtype=bool),
                 "lines": np.array([json.dumps(j.lines) for j in todo])}
+
+
+def _worker_error(e: BaseException) -> WorkerError | None:
+    """The WorkerError inside the exception Ray Data raised on the driver: Ray wraps it in its own types, and
+    sometimes only the remote traceback's text, ending in `...WorkerError: MESSAGE`, survives."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, WorkerError):
+            return e
+        found = re.findall(r"WorkerError: (instyle worker: [^\n]*)", str(e))
+        if found:
+            return WorkerError(found[-1])
+        seen.add(id(e))
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
 
 
 def stylize(todo: list, *, model: Path, stylizer_kwargs: dict, args) -> Iterator:
@@ -173,10 +189,10 @@ def stylize(todo: list, *, model: Path, stylizer_kwargs: dict, args) -> Iterator
                     next_index += 1
                     yield job
         except Exception as e:
-            if isinstance(e, WorkerError) or "instyle worker:" not in str(e):
+            cause = _worker_error(e)
+            if cause is None or cause is e:
                 raise
-            line = next(t for t in str(e).splitlines() if "instyle worker:" in t)
-            raise WorkerError(line[line.index("instyle worker:"):]) from None
+            raise cause from None
         for job in todo[next_index:]:  # every task returns its rows; a missing one is a bug, not a file's fault
             raise AssertionError(f"no status came back for {job.src}")
     finally:

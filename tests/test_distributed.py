@@ -93,6 +93,22 @@ def test_same_outputs_errors_and_skips_as_local(tmp_path, data):
     assert _tree(tmp_path, {"out_ray", "out_local"}) == before
 
 
+def test_a_worker_that_cannot_build_its_stylizer_is_one_error_line(tmp_path, data):
+    """The driver checks the model with the eager backend; a backend a worker cannot build fails the run."""
+    pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'instyle[ray]'")
+    if importlib.util.find_spec("tensorrt"):
+        pytest.skip("tensorrt is installed here: pick a backend that cannot be built")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "cwd").mkdir()
+    with Image.open(data / "content" / "demo" / "chicago.jpg") as img:
+        img.convert("RGB").crop((0, 0, 32, 24)).save(tmp_path / "in" / "a.png")
+    run = _ray_stylize(tmp_path / "cwd", "--backend", "tensorrt", "--workers", "1")
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1].startswith("error: instyle worker: cannot build the Stylizer: "), run.stderr
+    assert "Traceback" not in run.stderr.splitlines()[-1]
+    assert not (tmp_path / "out_ray").exists() and not list((tmp_path / "cwd").iterdir())
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--workers", "2"], "--workers needs --distributed ray"),
     (["--distributed", "ray", "--workers", "0"], "--workers must be >= 1"),
