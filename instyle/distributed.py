@@ -32,6 +32,8 @@ from instyle.errors import UsageError, require
 TASK_BATCHES = 4
 # A local cluster's object store holds the model file and status rows only (images never enter it).
 LOCAL_OBJECT_STORE_BYTES = 256 * 2 ** 20
+# Ray Data hands whole blocks to an actor: enough blocks to share the work, few enough for the driver to track.
+MAX_BLOCKS = 2048
 
 
 class WorkerError(RuntimeError):
@@ -106,14 +108,19 @@ def _tasks(jobs, batch: int) -> list[dict]:
 class StylizeWorker:
     """A Ray Data actor: one Stylizer, built once; each call stylizes one task's files and returns their status."""
 
-    def __init__(self, model: list, suffix: str, stylizer_kwargs: dict, args: argparse.Namespace):
+    def __init__(self, model: list, suffix: str, stylizer_kwargs: dict, args: argparse.Namespace, cwd: str):
         import tempfile
 
         import ray
 
         import instyle
 
-        self.args, self.error = args, None
+        self.args, self.error, self.cwd = args, None, cwd
+        try:  # relative INPUT and -o mean what they mean on the driver (an actor is a process of its own)
+            os.chdir(cwd)
+            self.cwd = None
+        except OSError:
+            pass  # only an error if this node gets a relative path: see __call__
         try:
             with tempfile.TemporaryDirectory(prefix="instyle-model-") as folder:
                 path = Path(folder, "model" + suffix)
@@ -135,6 +142,9 @@ class StylizeWorker:
             for i, src, dst in json.loads(task):
                 index.append(i)
                 todo.append(jobs.Job(Path(src), Path(dst)))
+                if self.cwd and not (todo[-1].src.is_absolute() and todo[-1].dst.is_absolute()):
+                    raise WorkerError(f"instyle worker: the driver's working folder {self.cwd} is not on this node; "
+                                      f"name INPUT and -o by absolute paths on storage every node mounts")
         videos = [j for j in todo if is_video(j.src)]
         for job in videos:
             video_cli.stylize_one(self.stylizer, job, self.args, jobs.target_size)
@@ -174,11 +184,11 @@ def stylize(todo: list, *, model: Path, stylizer_kwargs: dict, args) -> Iterator
         context.enable_progress_bars = sys.stderr.isatty()  # Ray's own bars, like the local run's tqdm
         tasks = _tasks(todo, args.batch)
         worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), MAX_BLOCKS)).map_batches(
             StylizeWorker, batch_size=1, batch_format="numpy", num_cpus=1, num_gpus=gpus,
             compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_kwargs=dict(model=[ray.put(Path(model).read_bytes())], suffix=Path(model).suffix,
-                                       stylizer_kwargs=stylizer_kwargs, args=worker_args))
+                                       stylizer_kwargs=stylizer_kwargs, args=worker_args, cwd=os.getcwd()))
         arrived, next_index = {}, 0
         try:
             for row in ds.iter_rows():
