@@ -6,7 +6,8 @@ Walking a folder skips dot-files, dot-folders and -o itself. -o is checked (a fo
 work. Existing outputs are skipped unless --overwrite; every write is atomic; a bad file, whatever went
 wrong with it, prints `error: PATH: cause` and the batch goes on; warnings (only the first frame of an
 animated or multi-page file is stylized) print `warning: PATH: ...`. Exit code 0 when all succeeded, 1 when
-any file failed, 2 on usage errors.
+any file failed, 2 on usage errors. Those rules live in instyle.jobs; this module runs them here, or on Ray
+Data with --distributed ray (instyle.distributed), where the workers run the same per-file code.
 """
 from __future__ import annotations
 

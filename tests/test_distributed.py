@@ -1,4 +1,4 @@
-"""`instyle stylize --distributed ray` on a local Ray cluster: the same outputs, errors and exit codes as a local run."""
+"""`instyle stylize --distributed ray` on a local Ray cluster: the outputs, errors and exit codes of a local run."""
 import importlib.util
 import os
 import subprocess
@@ -118,4 +118,12 @@ def test_usage_errors(tmp_path, capsys, flags, message):
     (tmp_path / "a.png").write_bytes(b"")
     assert main(["stylize", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *flags]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_ray_the_flag_names_the_install_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["stylize", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--distributed", "ray"]) == 2
+    assert "pip install 'instyle[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
