@@ -17,7 +17,7 @@ INSTALL = {
     "tritonclient": "pip install 'tritonclient[grpc]'",
     "PIL": "pip install pillow",
     "av": "pip install av",
-    "ray": "pip install 'ray[data]'",
+    "ray": "pip install 'instyle[ray]'",
     "openvino": "pip install openvino",
 }
 

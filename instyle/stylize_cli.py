@@ -6,23 +6,20 @@ Walking a folder skips dot-files, dot-folders and -o itself. -o is checked (a fo
 work. Existing outputs are skipped unless --overwrite; every write is atomic; a bad file, whatever went
 wrong with it, prints `error: PATH: cause` and the batch goes on; warnings (only the first frame of an
 animated or multi-page file is stylized) print `warning: PATH: ...`. Exit code 0 when all succeeded, 1 when
-any file failed, 2 on usage errors.
+any file failed, 2 on usage errors. Those rules live in instyle.jobs; this module runs them here, or on Ray
+Data with --distributed ray (instyle.distributed), where the workers run the same per-file code.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
-import os
 import sys
-import tempfile
-import warnings
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from instyle import video_cli
+from instyle import distributed, video_cli
 from instyle.errors import UsageError
+from instyle.jobs import ImageOptions, Job, collect, pending, prepare_out_dir, report, stylize_images, target_size
+
+__all__ = ["add_arguments", "run", "collect", "prepare_out_dir", "target_size", "parse_mix"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,116 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--style-scale", type=float, default=1.0, metavar="F",
                    help="brush strokes F times larger (F < 1: smaller) at the same output size (default 1)")
     video_cli.add_arguments(p)
-
-
-@dataclass
-class Job:
-    src: Path
-    dst: Path
-    size: tuple[int, int] = (0, 0)  # (width, height) to stylize at
-
-
-def _is_image(path: Path) -> bool:
-    """An image or video input by extension (videos go to video_cli)."""
-    from instyle.io import IMAGE_EXTENSIONS
-    from instyle.video import VIDEO_EXTENSIONS
-
-    return path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-
-
-def _glob_base(pattern: str) -> Path:
-    parts = Path(pattern).parts
-    base = [q for q in parts[: next(i for i, q in enumerate(parts) if glob.has_magic(q))]]
-    return Path(*base) if base else Path(".")
-
-
-def _walk(folder: Path, skip: Path) -> list[Path]:
-    """Image files under `folder`, sorted, without dot-files, dot-folders, symlinked folders or `skip`."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
-        found += [Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f))]
-    return sorted(found)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job], list[str]]:
-    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing or would escape -o."""
-    found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
-    errors = []
-    out_real = out_dir.resolve()
-    for arg in inputs:
-        path = Path(arg)
-        if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in _walk(path, out_real)]
-        elif path.is_file():
-            found.append((path, Path(path.name)))
-        elif glob.has_magic(arg):
-            base = _glob_base(arg)
-            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
-            files = [m for m in matches if m.is_file() and _is_image(m) and not _inside(m.resolve(), out_real)]
-            if not files:
-                errors.append(f"error: {arg}: no image files match")
-            found += [(f, f.relative_to(base)) for f in files]
-        else:
-            errors.append(f"error: {arg}: no such file or folder")
-    from instyle.video import is_video
-
-    jobs, seen = [], {}
-    for src, rel in found:
-        rel = Path(os.path.normpath(rel))
-        if rel.is_absolute() or rel.parts[:1] == ("..",):
-            errors.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
-                          f"name the files without '..'")
-            continue
-        dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt and not is_video(src) else rel)
-        key = dst.resolve()
-        if not _inside(key, out_real):
-            errors.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
-        elif key == src.resolve():
-            errors.append(f"error: {src}: output would overwrite the input; choose another -o")
-        elif key in seen:
-            if seen[key] != src.resolve():
-                errors.append(f"error: {src}: output {dst} is also the output of {seen[key]}; use --format or -o")
-        else:
-            seen[key] = src.resolve()
-            jobs.append(Job(src, dst))
-    return jobs, errors
-
-
-def prepare_out_dir(out_dir: Path) -> None:
-    """Prove before any work that -o can take files (UsageError when it cannot); -o itself is created only
-    when the first output is written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"-o {out_dir}: exists and is not a folder")
-    existing = out_dir.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"-o {out_dir}: cannot be created ({existing} is not a folder)")
-    if existing != out_dir.absolute():
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UsageError(f"-o {out_dir}: cannot be created (no write permission in {existing})")
-        return
-    try:
-        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".instyle-probe-", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"-o {out_dir}: cannot write there ({e.strerror or e})") from None
-
-
-def target_size(size: tuple[int, int], max_side: int | None, scale: float | None) -> tuple[int, int]:
-    w, h = size
-    if scale is not None:
-        return max(1, round(w * scale)), max(1, round(h * scale))
-    if max_side is not None and max(w, h) > max_side:
-        f = max_side / max(w, h)
-        return max(1, round(w * f)), max(1, round(h * f))
-    return w, h
+    distributed.add_arguments(p)
 
 
 def _validate(args) -> None:
@@ -223,19 +111,14 @@ def parse_mix(text: str) -> dict[str, float]:
 def run(args) -> int:
     _validate(args)
     video_cli.validate(args)
+    distributed.validate(args)
     kwargs = _stylizer_kwargs(args)
-    from tqdm import tqdm
-
-    import instyle
-    from instyle import io
-
     prepare_out_dir(Path(args.out_dir))
     jobs, errors = collect(args.inputs, Path(args.out_dir), args.format)
     for line in errors:
         print(line, file=sys.stderr)
     failed = len(errors)
-    todo = [j for j in jobs if args.overwrite or not j.dst.exists()]
-    skipped = len(jobs) - len(todo)
+    todo, skipped = pending(jobs, args.overwrite)
     if not todo:
         if skipped:
             print(f"nothing to do: {skipped} output(s) exist (use --overwrite)", file=sys.stderr)
@@ -243,123 +126,51 @@ def run(args) -> int:
         if not failed:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
-    from instyle.models.styles import StyleError
-
-    try:
-        stylizer = instyle.load(args.model, **kwargs)
-    except StyleError as e:
-        raise UsageError(f"--style/--mix: {e}") from None
-    from instyle.video import is_video
-
-    videos = [j for j in todo if is_video(j.src)]
-    todo = [j for j in todo if j not in videos]
-    done, video_failed = video_cli.stylize_jobs(stylizer, videos, args, target_size)
-    failed += video_failed
-    # Group equal-size images into batches; the header read also catches unreadable files early.
-    groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
-    for job in todo:
-        try:
-            job.size = target_size(_reporting_warnings(io.image_size, job.src), args.max_side, args.scale)
-        except io.ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        w, h = job.size
-        if w * h > args.max_pixels:  # the limit guards memory, so it holds for what is stylized, too
-            print(f"error: {job.src}: {w}x{h} = {w * h} pixels to stylize (after --scale/--max-side) is over the "
-                  f"limit of {args.max_pixels}; raise it with --max-pixels", file=sys.stderr)
-            failed += 1
-            continue
-        groups[job.size].append(job)
-    batches = [g[i:i + args.batch] for g in groups.values() for i in range(0, len(g), args.batch)]
-    with tqdm(total=sum(map(len, batches)), unit="img", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        for batch in batches:
-            ok = _stylize_batch(stylizer, batch, args)
-            done += ok
-            failed += len(batch) - ok
-            bar.update(len(batch))
-    summary = f"{done} stylized, {skipped} skipped (exist), {failed} failed -> {args.out_dir}"
-    print(summary, file=sys.stderr)
+    finished = _run_ray(args, todo, kwargs) if args.distributed else _run_local(args, todo, kwargs)
+    done = sum(job.ok for job in finished)
+    failed += len(finished) - done
+    print(f"{done} stylized, {skipped} skipped (exist), {failed} failed -> {args.out_dir}", file=sys.stderr)
     return 1 if failed else 0
 
 
-@contextlib.contextmanager
-def _c_stderr(lines: list[str]):
-    """Collect what C libraries write straight to file descriptor 2 (libtiff does) while the block runs."""
+def _load(model, kwargs):
+    import instyle
+    from instyle.models.styles import StyleError
+
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no descriptor 2 to borrow: let it through
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines += tmp.read(4096).decode("utf-8", "replace").splitlines()
+        return instyle.load(model, **kwargs)
+    except StyleError as e:
+        raise UsageError(f"--style/--mix: {e}") from None
 
 
-def _reporting_warnings(fn, path: Path, *args, **kwargs):
-    """Call fn(path, ...). When it succeeds, what the decoders warned about (Python warnings, libtiff's messages
-    on stderr) prints as `warning: PATH: ...`, one line each; when it fails, its error line says it all."""
-    c_lines: list[str] = []
-    with warnings.catch_warnings(record=True) as caught, _c_stderr(c_lines):
-        warnings.simplefilter("always")
-        result = fn(path, *args, **kwargs)
-    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
-    messages += [line.strip().removeprefix("tempfile.tif: ") for line in c_lines if line.strip()]
-    for line in list(dict.fromkeys(messages))[:3]:
-        print(f"warning: {path}: {line[:200]}", file=sys.stderr)
-    return result
+def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
+    """Stylize `todo` here with one Stylizer: videos first (streamed), then images in equal-size batches."""
+    from tqdm import tqdm
+
+    from instyle.video import is_video
+
+    stylizer = _load(args.model, kwargs)
+    videos = [j for j in todo if is_video(j.src)]
+    images = [j for j in todo if j not in videos]
+    video_cli.stylize_jobs(stylizer, videos, args, target_size)
+    with tqdm(total=len(images), unit="img", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        def done(finished: list[Job]) -> None:
+            report(finished)
+            bar.update(len(finished))
+
+        stylize_images(stylizer, images, ImageOptions.from_args(args), done)
+    return todo
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+def _run_ray(args, todo: list[Job], kwargs) -> list[Job]:
+    """Stylize `todo` on Ray Data; outcomes are printed in input order as they arrive."""
+    from instyle import checkpoint
 
-
-def _stylize_batch(stylizer, batch: list[Job], args) -> int:
-    """Read, stylize and write one batch; per-file errors are printed. Returns the number written.
-
-    Anything that goes wrong with one file (a decoder's TypeError, MemoryError while tiling, ...) is that
-    file's error line; KeyboardInterrupt and SIGTERM end the run (temporary files are removed on the way).
-    """
-    from instyle import io
-
-    pictures, ready = [], []
-    for job in batch:
-        try:
-            pic = _reporting_warnings(io.read_image, job.src, max_pixels=args.max_pixels)
-            if pic.frames > 1:
-                print(f"warning: {job.src}: {pic.frames} frames; only the first is stylized", file=sys.stderr)
-            if pic.size != job.size:
-                pic = io.resize_picture(pic, job.size)
-            pictures.append(pic)
-            ready.append(job)
-        except io.ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-        except Exception as e:
-            print(f"error: {job.src}: cannot read ({_one_line(e)})", file=sys.stderr)
-    if not ready:
-        return 0
-    try:
-        out = stylizer(io.to_tensor(pictures))
-    except Exception as e:  # CUDA OOM, MemoryError/OverflowError while tiling, a backend's RuntimeError
-        for job in ready:
-            print(f"error: {job.src}: stylizing failed ({_one_line(e)})", file=sys.stderr)
-        return 0
-    written = 0
-    for job, pic, y in zip(ready, pictures, out):
-        try:
-            io.write_image(job.dst, io.Picture(io.rgb_from_tensor(y), pic.alpha, pic.icc_profile),
-                           quality=args.quality)
-            written += 1
-        except io.ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-        except Exception as e:
-            print(f"error: {job.dst}: cannot write ({_one_line(e)})", file=sys.stderr)
-    return written
+    path, named = checkpoint.resolve_style(args.model)
+    if named is not None and kwargs["style"] is None and kwargs["mix"] is None:
+        kwargs = dict(kwargs, style=named)
+    # Prove the model file and the style controls here, once, before any worker starts (exit 2 on a bad --style).
+    _load(path, dict(kwargs, backend="eager", precision="fp32", device="cpu", tile="off"))
+    for job in distributed.stylize(todo, model=path, stylizer_kwargs=kwargs, args=args):
+        report([job])
+    return todo

@@ -66,7 +66,7 @@ def is_video(path: str | os.PathLike) -> bool:
     try:
         with Image.open(path) as img:
             return getattr(img, "n_frames", 1) > 1
-    except (OSError, ValueError):
+    except Exception:  # a damaged GIF may raise anything (IndexError from Pillow's frame count)
         return False  # the image path reports the error
 
 
@@ -314,7 +314,9 @@ class _Transcode:
 
 
 def _muxer_for(dst: Path) -> str | None:
-    return {".m4v": "mp4", ".mkv": "matroska"}.get(dst.suffix.lower())  # others: guessed from the name
+    """The muxer for `dst`'s container: named, since the temporary file's name ends in `.tmp-XXXXXXXX`."""
+    ext = dst.suffix.lower()
+    return {".m4v": "mp4", ".mkv": "matroska"}.get(ext, ext.lstrip(".") or None)
 
 
 def _frame_rgb(frame, size) -> np.ndarray:

@@ -37,43 +37,49 @@ def validate(args) -> None:
         raise UsageError(f"--temporal weight must be in [0, 1), got {args.temporal}")
 
 
-def stylize_jobs(stylizer, jobs: list, args, target_size) -> tuple[int, int]:
-    """Stylize each video job (src -> dst); returns (written, failed). Per-file errors are printed."""
+def stylize_jobs(stylizer, jobs: list, args, target_size) -> None:
+    """Stylize each video job (src -> dst) in turn, printing its warning/error lines when it is done."""
     from tqdm import tqdm
 
+    from instyle.jobs import report
+
+    for job in jobs:
+        with tqdm(unit="frame", desc=job.src.name, disable=not sys.stderr.isatty(), file=sys.stderr,
+                  leave=False) as bar:
+            stylize_one(stylizer, job, args, target_size, bar)
+        report([job])
+
+
+def stylize_one(stylizer, job, args, target_size, bar=None) -> None:
+    """Stylize one video job, recording the outcome on it (`ok`, `warning:`/`error:` lines); `bar` (a tqdm, or
+    None) gets the frame total and each frame. The Ray workers call this too: one video per task."""
     from instyle import video
 
-    if not jobs:
-        return 0, 0
     if not video.have_av():
-        for job in jobs:
-            print(f"error: {job.src}: video input needs PyAV: pip install 'instyle[video]'", file=sys.stderr)
-        return 0, len(jobs)
-    written = failed = 0
-    for job in jobs:
+        job.lines.append(f"error: {job.src}: video input needs PyAV: pip install 'instyle[video]'")
+        return
+    try:  # whatever goes wrong with one video (a damaged container's metadata included) is that file's error
         total = video.frame_count(job.src)
         if total and args.frames:
             start, stop = args.frames
             total = max(0, min(total, stop or total) - start)
-        try:
-            temporal = None
-            if args.temporal:
-                from instyle.temporal import FlowBlend
+        if bar is not None:
+            bar.reset(total=total)
+        temporal = None
+        if args.temporal:
+            from instyle.temporal import FlowBlend
 
-                temporal = FlowBlend(args.temporal)
-            with tqdm(total=total, unit="frame", desc=job.src.name, disable=not sys.stderr.isatty(),
-                      file=sys.stderr, leave=False) as bar:
-                result = video.stylize_video(
-                    stylizer, job.src, job.dst, batch=args.batch, codec=args.codec, crf=args.crf,
-                    frames=args.frames, size=lambda w, h: target_size((w, h), args.max_side, args.scale),
-                    temporal=temporal, progress=bar.update)
-        except (video.VideoError, ImportError, OSError, RuntimeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"error: {msg}" if isinstance(e, video.VideoError) else f"error: {job.src}: {msg}",
-                  file=sys.stderr)
-            failed += 1
-            continue
-        for note in result.notes:
-            print(f"warning: {job.src}: {note}", file=sys.stderr)
-        written += 1
-    return written, failed
+            temporal = FlowBlend(args.temporal)
+        result = video.stylize_video(
+            stylizer, job.src, job.dst, batch=args.batch, codec=args.codec, crf=args.crf,
+            frames=args.frames, size=lambda w, h: target_size((w, h), args.max_side, args.scale),
+            temporal=temporal, progress=bar.update if bar is not None else None)
+    except video.VideoError as e:
+        job.lines.append(f"error: {str(e).splitlines()[0]}")
+        return
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        job.lines.append(f"error: {job.src}: {msg}")
+        return
+    job.lines += [f"warning: {job.src}: {note}" for note in result.notes]
+    job.ok = True

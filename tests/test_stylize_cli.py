@@ -284,10 +284,11 @@ def test_decoder_type_error_fails_one_file(tmp_path, photo, model_path, capsys, 
     assert (tmp_path / "out" / "b-good.png").is_file()
 
 
-def test_animated_gif_warns_that_only_the_first_frame_is_stylized(tmp_path, photo, model_path, capsys):
+def test_animated_png_warns_that_only_the_first_frame_is_stylized(tmp_path, photo, model_path, capsys):
+    """Animated PNG/WebP and multi-page TIFF are images (an animated GIF is a video: test_video.py)."""
     frames = [photo.crop((i, 0, i + 20, 12)) for i in (0, 50)]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
-    assert stylize(tmp_path / "anim.gif", "-o", tmp_path / "out", "--model", model_path) == 0
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=40)
+    assert stylize(tmp_path / "anim.png", "-o", tmp_path / "out", "--model", model_path) == 0
     err = capsys.readouterr().err
-    assert f"warning: {tmp_path / 'anim.gif'}: 2 frames; only the first is stylized" in err.splitlines()
-    assert Image.open(tmp_path / "out" / "anim.gif").size == (20, 12)
+    assert f"warning: {tmp_path / 'anim.png'}: 2 frames; only the first is stylized" in err.splitlines()
+    assert Image.open(tmp_path / "out" / "anim.png").size == (20, 12)
