@@ -6,8 +6,6 @@ import math
 import pytest
 import torch
 
-torch.set_grad_enabled(False)  # inference only in this file
-
 from instyle import checkpoint, models
 from instyle.engine import Stylizer, controls
 from instyle.models.norm import ConditionalInstanceNorm2d
@@ -15,6 +13,13 @@ from instyle.models.styles import StyleError, bake, mix_weights
 from conftest import need
 
 NAMES = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def _inference():
+    """Inference only in this file (a fixture, so the rest of the session keeps autograd)."""
+    with torch.no_grad():
+        yield
 
 
 def multi(styles=3, seed=0, **config):
