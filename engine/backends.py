@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from instyle.errors import BackendUnavailable
+from instyle.specs import BACKEND_NAMES
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
@@ -46,7 +47,7 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
 
 TABLE: dict[str, Backend] = {
     "eager": Backend(_eager),
-    "triton": Backend("instyle.engine.fused:make_runner"),
+    "triton": Backend("instyle.engine.triton_backend:make_runner"),
     "fused": Backend("instyle.engine.fused_chain:make_runner"),
     "compile": Backend("instyle.engine.compiled:make_runner"),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", requires=("onnxruntime",),
@@ -57,6 +58,7 @@ TABLE: dict[str, Backend] = {
                         hint="pip install 'instyle[tensorrt]'"),
 }
 BACKENDS = tuple(TABLE)
+assert BACKENDS == BACKEND_NAMES, "instyle.specs.BACKEND_NAMES must list the table's backends in order"
 
 # what `auto` tries, in order, per device type
 _CHAINS = {"cuda": ("triton", "eager"), "cpu": ("openvino", "onnxruntime", "eager")}

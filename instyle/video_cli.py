@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from instyle.cli import UsageError
+from instyle.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ import torch
 
 from conftest import need
 from instyle import checkpoint, io
-from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, fused, load, plan
+from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, load, plan
+from instyle.engine import triton_backend as fused  # the backend "triton": IN tails fused into one op
 from instyle.engine.graphs import GraphCache
 from instyle.models import JohnsonNet, PyramidNet
 

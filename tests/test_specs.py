@@ -23,3 +23,23 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_help_does_not_import_torch():
+    """`instyle --help` and every subcommand's --help parse without torch, numpy or Pillow (a fast CLI)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, instyle.cli\n"
+            "for argv in (['--help'], ['stylize', '--help'], ['train', '--help'], ['bench', '--help']):\n"
+            "    try:\n        instyle.cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-500:]
+
+
+def test_backend_names_match_the_engine_table():
+    from instyle.engine.backends import TABLE
+    from instyle.specs import BACKEND_NAMES
+
+    assert tuple(TABLE) == BACKEND_NAMES

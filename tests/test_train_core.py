@@ -11,7 +11,7 @@ from PIL import Image
 from instyle import checkpoint
 from instyle.train import state as state_mod
 from instyle.train.data import ContentImages, StreamSampler, list_images
-from instyle.train.fused import FusedInstanceNorm, swap_instance_norm
+from instyle.train.fused_norm import FusedInstanceNorm, swap_instance_norm
 from instyle.train.gatys import stylize
 from instyle.train.losses import LossSpec, PerceptualLoss, gram, total_variation
 from instyle.train.trainer import TrainConfig, Trainer
@@ -279,7 +279,7 @@ def test_fused_swap_shares_parameters_and_matches():
 
 def test_fused_kernel_trains_like_reference():
     """The real instyle.kernels op (Triton interpreter on CPU) in a generator: same output and gradients."""
-    from instyle.train.fused import find_op
+    from instyle.train.fused_norm import find_op
 
     op = find_op()
     if op is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the functions that use it: `instyle --help` stays light
+    import torch
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, multiple: int = 1) -> torch.Tensor:

@@ -3,7 +3,7 @@
 One step: a batch of content crops (style mode) or noise (texture mode) -> generator (under autocast) ->
 PerceptualLoss (VGG under autocast, loss arithmetic fp32) -> GradScaler-scaled backward -> Adam.
 Performance choices, each optional: bf16/fp16 autocast, channels_last on CUDA, the fused Triton instance
-norm (train/fused.py), torch.compile, DDP across GPUs (train/distributed.py).
+norm (train/fused_norm.py), torch.compile, DDP across GPUs (train/distributed.py).
 
 Exact resume: the state file (state.py) holds model, optimizer, scaler, RNG states and the global sample
 position; data crops and noise are pure functions of (seed, sample code / step), so a resumed run
@@ -21,7 +21,7 @@ from torch import nn
 
 from instyle import checkpoint, models
 
-from . import distributed, fused
+from . import distributed, fused_norm
 from .data import list_images, make_loader
 from .logs import LossLog, sample_grid
 from .losses import PerceptualLoss
@@ -133,7 +133,7 @@ class Trainer:
             params = trainable_rows(self.model, len(self.base_entries))
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
-        self.n_fused = fused.maybe_fuse(self.model, dev, cfg.fused)
+        self.n_fused = fused_norm.maybe_fuse(self.model, dev, cfg.fused)
 
         self.files = [] if self.texture else list_images(_need_data(cfg), cfg.max_images, cfg.seed)
         self.step, self.position, self.elapsed = 0, 0, 0.0
