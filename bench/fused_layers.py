@@ -21,12 +21,12 @@ import importlib
 import torch
 
 from instyle.models.johnson import JohnsonNet
+from instyle.precision import DTYPES
 
 FC = importlib.import_module("instyle.engine.fused_chain")
 CI = importlib.import_module("instyle.kernels.conv_in")
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str = "fp16",

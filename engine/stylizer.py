@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from . import backends, controls, memory, plan, tiled
+from instyle.precision import DTYPES
 from instyle.specs import resolve_device
 
 from instyle.models.styles import StyleError, bake, mix_weights, style_count
 
 from .padding import crop, pad_to_multiple
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = DTYPES  # name -> dtype (instyle/precision.py)
 TORCH_BACKENDS = ("eager", "triton", "compile")  # run the PyTorch module: channels_last on CUDA
 MIN_TILE = 32
 MIX_CACHE = 4  # per-sample mixes: baked networks kept per Stylizer

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.atomic import atomic_path
+from instyle.precision import dtype_of
 
 from .cache import cache_dir, model_key
 
@@ -45,7 +46,6 @@ DEFAULT_OPSET = 18
 EXPORT_FORMAT = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
 MIN_OPSET = 17
 PRECISIONS = ("fp32", "fp16")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class _Fp32Norm(nn.Module):
@@ -104,7 +104,7 @@ def contract_module(model: nn.Module, precision: str = "fp32") -> ImageContract:
             if isinstance(module, (nn.InstanceNorm2d, nn.BatchNorm2d)) or getattr(module, "conditional", False):
                 parent_name, _, child = name.rpartition(".")
                 setattr(gen.get_submodule(parent_name), child, _Fp32Norm(module))
-    return ImageContract(gen, _DTYPES[precision]).eval()
+    return ImageContract(gen, dtype_of(precision)).eval()
 
 
 def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision: str = "fp32",

@@ -19,10 +19,11 @@ from torch import nn
 
 from instyle.atomic import atomic_path
 from instyle.errors import BackendUnavailable
+from instyle.precision import name_of
 
 from . import onnx as onnx_export
 
-_PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}
+_RUNS = ("fp32", "fp16")  # the ONNX export's precisions
 
 
 def physical_cores() -> int:
@@ -152,14 +153,14 @@ def cached_session(model: nn.Module, precision: str, device: torch.device):
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
     """Backend factory (engine/backends.py): padded N,3,H,W float 0..255 -> stylized float32 0..255."""
-    if dtype not in _PRECISION_OF:
+    if name_of(dtype) not in _RUNS:
         raise BackendUnavailable(f"the onnxruntime backend runs fp32 or fp16, not {dtype}")
     try:
         onnx_export.check_exportable(model)
     except ValueError as e:
         raise BackendUnavailable(f"onnxruntime backend: {e}") from None
     device = torch.device(device)
-    session, source, notes = cached_session(model, _PRECISION_OF[dtype], device)
+    session, source, notes = cached_session(model, name_of(dtype), device)
     if device.type == "cuda":
         run = _cuda_runner(session, device)
         run.notes = notes

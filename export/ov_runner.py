@@ -40,12 +40,12 @@ from torch import nn
 
 from instyle.atomic import atomic_path
 from instyle.errors import BackendUnavailable
+from instyle.precision import name_of
 
 from .cache import cache_dir, model_key, sha256_file
 from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
 
 PRECISIONS = ("fp32", "bf16")
-_PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _HINT = {"fp32": "f32", "bf16": "bf16"}
 _TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spells them
 CACHE_FORMAT = "2"  # bump when the converted graph changes for the same weights (invalidates caches)
@@ -262,7 +262,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
     _openvino()
     if torch.device(device).type != "cpu":
         raise BackendUnavailable("backend 'openvino' runs on the CPU (use triton or tensorrt on CUDA)")
-    precision = _PRECISION_OF.get(dtype)
+    precision = name_of(dtype)
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"backend 'openvino' runs fp32 or bf16 on the CPU, not {precision or dtype} "
                                  "(fp16 is not a CPU inference precision there; use bf16 or fp32)")

@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from instyle.precision import name_of
+
 from . import tensorrt as trt_export
 from .cache import cache_dir, model_key
 from .onnx import INPUT_NAME, OUTPUT_NAME, cached_onnx
 
-_PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}  # strongly typed: the ONNX export's precisions
+_RUNS = ("fp32", "fp16")  # strongly typed: the ONNX export's precisions
 
 
 def cached_engine(model: nn.Module, precision: str, *, max_batch: int = 1) -> Path:
@@ -84,7 +86,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
         trt_export.import_tensorrt()
     except RuntimeError as e:
         raise BackendUnavailable(str(e)) from None
-    if dtype not in _PRECISION_OF:
+    if name_of(dtype) not in _RUNS:
         raise BackendUnavailable(f"the tensorrt backend runs fp32 or fp16 (the ONNX graph's precision), not {dtype}")
     with torch.cuda.device(device):
-        return EngineRunner(cached_engine(model, _PRECISION_OF[dtype]), device)
+        return EngineRunner(cached_engine(model, name_of(dtype)), device)
