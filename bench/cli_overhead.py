@@ -1,4 +1,4 @@
-"""How much does `instyle stylize` cost on top of the generator itself? (CPU; issue 3)
+"""How much does `instyle stylize` cost on top of the generator itself? (CPU)
 
     python -m instyle.bench.cli_overhead [--model M] [--size 1024] [--images 3] [--threads 1] [--no-4k]
 
