@@ -106,7 +106,7 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
     model, meta = checkpoint.load(model_path, device=dev)
     model.float()
     names = checkpoint.style_names(meta)
-    sources = json.loads(meta["styles"]) if meta.get("styles") else [{"source": meta.get("style", "")}]
+    sources = checkpoint.style_entries(meta)
     layers = list(DEFAULT_STYLE_LAYERS)
     vgg = load_vgg(layers + ["relu3_3"], resolve_path(data / "vgg"), device=dev).float()
     x = _photo_batch(photos, side, dev)
@@ -138,29 +138,16 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
 
 def keep_styles(model_path: Path, keep: list[str], out_path: Path) -> Path | None:
     """The model with only the `keep` styles' rows, saved fp16 (None when nothing is kept)."""
-    from instyle import checkpoint, models
+    from instyle import checkpoint
+    from instyle.models.styles import restyle
 
-    model, meta = checkpoint.load(model_path)
-    names = checkpoint.style_names(meta)
     if not keep:
         return None
+    model, meta = checkpoint.load(model_path)
+    names = checkpoint.style_names(meta)
     rows = [names.index(n) for n in keep]
-    styles_meta = json.loads(meta["styles"]) if meta.get("styles") else [{"name": names[0], "source": ""}]
-    config = dict(json.loads(meta["config"]))
-    config.pop("styles", None)
-    if len(rows) > 1:
-        config["styles"] = len(rows)
-    kept = models.build(model.arch, config)
-    state = {}
-    for k, v in model.state_dict().items():
-        shape = kept.state_dict()[k].shape
-        if v.dim() == 2 and len(shape) == 2 and v.shape[0] == len(names):
-            state[k] = v[rows]
-        elif v.dim() == 2 and len(shape) == 1:  # a single kept style: plain IN rows
-            state[k] = v[rows[0]]
-        else:
-            state[k] = v
-    kept.load_state_dict(state)
+    styles_meta = checkpoint.style_entries(meta)
+    kept = restyle(model, len(rows), lambda old: old[rows])
     training = json.loads(meta.get("training") or "{}")
     training["gate"] = "passed"
     return checkpoint.save(kept, out_path, style=keep[0], styles=[styles_meta[i] for i in rows] if len(rows) > 1

@@ -278,14 +278,20 @@ def load(path: str | os.PathLike, *, device="cpu"):
     return skeleton.to(device).eval(), meta
 
 
-def style_names(meta: dict[str, str]) -> list[str]:
-    """The style names of a checkpoint's metadata: the `styles` list, else [`style`]."""
+def style_entries(meta: dict[str, str]) -> list[dict]:
+    """One {"name", "source"} per style of a checkpoint's metadata: the `styles` list, else the one `style`."""
     if meta.get("styles"):
         try:
-            return [str(s["name"]) for s in json.loads(meta["styles"])]
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            entries = json.loads(meta["styles"])
+            return [{"name": str(s["name"]), "source": str(s.get("source", ""))} for s in entries]
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise CheckpointError(f"bad 'styles' metadata ({e})") from None
-    return [meta.get("style") or "style"]
+    return [{"name": meta.get("style") or "style", "source": ""}]
+
+
+def style_names(meta: dict[str, str]) -> list[str]:
+    """The style names of a checkpoint's metadata, in row order."""
+    return [e["name"] for e in style_entries(meta)]
 
 
 def shipped() -> dict[str, Path]:

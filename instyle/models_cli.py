@@ -24,13 +24,13 @@ def describe(meta: dict[str, str]) -> str:
 
 
 def run(args) -> int:
-    from instyle.checkpoint import read_metadata, shipped_styles
+    from instyle.checkpoint import read_metadata, shipped_styles, style_entries
 
     styles = shipped_styles()
     rows = []
     for name, (path, index) in styles.items():
         meta = read_metadata(path)
-        source = json.loads(meta["styles"])[index].get("source", "") if meta.get("styles") else ""
+        source = style_entries(meta)[index]["source"]
         rows.append((name, path, index, source, meta))
     if args.json:
         print(json.dumps([{"name": n, "path": str(p), "index": i, "source": src, "default": k == 0,

@@ -7,12 +7,12 @@ an ordinary single-style generator with the mixed pairs: every backend that runs
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .norm import ConditionalInstanceNorm2d
+from .norm import is_instance_norm
 
 
 class StyleError(ValueError):
@@ -52,18 +52,33 @@ def _index(names: Sequence[str], key: str | int) -> int:
     raise StyleError(f"unknown style {key!r} (known: {', '.join(names)})")
 
 
-def bake(model: nn.Module, weights: torch.Tensor) -> nn.Module:
-    """A single-style generator computing `model` with the fixed style mix `weights` (length S)."""
+def restyle(model: nn.Module, styles: int, rows: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """A copy of `model` holding `styles` styles: every instance-norm layer's gamma and beta become
+    rows(old) -- old is [S, C] (a single-style model's [C] as [1, C]) in fp32, the result [styles, C].
+    The rest of the weights are copied as they are. Baking a mix, keeping some styles and adding new ones
+    are all this one operation."""
     from . import build
 
     config = {k: v for k, v in model.config.items() if k != "styles"}
-    single = build(model.arch, config)
-    single.to(next(model.parameters()).device)
+    if styles > 1:
+        config["styles"] = styles
+    device = next(model.parameters()).device
+    new = build(model.arch, config).to(device)
+    norms = {name for name, m in model.named_modules() if is_instance_norm(m)}
     state = {}
-    cond = {name for name, m in model.named_modules() if isinstance(m, ConditionalInstanceNorm2d)}
-    w = weights.float().to(next(model.parameters()).device)
     for key, value in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
-        state[key] = (w @ value.float()).to(value.dtype) if owner in cond and leaf in ("weight", "bias") else value
-    single.load_state_dict(state)
-    return single.eval() if not model.training else single
+        if owner in norms and leaf in ("weight", "bias"):
+            new_rows = rows(value.float() if value.dim() == 2 else value.float()[None])
+            assert new_rows.shape == (styles, value.shape[-1]), (key, tuple(new_rows.shape))
+            state[key] = new_rows if styles > 1 else new_rows[0]
+        else:
+            state[key] = value
+    new.load_state_dict(state)  # copies into the new model's (fp32) parameters
+    return new.train(model.training)
+
+
+def bake(model: nn.Module, weights: torch.Tensor) -> nn.Module:
+    """A single-style generator computing `model` with the fixed style mix `weights` (length S)."""
+    w = weights.float().to(next(model.parameters()).device)
+    return restyle(model, 1, lambda old: (w @ old)[None])

@@ -9,14 +9,14 @@ parameter whose gradient has always been zero).
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from torch import nn
 
-from instyle import checkpoint, models
+from instyle import checkpoint
 from instyle.models.norm import ConditionalInstanceNorm2d
+from instyle.models.styles import restyle
 
 
 def extend(base_path: str | os.PathLike, new_styles: int) -> tuple[nn.Module, list[dict]]:
@@ -25,22 +25,9 @@ def extend(base_path: str | os.PathLike, new_styles: int) -> tuple[nn.Module, li
     if base.config.get("norm", "instance") != "instance":
         raise ValueError(f"{base_path}: fine-tuning styles needs an instance-norm generator, "
                          f"this one has norm {base.config.get('norm')!r}")
-    names = checkpoint.style_names(meta)
-    entries = json.loads(meta["styles"]) if meta.get("styles") else [{"name": names[0], "source": ""}]
-    config = {k: v for k, v in base.config.items() if k != "styles"}
-    config["styles"] = len(names) + new_styles
-    model = models.build(base.arch, config)
-    cond = {name for name, m in model.named_modules() if isinstance(m, ConditionalInstanceNorm2d)}
-    have = base.state_dict()
-    state = {}
-    for key, value in model.state_dict().items():
-        old = have[key].float()
-        if key.rpartition(".")[0] in cond:  # [S_base, C] (or the plain IN's [C]) + new rows
-            rows = old if old.dim() == 2 else old[None]
-            state[key] = torch.cat([rows, rows.mean(0, keepdim=True).expand(new_styles, -1)])
-        else:
-            state[key] = old
-    model.load_state_dict(state)
+    entries = checkpoint.style_entries(meta)
+    model = restyle(base, len(entries) + new_styles,
+                    lambda old: torch.cat([old, old.mean(0, keepdim=True).expand(new_styles, -1)]))
     return model, entries
 
 
