@@ -14,6 +14,7 @@ Each step writes `<step>.json` (and its own files) into the stage folder as it f
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -136,7 +137,7 @@ def parity(out: Path, dry: bool) -> dict:
 def _bench(out: Path, dry: bool, backends: str, folder: str) -> dict:
     from instyle.bench import cli, report
 
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     iters = str(TINY["iters"] if dry else FULL["iters"])
     runs = ([("64", "1")] if dry else [("1024", "8"), ("1920x1080,3840x2160", "1")])
@@ -194,5 +195,6 @@ STEPS = {"env": env, "tests": tests, "parity": parity, "bench": bench, "throughp
          "bench_compile": bench_compile}
 # seconds each step may take on the GPU machine (a step still running then is stopped, its status "timeout")
 LIMITS = {"env": 30, "tests": 120, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "bench_compile": 60}
-# steps run side by side with the one before them (neither times anything): tests with parity
-CONCURRENT = {"parity": "tests"}
+# the order steps run in: the steps of one group start together (none of them times anything)
+GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("bench_compile",)]
+assert [n for g in GROUPS for n in g] == list(STEPS)
