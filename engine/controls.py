@@ -21,6 +21,7 @@ import torch.nn.functional as F
 _TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
                           [-0.168736, -0.331264, 0.5],
                           [0.5, -0.418688, -0.081312]])
+_TO_RGB = torch.linalg.inv(_TO_YCBCR.double()).float()  # inverted once, not per call
 _OFFSET = torch.tensor([0.0, 128.0, 128.0])
 
 
@@ -30,7 +31,7 @@ def to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
-    m = torch.linalg.inv(_TO_YCBCR.double()).to(ycbcr.device, ycbcr.dtype)
+    m = _TO_RGB.to(ycbcr.device, ycbcr.dtype)
     return torch.einsum("ij,njhw->nihw", m, ycbcr - _OFFSET.to(ycbcr.device, ycbcr.dtype).view(1, 3, 1, 1))
 
 

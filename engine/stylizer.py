@@ -13,16 +13,16 @@ convolutions and the engine's exact global-statistics normalization, whatever th
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from . import backends, controls, memory, plan, tiled
+from instyle.models.styles import StyleError, bake, mix_weights, style_count
 from instyle.precision import DTYPES
 from instyle.specs import resolve_device
 
-from instyle.models.styles import StyleError, bake, mix_weights, style_count
-
+from . import backends, controls, memory, plan, tiled
 from .padding import crop, pad_to_multiple
 
 PRECISIONS = DTYPES  # name -> dtype (instyle/precision.py)
@@ -71,14 +71,18 @@ class Stylizer:
         self.strength, self.preserve_color, self.style_scale = float(strength), bool(preserve_color), float(style_scale)
         self.source = model if style_count(model) > 1 else None  # the multi-style model, kept for set_style
         self.style_names = self._names(model)
+        self._mix_cache: OrderedDict[tuple, Stylizer] = OrderedDict()  # per-sample mixes, least recent first
         self._build(model, style, mix)
 
     def _names(self, model: nn.Module) -> list[str]:
+        """The metadata's style names when they fit the model; placeholders for an unnamed multi-style one."""
         from instyle.checkpoint import style_names
 
         names = style_names(self.metadata) if self.metadata else []
         count = style_count(model)
-        return names if len(names) == count else [f"style{i}" for i in range(count)] if count > 1 else names
+        if count > 1 and len(names) != count:
+            return [f"style{i}" for i in range(count)]
+        return names
 
     def _build(self, model: nn.Module, style=None, mix=None) -> None:
         """Bake the chosen style of a multi-style model, move it to the device, build the backend."""
@@ -189,15 +193,15 @@ class Stylizer:
     def _for_mix(self, row: torch.Tensor) -> "Stylizer":
         """A Stylizer of the same backend with the mix `row` baked in (LRU of MIX_CACHE)."""
         key = tuple(round(v, 6) for v in row.tolist())
-        cache = self.__dict__.setdefault("_mix_cache", {})
-        if key not in cache:
+        cache = self._mix_cache
+        if key in cache:
+            cache.move_to_end(key)
+        else:
             if len(cache) >= MIX_CACHE:
-                cache.pop(next(iter(cache)))
+                cache.popitem(last=False)
             cache[key] = Stylizer(self.source, backend=self.backend, precision=self.precision, device=self.device,
                                   metadata=self.metadata, tile=self.tile,
                                   mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
-        else:
-            cache[key] = cache.pop(key)  # most recently used last
         return cache[key]
 
     def _generate(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from instyle.errors import BackendUnavailable
 from instyle.precision import name_of
 
 from . import onnx as onnx_export
+from .cache import why
 
 _RUNS = ("fp32", "fp16")  # the ONNX export's precisions
 
@@ -101,11 +102,6 @@ def make_session(path: str | os.PathLike | bytes, device: torch.device | str = "
                                 providers=providers, provider_options=options)
 
 
-def _why(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
-
-
 def _export(model: nn.Module, precision: str) -> bytes:
     try:
         return onnx_export.to_onnx_proto(model, precision=precision).SerializeToString()
@@ -113,7 +109,7 @@ def _export(model: nn.Module, precision: str) -> bytes:
         raise BackendUnavailable(f"backend 'onnxruntime' needs the package {e.name or 'onnx'} to export the "
                                  "model (pip install 'instyle[onnx]')") from None
     except Exception as e:  # noqa: BLE001 -- a failed export: the backend cannot run this model
-        raise BackendUnavailable(f"backend 'onnxruntime': ONNX export failed ({_why(e)})") from None
+        raise BackendUnavailable(f"backend 'onnxruntime': ONNX export failed ({why(e)})") from None
 
 
 def cached_session(model: nn.Module, precision: str, device: torch.device):
@@ -124,14 +120,14 @@ def cached_session(model: nn.Module, precision: str, device: torch.device):
         present = path.is_file()
     except OSError as e:
         path, present = None, False
-        notes.append(f"cache unreadable ({_why(e)}): running without a cache")
+        notes.append(f"cache unreadable ({why(e)}): running without a cache")
     if present:
         try:
             return make_session(path, device), path, notes
         except BackendUnavailable:
             raise
         except Exception as e:  # noqa: BLE001 -- truncated/corrupt file: export again, once
-            notes.append(f"cached {path.name} was unusable ({_why(e)}): rebuilt it")
+            notes.append(f"cached {path.name} was unusable ({why(e)}): rebuilt it")
             with contextlib.suppress(OSError):
                 path.unlink()
     data = _export(model, precision)
@@ -142,13 +138,13 @@ def cached_session(model: nn.Module, precision: str, device: torch.device):
                 tmp.write_bytes(data)
             source = path
         except OSError as e:
-            notes.append(f"cannot write the cache in {path.parent} ({_why(e)}): running without a cache")
+            notes.append(f"cannot write the cache in {path.parent} ({why(e)}): running without a cache")
     try:
         return make_session(source, device), source, notes
     except BackendUnavailable:
         raise
     except Exception as e:  # noqa: BLE001
-        raise BackendUnavailable(f"backend 'onnxruntime': the exported model does not load ({_why(e)})") from None
+        raise BackendUnavailable(f"backend 'onnxruntime': the exported model does not load ({why(e)})") from None
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):

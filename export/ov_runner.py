@@ -42,7 +42,7 @@ from instyle.atomic import atomic_path
 from instyle.errors import BackendUnavailable
 from instyle.precision import name_of
 
-from .cache import cache_dir, model_key, sha256_file
+from .cache import cache_dir, model_key, sha256_file, why
 from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
 
 PRECISIONS = ("fp32", "bf16")
@@ -202,11 +202,6 @@ def _forget(blob: Path) -> None:
             p.unlink()
 
 
-def _why(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
-
-
 def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True):
     """(CompiledModel, notes): from the disk cache when a valid entry exists, else converted and compiled
     (and written to the cache when it is writable)."""
@@ -217,25 +212,25 @@ def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cach
             present = blob.is_file()
         except OSError as e:
             present, blob = False, None
-            notes.append(f"cache unreadable ({_why(e)}): running without a cache")
+            notes.append(f"cache unreadable ({why(e)}): running without a cache")
         if present:
             try:
                 return _import_cached(blob, precision, n_threads), notes
             except Exception as e:  # noqa: BLE001 -- any unusable entry is rebuilt once
-                notes.append(f"cached {blob.name} was unusable ({_why(e)}): rebuilt it")
+                notes.append(f"cached {blob.name} was unusable ({why(e)}): rebuilt it")
                 _forget(blob)
     try:
         compiled = _core().compile_model(convert(model, precision), "CPU", compile_config(precision, n_threads))
     except BackendUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 -- a failed conversion or compilation: the backend cannot run
-        raise BackendUnavailable(f"backend 'openvino': conversion failed ({_why(e)})") from None
+        raise BackendUnavailable(f"backend 'openvino': conversion failed ({why(e)})") from None
     if blob is not None:
         try:
             _write_cache(compiled, blob, precision)
         except Exception as e:  # noqa: BLE001 -- read-only or full disk: run from memory
             _forget(blob)
-            notes.append(f"cannot write the cache in {blob.parent} ({_why(e)}): running without a cache")
+            notes.append(f"cannot write the cache in {blob.parent} ({why(e)}): running without a cache")
     return compiled, notes
 
 
