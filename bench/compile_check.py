@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-MODULES = ("instyle.kernels.instance_norm", "instyle.kernels.instance_norm_backward", "instyle.kernels.conv_in",
-           "instyle.kernels.conv_in_normalize")
+MODULES = ("instyle.kernels.instance_norm_forward", "instyle.kernels.instance_norm_backward",
+           "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize")
 TYPES = {"*float16": "*fp16", "*bfloat16": "*bf16", "*float32": "*fp32", "1": "i32", "i32": "i32",
          "i32:16": "i32", "i64": "i64", "fp32": "fp32"}
 OPTIONS = ("num_warps", "num_stages")

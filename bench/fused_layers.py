@@ -16,15 +16,14 @@ analytic table only.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 import torch
 
 from instyle.models.johnson import JohnsonNet
 from instyle.precision import DTYPES
 
-FC = importlib.import_module("instyle.engine.fused_chain")
-CI = importlib.import_module("instyle.kernels.conv_in")
+from instyle.engine import fused_chain as FC
+from instyle.kernels import conv_in_gemm as CI
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 

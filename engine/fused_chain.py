@@ -1,4 +1,4 @@
-"""Backend "fused": the whole JohnsonNet as a chain of fused conv-IN kernels (kernels/conv_in.py).
+"""Backend "fused": the whole JohnsonNet as a chain of fused conv-IN kernels (kernels/conv_in_gemm.py).
 
 Each of the net's convs is one kernel launch that reads its raw input once, applies the previous IN
 (+ReLU, +skip) while loading, and writes its raw output once with the next IN's partial statistics;
@@ -12,7 +12,7 @@ Deliberate choices:
   * the previous IN is applied in the conv's prologue for the 3x3 convs, but in one separate pass for
     layers whose input elements are loaded 36-81 times (see PRENORM_MIN_REUSE);
   * deconv3 (Cout 3) packs 5 horizontally adjacent output pixels x 3 channels into the GEMM's N
-    (kernels/conv_in.py, PIX), so its tensor-core work is ~1.5x the useful FLOPs instead of 8/3x;
+    (kernels/conv_in_gemm.py, PIX), so its tensor-core work is ~1.5x the useful FLOPs instead of 8/3x;
   * biases of convs followed by IN are dropped: IN subtracts the per-channel mean, so IN(conv + b) ==
     IN(conv) exactly, and the epilogue skips an add; only deconv3 keeps its bias;
   * activations between layers are channels_last (NHWC) in the run dtype; conv1 reads the NCHW fp32
@@ -23,7 +23,6 @@ Deliberate choices:
 """
 from __future__ import annotations
 
-import importlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -32,8 +31,8 @@ from torch import nn
 from .backends import BackendUnavailable
 from .graphs import GraphCache
 
-ci = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
-cn = importlib.import_module("instyle.kernels.conv_in_normalize")
+from instyle.kernels import conv_in_gemm as ci
+from instyle.kernels import conv_in_normalize as cn
 
 # Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
 # prologue when each stored input element is loaded this many times or more (taps x upsampling area):

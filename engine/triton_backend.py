@@ -1,7 +1,7 @@
 """Backend "triton": the generator with its norm tails fused into one Triton kernel each.
 
 Every IN(+ReLU)(+residual) tail of the step plan (engine/plan.py) becomes one call of
-`instyle::instance_norm` (kernels/instance_norm.py): y = act(IN(conv(x)) * w + b) + r, statistics in fp32.
+`instyle::instance_norm` (kernels/instance_norm_forward.py): y = act(IN(conv(x)) * w + b) + r, statistics in fp32.
 The convolutions stay cuDNN's. The reference module is not modified: the plan only reads its
 submodules. Other norms (batch, none) keep their PyTorch tail.
 

@@ -1,4 +1,4 @@
-"""The statistics side of kernels/conv_in.py: `finalize` (Chan-merge the epilogue's per-tile partials into
+"""The statistics side of kernels/conv_in_gemm.py: `finalize` (Chan-merge the epilogue's per-tile partials into
 per-(n, c) norm params) and `in_apply`, which applies a finalized instance norm once,
 y = act((x - mean) * scale + beta) [+ skip], in one NHWC pass.
 

@@ -6,7 +6,7 @@ without ReLU) and per-plane sums Sg = sum(g), Sgx = sum(g * xhat) over H*W:
     dx = rstd * w * (g - Sg / HW - xhat * Sgx / HW).
 Two passes over (x, dy) -- sums, then dx -- plus one write of dx: three tensor-sized passes where
 autograd of the unfused ops spends about eight (residual add, ReLU mask, affine, normalize backward).
-Same tiling and paths as the forward (instance_norm.py): small planes in one program per (n, channel
+Same tiling and paths as the forward (instance_norm_forward.py): small planes in one program per (n, channel
 block); large planes split into spatial chunks, partial sums per chunk, summed per plane in PyTorch
 (tiny N*C x chunks tensors), then a dx pass over the same chunks. Sums accumulate in fp32.
 
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .instance_norm import _plane_block, _plane_shift, _split_program, affine_args, check_device, \
+from .instance_norm_forward import _plane_block, _plane_shift, _split_program, affine_args, check_device, \
     instance_norm_op, memory_format, plan, plane_strides, _saved_affine
 
 

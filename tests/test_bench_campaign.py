@@ -1,5 +1,4 @@
 """The GPU campaign end to end on the CPU (--dry-run), its bundle, and the kernel census."""
-import importlib
 import json
 import os
 import subprocess
@@ -90,7 +89,7 @@ def test_bundle_refuses_missing_data(tmp_path):
 def test_census_counts_distinct_specializations():
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the census records interpreted launches")
-    IN = importlib.import_module("instyle.kernels.instance_norm")
+    from instyle.kernels import instance_norm_forward as IN
     from instyle.kernels import instance_norm
 
     before = dict(IN.TUNING)

@@ -10,7 +10,6 @@ e32 = 5.1e-4 and a fused error of 4.8e-4 on outputs ~90..164). fp16 is judged by
 chain output (a low-precision run cannot be closer than fp16 rounding of ~1e-3 relative allows).
 Without CUDA the kernels run in the Triton interpreter, so sizes are small.
 """
-import importlib
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from instyle.engine import Stylizer, backends
 from instyle.engine.graphs import GraphCache, shape_key
 from instyle.models.johnson import JohnsonNet
 
-FC = importlib.import_module("instyle.engine.fused_chain")
+from instyle.engine import fused_chain as FC
 
 
 def psnr(a, b, peak=255.0):

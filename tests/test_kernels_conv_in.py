@@ -8,7 +8,6 @@ where ref_fp32 is the F.* chain in fp32 on the (dtype-rounded) inputs and torch_
 rounded where a low-precision pipeline must round: the conv's input and weights, and its output.
 bf16 runs only on a GPU: the interpreter's bf16 tl.dot is not faithful.
 """
-import importlib
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import triton
 from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
 from sm90 import assert_compiles_for_sm90
 
-CI = importlib.import_module("instyle.kernels.conv_in")  # the module (the package exports the function)
+from instyle.kernels import conv_in_gemm as CI
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -178,7 +177,7 @@ def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
 @pytest.mark.parametrize("relu,skip", [(True, False), (False, True)], ids=["relu", "skip"])
 def test_in_apply_vs_instance_norm(monkeypatch, dtype, relu, skip):
     """The separate normalize pass: act(IN(x)) [+ skip] as F.instance_norm computes it, x NHWC, tiles ragged."""
-    NA = importlib.import_module("instyle.kernels.conv_in_normalize")
+    from instyle.kernels import conv_in_normalize as NA
     monkeypatch.setitem(NA.TUNING, "block_hw", 16)
     monkeypatch.setitem(NA.TUNING, "block_c", 8)
     c = make_case("res_skip", dtype)  # x: 2 x 16 x 5 x 7 raw, with per-channel offsets
@@ -293,11 +292,10 @@ def test_autotuned_launch_runs_every_gpu_config(monkeypatch, name):
 
 
 _COMPILE_SM90 = """
-import importlib
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-CI = importlib.import_module("instyle.kernels.conv_in")
+from instyle.kernels import conv_in_gemm as CI
 k = CI._conv_in_kernel
 base = dict(KH=3, KW=3, STRIDE=1, UPSAMPLE=False, NORM=True, RELU=False, HAS_SKIP=True, WRITE_SKIP=True,
             HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, PIX=1, STAT_M=CI.GPU_STAT_M)
@@ -318,7 +316,7 @@ for dt, flags, bm, bn, bk, warps, stages in variants:
            for n in k.arg_names}
     triton.compile(ASTSource(k, sig, consts), target=GPUTarget("cuda", 90, 32),
                    options=dict(num_warps=warps, num_stages=stages))
-NA = importlib.import_module("instyle.kernels.conv_in_normalize")
+from instyle.kernels import conv_in_normalize as NA
 a = NA._in_apply_kernel
 consts = dict(RELU=True, HAS_SKIP=True, BLOCK_HW=64, BLOCK_C=64)
 sig = {n: "constexpr" if n in consts else ("*fp32" if n == "norm_ptr" else "*bf16") if n.endswith("_ptr") else "i32"

@@ -45,14 +45,8 @@ class FusedInstanceNorm(nn.Module):
 def find_op() -> Callable | None:
     """instyle.kernels.instance_norm if it exists and Triton imports, else None."""
     try:
-        import instyle.kernels as kernels
-
-        op = getattr(kernels, "instance_norm", None)
-        if op is None or not callable(op):  # not exported (yet), or the submodule itself
-            from instyle.kernels import instance_norm as module
-
-            op = getattr(module, "instance_norm", None)
-    except Exception:  # no triton, kernel not written yet, import error in a work-in-progress kernel
+        from instyle.kernels import instance_norm as op
+    except Exception:  # no triton, or an import error in a work-in-progress kernel
         return None
     return op if callable(op) else None
 
@@ -102,6 +96,6 @@ def maybe_fuse(model: nn.Module, device: torch.device, mode: str = "auto") -> in
     if fn is None or not _agrees(fn, device):
         if mode == "on":
             raise RuntimeError("--fused on needs a CUDA device (or TRITON_INTERPRET=1), Triton and a working "
-                               "instyle.kernels.instance_norm")
+                               "instyle.kernels.instance_norm_forward")
         return 0
     return swap_instance_norm(model, fn)
