@@ -36,8 +36,6 @@ def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str =
     chain = FC.FusedChain(model, DTYPES[precision], prenorm)
     layers = chain.layers()
     rows = []
-    writes_skip = [c1.name for c1, _ in chain.blocks]       # every block's conv1 stores x_k (center tap)
-    reads_skip = writes_skip[1:] + (["deconv1"] if chain.blocks else [])  # x_k = IN(r2) + x_{k-1}
     stat_m = CI.GPU_STAT_M
     for i, L in enumerate(layers):
         ho, wo = CI.out_size(h, L.kernel, L.stride, L.upsample), CI.out_size(w, L.kernel, L.stride, L.upsample)
@@ -47,8 +45,8 @@ def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str =
         moved = {
             "input": act_in * in_b,
             # separate normalize pass: read raw (+ skip), write normalized (into the next skip buffer)
-            "prenorm": act_in * b * (2 + (L.name in reads_skip)) if L.prenorm else 0,
-            "skip": 0 if L.prenorm else act_in * b * ((L.name in reads_skip) + (L.name in writes_skip)),
+            "prenorm": act_in * b * (2 + L.adds_skip) if L.prenorm else 0,
+            "skip": 0 if L.prenorm else act_in * b * (L.adds_skip + L.stores_input),
             "weights": L.weight.numel() * b,
             "output": n * ho * wo * L.cout * out_b,
             "stats": 0 if L.in_weight is None else 2 * 2 * n * -(-ho * wo // stat_m) * L.cout * 4,

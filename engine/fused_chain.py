@@ -1,4 +1,5 @@
-"""Backend "fused": the whole JohnsonNet as a chain of fused conv-IN kernels (kernels/conv_in_gemm.py).
+"""Backend "fused": the whole JohnsonNet as a chain of fused conv-IN kernels (kernels/conv_in_gemm.py),
+built from the net's own step list (models/graph.py) like the other runners.
 
 Each of the net's convs is one kernel launch that reads its raw input once, applies the previous IN
 (+ReLU, +skip) while loading, and writes its raw output once with the next IN's partial statistics;
@@ -19,7 +20,8 @@ Deliberate choices:
     image in place and deconv3 writes the NCHW fp32 output directly (the kernels take any strides);
   * on CUDA, one CUDA graph per input shape (N, H, W), in a small LRU dict: the chain is 16 conv
     launches plus ~8 small statistics ops after each, ~140 launches whose CPU-side latency (the
-    autotuner's dispatch included) a graph replay removes. GPU-only code: engine.graphs.GraphCache, as for the triton backend.
+    autotuner's dispatch included) a graph replay removes (engine.graphs.GraphCache, as for the triton
+    backend).
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .backends import BackendUnavailable
-from .graphs import GraphCache
-
 from instyle.kernels import conv_in_gemm as ci
 from instyle.kernels import conv_in_normalize as cn
+from instyle.models.graph import Step
+
+from .backends import BackendUnavailable
+from .graphs import GraphCache
 
 # Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
 # prologue when each stored input element is loaded this many times or more (taps x upsampling area):
@@ -45,7 +48,7 @@ GRAPH_CACHE_SIZE = 4
 
 
 class Layer(NamedTuple):
-    """One conv of the chain, pre-packed, with the IN that follows it (None for deconv3)."""
+    """One conv of the chain (a step of model.steps()), pre-packed, with the IN that follows it."""
     name: str
     weight: torch.Tensor            # packed [KH*KW*Cin, Cout], run dtype
     bias: Optional[torch.Tensor]    # fp32 [Cout], only where no IN follows
@@ -59,6 +62,8 @@ class Layer(NamedTuple):
     eps: float
     prenorm: bool                      # normalize the input in a separate pass, not in the prologue
     pix: int                           # output pixels per GEMM row (weights packed for it)
+    stores_input: bool                 # the prologue also stores the normalized input (a later residual)
+    adds_skip: bool                    # the input's pending value includes a residual
 
 
 def check_supported(model: nn.Module) -> None:
@@ -73,51 +78,54 @@ def check_supported(model: nn.Module) -> None:
                                      "(use backend 'eager' or 'triton')")
 
 
-def _layer(name: str, conv: nn.Conv2d, norm: Optional[nn.InstanceNorm2d], *, stride: int, upsample: bool,
-           dtype: torch.dtype, prenorm: str = "auto") -> Layer:
+def _check_chain(steps: list[Step]) -> None:
+    """The chain runs a straight line of reflect-padded convs, each followed by IN (the last by nothing)."""
+    for i, step in enumerate(steps, 1):
+        last = i == len(steps)
+        ok = (step.kind in ("conv", "upconv") and step.srcs == (i - 1,) and step.conv is not None
+              and (step.instance_norm if not last else step.norm is None and not step.relu and step.residual is None))
+        if not ok:
+            raise BackendUnavailable(f"backend 'fused' cannot run step {step.name} ({step.kind}) of this generator")
+
+
+def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, adds_skip: bool) -> Layer:
+    conv, norm = step.conv, step.norm
+    upsample = step.kind == "upconv"
     cout, cin, k, _ = conv.weight.shape
-    reuse = k * k * (4 if upsample else 1) / (stride * stride)
-    pre = name != "conv1" and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
+    reuse = k * k * (4 if upsample else 1) / (step.stride * step.stride)
+    pre = step.srcs != (0,) and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
     # deconv3 (Cout 3): 5 adjacent pixels x 3 channels fill a 16-wide MMA instead of 3 of 8 columns
-    pix = 16 // cout if cout < 8 and norm is None and stride == 1 and not upsample else 1
-    return Layer(name, ci.pack_weight(conv.weight.float(), dtype, pix),
+    pix = 16 // cout if cout < 8 and norm is None and step.stride == 1 and not upsample else 1
+    return Layer(step.name, ci.pack_weight(conv.weight.float(), dtype, pix),
                  None if norm is not None else conv.bias.detach().float().contiguous(),
-                 k, stride, upsample, cin, cout,
+                 k, step.stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps), pre, pix)
+                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip)
 
 
 class FusedChain:
-    """The JohnsonNet forward pass as fused conv-IN launches (no CUDA graphs; see `make_runner`)."""
+    """The generator's step list (models/graph.py) as fused conv-IN launches (no CUDA graphs; see
+    `make_runner`).
+
+    Activation i is kept pending as (raw conv output, its IN's params, ReLU?, residual to add): the next
+    conv's prologue computes it while loading. Where a later step adds it as a residual, that prologue
+    also stores it (the Johnson blocks' x_k, written by each block's conv1 from its center tap)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto"):
         check_supported(model)
         if prenorm not in PRENORM_MODES:
             raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
-        m = model
         self.dtype = dtype
-        kw = dict(dtype=dtype, prenorm=prenorm)
-        self.head = [
-            _layer("conv1", m.conv1.conv2d, m.in1, stride=1, upsample=False, **kw),
-            _layer("conv2", m.conv2.conv2d, m.in2, stride=2, upsample=False, **kw),
-            _layer("conv3", m.conv3.conv2d, m.in3, stride=2, upsample=False, **kw),
-        ]
-        self.blocks = [
-            (_layer(f"{r}.conv1", getattr(m, r).conv1.conv2d, getattr(m, r).in1, stride=1, upsample=False,
-                    **kw),
-             _layer(f"{r}.conv2", getattr(m, r).conv2.conv2d, getattr(m, r).in2, stride=1, upsample=False,
-                    **kw))
-            for r in m.res_names
-        ]
-        self.tail = [
-            _layer("deconv1", m.deconv1.conv2d, m.in4, stride=1, upsample=True, **kw),
-            _layer("deconv2", m.deconv2.conv2d, m.in5, stride=1, upsample=True, **kw),
-            _layer("deconv3", m.deconv3.conv2d, None, stride=1, upsample=False, **kw),
-        ]
+        self.steps = model.steps()
+        _check_chain(self.steps)
+        self.residuals = {s.residual for s in self.steps if s.residual is not None}
+        self._layers = [_layer(s, dtype, prenorm, stores_input=i - 1 in self.residuals,
+                               adds_skip=i > 1 and self.steps[i - 2].residual is not None)
+                        for i, s in enumerate(self.steps, 1)]
 
     def layers(self) -> list[Layer]:
-        return self.head + [c for pair in self.blocks for c in pair] + self.tail
+        return list(self._layers)
 
     def _conv(self, layer: Layer, x, norm, *, relu, skip=None, skip_out=None, out=None, trace=None):
         """One fused launch; returns (raw output, the next prologue's [N, 3, C] norm params or None)."""
@@ -144,23 +152,21 @@ class FusedChain:
         """
         N, _, H, W = x.shape
         assert H % 4 == 0 and W % 4 == 0 and min(H, W) >= 8, (H, W)
-        a, norm = self._conv(self.head[0], x, None, relu=False, trace=trace)         # raw conv1(image)
-        for layer in self.head[1:]:                                                   # conv(relu(IN(a)))
-            a, norm = self._conv(layer, a, norm, relu=True, trace=trace)
-        # Residual stream: x_0 = relu(IN3(a3)); x_k = IN(r2_k) + x_{k-1}. Each is pending in (a, norm,
-        # relu_in, skip) until the next conv's prologue computes it, and block conv1 stores it (ping-pong).
-        skip, relu_in = None, True
-        bufs = [torch.empty_like(a), torch.empty_like(a)] if self.blocks else []
-        for i, (c1, c2) in enumerate(self.blocks):
-            new_skip = bufs[i % 2]
-            r, rnorm = self._conv(c1, a, norm, relu=relu_in, skip=skip, skip_out=new_skip, trace=trace)
-            a, norm = self._conv(c2, r, rnorm, relu=True, trace=trace)
-            skip, relu_in = new_skip, False
-        a, norm = self._conv(self.tail[0], a, norm, relu=relu_in, skip=skip, trace=trace)  # up(x_B)
-        a, norm = self._conv(self.tail[1], a, norm, relu=True, trace=trace)
-        out = torch.empty((N, 3, H, W), device=x.device, dtype=torch.float32)
-        y, _ = self._conv(self.tail[2], a, norm, relu=True, out=out, trace=trace)
-        return y
+        stored: dict[int, torch.Tensor] = {}  # activations a later step adds, as the prologue stored them
+        free: list[torch.Tensor] = []          # stores whose residual has been added: reused (ping-pong)
+        a, norm, relu, skip = x, None, False, None  # activation 0, the image, pending as is
+        for i, (step, layer) in enumerate(zip(self.steps, self._layers), 1):
+            skip_out = None
+            if layer.stores_input:
+                skip_out = free.pop() if free and free[-1].shape == a.shape else torch.empty_like(a)
+            out = torch.empty((N, 3, H, W), device=x.device, dtype=torch.float32) if i == len(self.steps) else None
+            a, norm = self._conv(layer, a, norm, relu=relu, skip=skip, skip_out=skip_out, out=out, trace=trace)
+            if skip is not None:
+                free.append(skip)
+            if skip_out is not None:
+                stored[i - 1] = skip_out
+            relu, skip = step.relu, None if step.residual is None else stored.pop(step.residual)
+        return a
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, cuda_graphs: bool = True,

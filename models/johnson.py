@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph import Step, Steps
 from .norm import apply_norm, default_style_weights, make_norm, make_pad
 
 UPSAMPLINGS = ("nearest", "transposed")
@@ -17,6 +18,8 @@ UPSAMPLINGS = ("nearest", "transposed")
 
 class ConvLayer(nn.Module):
     """Pad then convolve, so the output keeps ceil(size / stride)."""
+
+    kind = "conv"  # models/graph.py
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: str = "reflect"):
         super().__init__()
@@ -30,6 +33,8 @@ class ConvLayer(nn.Module):
 class UpsampleConvLayer(nn.Module):
     """Nearest x2 then pad and convolve: upsampling without the checkerboard of transposed convs."""
 
+    kind = "upconv"
+
     def __init__(self, cin: int, cout: int, kernel: int, padding: str = "reflect"):
         super().__init__()
         self.pad = make_pad(padding, kernel // 2)
@@ -41,6 +46,8 @@ class UpsampleConvLayer(nn.Module):
 
 class TransposedConvLayer(nn.Module):
     """Stride-2 transposed conv (texture_nets' johnson model): exactly doubles the size."""
+
+    kind = "tconv"
 
     def __init__(self, cin: int, cout: int, kernel: int):
         super().__init__()
@@ -116,6 +123,7 @@ class JohnsonNet(nn.Module):
     # 3x3 convs at 1/4 scale needs at least 2 pixels there.
     stride_multiple = 4
     min_size = 8
+    in_channels = 3
 
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         """x: N,3,H,W RGB 0..255; style_weights: N x styles mixing weights (None: the first style)."""
@@ -129,3 +137,22 @@ class JohnsonNet(nn.Module):
         y = self.relu(apply_norm(self.in5, self.deconv2(y), s))
         return self.deconv3(y)
 
+
+    def steps(self) -> list[Step]:
+        """This forward pass as a flat list of layers (models/graph.py), for the engine's runners."""
+        g = Steps()
+
+        def add(name, layer, src, norm, relu, residual=None):
+            return g.add(name, layer.kind, layer, src, conv=layer.conv2d, norm=norm, relu=relu, residual=residual)
+
+        y = add("conv1", self.conv1, 0, self.in1, True)
+        y = add("conv2", self.conv2, y, self.in2, True)
+        y = add("conv3", self.conv3, y, self.in3, True)
+        for name in self.res_names:
+            block = getattr(self, name)
+            h = add(f"{name}.conv1", block.conv1, y, block.in1, True)
+            y = add(f"{name}.conv2", block.conv2, h, block.in2, False, residual=y)
+        y = add("deconv1", self.deconv1, y, self.in4, True)
+        y = add("deconv2", self.deconv2, y, self.in5, True)
+        add("deconv3", self.deconv3, y, None, False)
+        return g.steps

@@ -10,10 +10,13 @@ noise `z` (N x noise_channels x H x W) and produces a texture of that size (`sam
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph import Step, Steps
 from .norm import apply_norm, default_style_weights, make_norm, make_pad
 
 MODES = ("style", "texture")
@@ -22,13 +25,25 @@ MODES = ("style", "texture")
 class ConvBlock(nn.Sequential):
     """conv3x3-norm-ReLU x2, conv1x1-norm-ReLU; a Sequential whose norms may take style weights."""
 
+    # (pad, conv, norm) positions of the three conv-norm-ReLU layers, as _conv_block lays them out
+    LAYERS = ((0, 1, 2), (4, 5, 6), (None, 8, 9))
+
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        norms = [self[n] for _, _, n in self.LAYERS]
         for module in self:
-            x = apply_norm(module, x, style_weights) if module in self._norms() else module(x)
+            x = apply_norm(module, x, style_weights) if module in norms else module(x)
         return x
 
-    def _norms(self) -> tuple[nn.Module, ...]:
-        return (self[2], self[6], self[9])
+    def add_steps(self, g: Steps, name: str, srcs: int | tuple[int, ...]) -> int:
+        """Append this block's three layers to a step list (models/graph.py); returns its output."""
+        for j, (pad, conv, norm) in enumerate(self.LAYERS):
+            layer = self[conv] if pad is None else nn.Sequential(self[pad], self[conv])
+            srcs = g.add(f"{name}.{j}", "conv", layer, srcs, conv=self[conv], norm=self[norm], relu=True)
+        return srcs
+
+
+def _upsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 def _conv_block(cin: int, cout: int, norm: str, padding: str, styles: int) -> ConvBlock:
@@ -72,7 +87,7 @@ class PyramidNet(nn.Module):
         self.ratios = ratios
         self.mode = mode
         self.noise_channels = noise_channels
-        cin = noise_channels + (3 if mode == "style" else 0)
+        self.in_channels = cin = noise_channels + (3 if mode == "style" else 0)
         self.scales = nn.ModuleList(_conv_block(cin, channels, norm, padding, styles) for _ in ratios)
         # join k merges the k+1 coarsest scales: upsampled (k+1)*channels... see forward
         self.join_norms = nn.ModuleList(make_norm(norm, channels * (k + 1), styles) for k in range(len(ratios) - 1))
@@ -101,18 +116,35 @@ class PyramidNet(nn.Module):
         return pooled
 
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
-        expected = self.noise_channels + (3 if self.mode == "style" else 0)
-        if x.shape[1] != expected:
-            raise ValueError(f"{self.mode} mode takes {expected} input channels, got {x.shape[1]}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.mode} mode takes {self.in_channels} input channels, got {x.shape[1]}")
         s = default_style_weights(self, x, style_weights)
         y = None
         for k, (ratio, block) in enumerate(zip(self.ratios, self.scales)):
             cur = block(self.scale_input(x, ratio), s)
             if y is not None:
-                up = apply_norm(self.join_norms[k - 1], F.interpolate(y, scale_factor=2, mode="nearest"), s)
+                up = apply_norm(self.join_norms[k - 1], _upsample2(y), s)
                 cur = self.joins[k - 1](torch.cat([up, cur], dim=1), s)
             y = cur
         return self.to_rgb(y)
+
+    def steps(self) -> list[Step]:
+        """This forward pass as a flat list of layers (models/graph.py), for the engine's runners."""
+        g = Steps()
+        y = None
+        for k, (ratio, block) in enumerate(zip(self.ratios, self.scales)):
+            src = 0
+            if ratio > 1:
+                src = g.add(f"scales.{k}.pool", "pool", partial(self.scale_input, ratio=ratio), 0, self.in_channels,
+                            factor=ratio)
+            cur = block.add_steps(g, f"scales.{k}", src)
+            if y is not None:
+                up = g.add(f"join_norms.{k - 1}", "upsample", _upsample2, y, g.steps[y - 1].channels,
+                           norm=self.join_norms[k - 1])
+                cur = self.joins[k - 1].add_steps(g, f"joins.{k - 1}", (up, cur))
+            y = cur
+        g.add("to_rgb", "conv", self.to_rgb, y, conv=self.to_rgb)
+        return g.steps
 
     def with_noise(self, image: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Style mode with noise channels: append fresh noise to an image batch."""

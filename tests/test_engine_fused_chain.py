@@ -10,6 +10,7 @@ e32 = 5.1e-4 and a fused error of 4.8e-4 on outputs ~90..164). fp16 is judged by
 chain output (a low-precision run cannot be closer than fp16 rounding of ~1e-3 relative allows).
 Without CUDA the kernels run in the Triton interpreter, so sizes are small.
 """
+import dataclasses
 
 import numpy as np
 import pytest
@@ -139,7 +140,23 @@ def test_unsupported_arch_and_dtype():
         FC.make_runner(JohnsonNet(width=8, blocks=1), torch.device("cpu"), torch.float64)
 
 
-def test_layer_report_matches_the_issue_numbers(capsys):
+def test_chain_is_built_from_the_step_list():
+    """The chain runs model.steps(): a straight line of convs, each followed by IN, the last by nothing."""
+    m = JohnsonNet(width=8, blocks=2)
+    steps = m.steps()
+    chain = FC.FusedChain(m, torch.float32)
+    assert [L.name for L in chain.layers()] == [s.name for s in steps]
+    assert [L.name for L in chain.layers() if L.stores_input] == ["res1.conv1", "res2.conv1"]  # x_0, x_1
+    assert [L.name for L in chain.layers() if L.adds_skip] == ["res2.conv1", "deconv1"]        # x_1, x_2
+    m.steps = lambda: steps[:2] + [dataclasses.replace(steps[2], srcs=(0,))] + steps[3:]
+    with pytest.raises(backends.BackendUnavailable, match="step conv3"):
+        FC.FusedChain(m, torch.float32)
+    m.steps = lambda: steps[:-1] + [dataclasses.replace(steps[-1], relu=True)]
+    with pytest.raises(backends.BackendUnavailable, match="step deconv3"):
+        FC.FusedChain(m, torch.float32)
+
+
+def test_layer_report_flops_and_bytes(capsys):
     """bench/fused_layers: 2.55 TFLOP at 3840x2160 (0.308 MFLOP/px), ~0.9 KB/px minimum traffic in fp16."""
     from instyle.bench import fused_layers
 

@@ -44,10 +44,10 @@ def test_plan_equals_forward(norm, padding, upsampling):
         assert torch.equal(plan.run(plan.build(m), x), m(x))
 
 
-@pytest.mark.parametrize("mode", ["style", "texture"])
-def test_pyramid_plan_equals_forward(mode):
+@pytest.mark.parametrize("mode,noise,norm", [("style", 0, "instance"), ("style", 2, "batch"), ("texture", 3, "none")])
+def test_pyramid_plan_equals_forward(mode, noise, norm):
     torch.manual_seed(0)
-    m = PyramidNet(ratios=(4, 2, 1), mode=mode).eval()
+    m = PyramidNet(ratios=(4, 2, 1), mode=mode, noise_channels=noise, norm=norm).eval()
     x = torch.rand(1, plan.in_channels(m), 16, 24) * 255
     with torch.no_grad():
         assert torch.equal(plan.run(plan.build(m), x), m(x))
