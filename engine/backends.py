@@ -5,7 +5,8 @@ N,3,H,W tensor (0..255, on `device`) to the generator's raw output. A runner may
 attributes: `precision` (the precision it really runs, where that differs from the one asked for) and
 `notes` (one-line remarks for the user, e.g. "running without a cache").
 
-All backends are one table, `TABLE` (name -> Backend). Backends that live in other subpackages (export/)
+All backends are one table, `TABLE` (name -> Backend: factory, devices, precisions, options). The
+options are the factory's keyword arguments; `load(..., options={...})` reaches them. Backends that live in other subpackages (export/)
 are named by import path and loaded on first use, so engine/ never imports them at module import time;
 the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
 `chain(device)` is the order `auto` tries them in.
@@ -26,13 +27,15 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
 __all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory", "register",
-           "chain", "auto_precision", "check_device"]
+           "chain", "auto_precision", "check_device", "check_precision", "check_options"]
 
 
 @dataclass
 class Backend:
     factory: Factory | str                       # callable, or "module:function" resolved lazily
     devices: tuple[str, ...] = ("cpu", "cuda")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
+    options: tuple[str, ...] = ()                # the factory's keyword arguments (load(options=...))
     requires: tuple[str, ...] = ()               # packages imported before the factory is
     hint: str = ""                               # how to install them
     auto_precision: str | None = None            # "module:function(device) -> precision" for precision="auto"
@@ -47,14 +50,15 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
 
 TABLE: dict[str, Backend] = {
     "eager": Backend(_eager),
-    "triton": Backend("instyle.engine.triton_backend:make_runner"),
-    "fused": Backend("instyle.engine.fused_chain:make_runner"),
-    "compile": Backend("instyle.engine.compiled:make_runner"),
-    "onnxruntime": Backend("instyle.export.ort_runner:make_runner", requires=("onnxruntime",),
-                           hint="pip install 'instyle[onnx]'"),
-    "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), requires=("openvino",),
-                        hint="pip install openvino", auto_precision="instyle.export.ov_runner:auto_precision"),
-    "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",),
+    "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size")),
+    "fused": Backend("instyle.engine.fused_chain:make_runner", options=("graphs", "cache_size", "prenorm")),
+    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "graphs", "cache_size")),
+    "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
+                           requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
+    "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16"),
+                        requires=("openvino",), hint="pip install openvino",
+                        auto_precision="instyle.export.ov_runner:auto_precision"),
+    "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",), precisions=("fp32", "fp16"),
                         hint="pip install 'instyle[tensorrt]'"),
 }
 BACKENDS = tuple(TABLE)
@@ -116,6 +120,22 @@ def check_device(name: str, device: torch.device) -> None:
     kind = torch.device(device).type
     if spec is not None and kind not in spec.devices:
         raise BackendUnavailable(f"backend {name!r} runs on {' or '.join(spec.devices)}, not {kind}")
+
+
+def check_precision(name: str, precision: str) -> None:
+    """Raise BackendUnavailable when backend `name` does not run `precision`."""
+    spec = TABLE.get(name)
+    if spec is not None and precision not in spec.precisions:
+        raise BackendUnavailable(f"backend {name!r} runs {' or '.join(spec.precisions)}, not {precision}")
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise ValueError for options backend `name` does not take."""
+    known = TABLE[name].options if name in TABLE else ()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"its options: {', '.join(known)}" if known else "it takes no options"
+        raise ValueError(f"backend {name!r} has no option {', '.join(map(repr, unknown))} ({takes})")
 
 
 def auto_precision(name: str, device: torch.device) -> str:

@@ -169,8 +169,8 @@ class FusedChain:
         return a
 
 
-def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, cuda_graphs: bool = True,
-                prenorm: str = "auto"):
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
+                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
     check_supported(model)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -180,6 +180,8 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, c
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
     chain = FusedChain(model, dtype, prenorm)
-    if device.type == "cuda" and cuda_graphs:
-        return GraphCache(chain, capacity=GRAPH_CACHE_SIZE)
+    if graphs is None:
+        graphs = device.type == "cuda"
+    if graphs:
+        return GraphCache(chain, capacity=cache_size)
     return lambda x: chain(x.to(device))

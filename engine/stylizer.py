@@ -52,18 +52,22 @@ class Stylizer:
     """Style controls (DESIGN.md, Public API): `style` (name or index) or `mix` ({name or index: weight})
     pick the style of a multi-style model, baked into a single-style copy that the backend runs;
     `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
-    `set_style` changes the style later; the controls can also be passed per call."""
+    `set_style` changes the style later; the controls can also be passed per call. `options` are the
+    backend's own keyword options (engine/backends.TABLE, e.g. {"prenorm": "all"} for "fused")."""
 
     def __init__(self, model: nn.Module, *, backend: str = "eager", precision: str = "fp32",
                  device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto",
                  style: str | int | None = None, mix: dict | None = None, strength: float = 1.0,
-                 preserve_color: bool = False, style_scale: float = 1.0):
+                 preserve_color: bool = False, style_scale: float = 1.0, options: dict | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
         controls.check(strength, style_scale)
         self.tile = parse_tile(tile)
         self.device = resolve_device(device)
         backends.check_device(backend, self.device)
+        backends.check_precision(backend, precision)
+        self.options = dict(options or {})
+        backends.check_options(backend, self.options)
         self.backend = backend
         self.precision = precision
         self.dtype = PRECISIONS[precision]
@@ -109,7 +113,7 @@ class Stylizer:
             self.steps = None  # a module without a plan: whole-image runs only
         if self.steps is None and isinstance(self.tile, int):
             raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
-        self._run = backends.factory(self.backend)(self.model, self.device, self.dtype)
+        self._run = backends.factory(self.backend)(self.model, self.device, self.dtype, **self.options)
         # what the runner really does, where it differs from what was asked (e.g. bf16 on a CPU without BF16)
         self.precision = getattr(self._run, "precision", self.precision)
         self.notes: list[str] = list(getattr(self._run, "notes", ()))
@@ -200,7 +204,7 @@ class Stylizer:
             if len(cache) >= MIX_CACHE:
                 cache.popitem(last=False)
             cache[key] = Stylizer(self.source, backend=self.backend, precision=self.precision, device=self.device,
-                                  metadata=self.metadata, tile=self.tile,
+                                  metadata=self.metadata, tile=self.tile, options=self.options,
                                   mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
         return cache[key]
 
@@ -249,7 +253,7 @@ def _first_line(e: BaseException, limit: int = 240) -> str:
 
 def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", *,
          tile="auto", report=None, style: str | int | None = None, mix: dict | None = None,
-         **kwargs) -> Stylizer:
+         options: dict | None = None, **kwargs) -> Stylizer:
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
 
     backend "auto" tries `backends.chain(device)` in order -- on CUDA triton then eager; on CPU openvino,
@@ -261,6 +265,8 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer).
     A shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style
     file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
+    options: the backend's own keyword options (engine/backends.TABLE); with backend "auto" each tried
+    backend gets those it takes, and an option no backend of the chain takes is a ValueError.
     """
     from instyle import checkpoint
 
@@ -272,21 +278,27 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         module, meta = checkpoint.load(path)
         if named is not None and style is None and mix is None:
             style = named
-    options = dict(device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
+    common = dict(device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
     if backend != "auto":
         prec = backends.auto_precision(backend, dev) if precision == "auto" else precision
-        return Stylizer(module, backend=backend, precision=prec, **options)
+        return Stylizer(module, backend=backend, precision=prec, options=options, **common)
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
     parse_tile(tile)  # argument errors are the caller's, not a reason to move down the chain
     names = backends.chain(dev)
+    options = dict(options or {})
+    taken = {k for name in names for k in backends.TABLE[name].options}
+    if set(options) - taken:
+        raise ValueError(f"no backend that 'auto' tries on {dev.type} ({', '.join(names)}) has the option(s) "
+                         f"{', '.join(map(repr, sorted(set(options) - taken)))}")
     skipped = []
     for i, name in enumerate(names):
         try:
             prec = backends.auto_precision(name, dev) if precision == "auto" else precision
             # every try but the last gets its own copy: a failed build may have cast or changed the module
+            own = {k: v for k, v in options.items() if k in backends.TABLE[name].options}
             stylizer = Stylizer(module if i == len(names) - 1 else _copy(module), backend=name,
-                                precision=prec, **options)
+                                precision=prec, options=own, **common)
         except Exception as e:  # noqa: BLE001 -- whatever stops a backend from building moves down the chain
             if i == len(names) - 1 or isinstance(e, StyleError):  # a bad style is the caller's, like bad args
                 raise

@@ -296,3 +296,84 @@ def test_missing_package_is_unavailable_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailable, match=r"needs the package onnxruntime \(pip install 'instyle\[onnx\]'\)"):
         backends.factory("onnxruntime")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backend table: precisions and options, and their agreement with the factories.
+
+
+def _keyword_options(fn) -> set[str]:
+    import inspect
+
+    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_table_options_are_the_factorys_keywords(name):
+    try:
+        fn = backends.factory(name)
+    except BackendUnavailable as e:
+        pytest.skip(f"{name}: {e}")
+    assert set(backends.TABLE[name].options) == _keyword_options(fn)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_runners_refuse_what_the_table_leaves_out(name):
+    """The table's precisions are checked first (Stylizer); the runners' own guards agree with it."""
+    from instyle.precision import DTYPES
+
+    try:
+        fn = backends.factory(name)
+    except BackendUnavailable as e:
+        pytest.skip(f"{name}: {e}")
+    left_out = [p for p in DTYPES if p not in backends.TABLE[name].precisions]
+    assert left_out
+    for precision in left_out:
+        with pytest.raises(BackendUnavailable, match=name):
+            fn(narrow(), CPU, DTYPES[precision])
+
+
+def test_precisions_outside_the_table_are_one_clear_line():
+    with pytest.raises(BackendUnavailable, match="backend 'openvino' runs fp32 or bf16, not fp16"):
+        Stylizer(narrow(), backend="openvino", precision="fp16")
+
+
+def test_options_reach_the_factory_from_load(monkeypatch):
+    seen = []
+
+    def fake(model, device, dtype, *, graphs=None, cache_size=4, prenorm="auto"):
+        seen.append(dict(graphs=graphs, cache_size=cache_size, prenorm=prenorm))
+        return lambda x: model(x.to(dtype))
+
+    monkeypatch.setattr(backends.TABLE["fused"], "factory", fake)
+    s = load(narrow(), backend="fused", precision="fp32", device="cpu", options={"prenorm": "all", "cache_size": 2})
+    assert seen == [dict(graphs=None, cache_size=2, prenorm="all")] and s.options == {"prenorm": "all", "cache_size": 2}
+    torch.testing.assert_close(s(image(1, 9, 11)), Stylizer(narrow())(image(1, 9, 11)), rtol=0, atol=0)
+
+
+def test_unknown_options_are_value_errors():
+    with pytest.raises(ValueError, match="backend 'eager' has no option 'prenorm' \\(it takes no options\\)"):
+        load(narrow(), backend="eager", device="cpu", options={"prenorm": "all"})
+    with pytest.raises(ValueError, match="'graph'.*its options: graphs, cache_size"):
+        Stylizer(narrow(), backend="triton", options={"graph": False})
+    with pytest.raises(ValueError, match="no backend that 'auto' tries on cpu .* 'prenorm'"):
+        load(narrow(), device="cpu", options={"prenorm": "all"}, report=False)
+
+
+def test_auto_gives_each_backend_the_options_it_takes(monkeypatch):
+    seen = {}
+
+    def recorder(name):
+        def make(model, device, dtype, **kw):
+            seen[name] = kw
+            if name != "eager":
+                raise BackendUnavailable(f"{name} off for this test")
+            return lambda x: model(x.to(dtype))
+        return make
+
+    for name in ("openvino", "onnxruntime", "eager"):
+        monkeypatch.setattr(backends.TABLE[name], "factory", recorder(name))
+        monkeypatch.setattr(backends.TABLE[name], "requires", ())
+    monkeypatch.setattr(backends.TABLE["onnxruntime"], "options", ("threads",))
+    s = load(narrow(), device="cpu", precision="fp32", options={"threads": 2}, report=False)
+    assert s.backend == "eager" and seen == {"openvino": {}, "onnxruntime": {"threads": 2}, "eager": {}}
