@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from instyle.engine import BackendUnavailable, Stylizer
+from instyle.engine.backends import TABLE
 from instyle.engine.padding import padded_size
 
 from . import flops as _flops
@@ -32,7 +33,6 @@ from .devices import peak_tflops_for
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
             "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind", "psnr_vs_eager_db", "tiled")
-TORCH_BACKENDS = ("eager", "triton", "compile")
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -149,7 +149,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
     peak = peak_tflops_for(device_info.get("peak_tflops"), stylizer.precision)
     tflops = conv_flops / (median / 1e3) / 1e12
     if device.type == "cuda":
-        mem = torch.cuda.max_memory_allocated(device) / 2**20 if stylizer.backend in TORCH_BACKENDS else None
+        mem = torch.cuda.max_memory_allocated(device) / 2**20 if TABLE[stylizer.backend].torch_memory else None
         mem_kind = "cuda_torch_allocator_peak" if mem is not None else None
     else:
         mem, mem_kind = _maxrss_mb(), "cpu_process_peak_rss_so_far"

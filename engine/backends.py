@@ -36,6 +36,8 @@ class Backend:
     devices: tuple[str, ...] = ("cpu", "cuda")
     precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
     options: tuple[str, ...] = ()                # the factory's keyword arguments (load(options=...))
+    runs_module: bool = False                    # runs the PyTorch module itself (channels_last on CUDA)
+    torch_memory: bool = False                   # allocates through torch (peak memory is measurable)
     requires: tuple[str, ...] = ()               # packages imported before the factory is
     hint: str = ""                               # how to install them
     auto_precision: str | None = None            # "module:function(device) -> precision" for precision="auto"
@@ -49,10 +51,13 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner
 
 
 TABLE: dict[str, Backend] = {
-    "eager": Backend(_eager),
-    "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size")),
-    "fused": Backend("instyle.engine.fused_chain:make_runner", options=("graphs", "cache_size", "prenorm")),
-    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "graphs", "cache_size")),
+    "eager": Backend(_eager, runs_module=True, torch_memory=True),
+    "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size"),
+                      runs_module=True, torch_memory=True),
+    "fused": Backend("instyle.engine.fused_chain:make_runner", options=("graphs", "cache_size", "prenorm"),
+                     torch_memory=True),
+    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "graphs", "cache_size"),
+                       runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
                            requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
     "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16"),

@@ -26,7 +26,6 @@ from . import backends, controls, memory, plan, tiled
 from .padding import crop, pad_to_multiple
 
 PRECISIONS = DTYPES  # name -> dtype (instyle/precision.py)
-TORCH_BACKENDS = ("eager", "triton", "compile")  # run the PyTorch module: channels_last on CUDA
 MIN_TILE = 32
 MIX_CACHE = 4  # per-sample mixes: baked networks kept per Stylizer
 
@@ -102,7 +101,7 @@ class Stylizer:
                                  f"style/mix cannot pick {', '.join(map(str, picked))}")
             self.mix = {self.style_names[0]: 1.0} if self.style_names else {}
         self.model = model.eval().to(self.device, self.dtype)
-        self.channels_last = self.device.type == "cuda" and self.backend in TORCH_BACKENDS
+        self.channels_last = self.device.type == "cuda" and backends.TABLE[self.backend].runs_module
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.stride_multiple = model.stride_multiple
