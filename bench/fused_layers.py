@@ -25,14 +25,13 @@ from instyle.precision import DTYPES
 from instyle.engine import fused_chain as FC
 from instyle.kernels import conv_in_gemm as CI
 
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str = "fp16",
                 prenorm: str = "auto") -> list[dict]:
     """One row per fused layer (its conv launch, plus its separate normalize pass where the chain uses
     one): name, shapes, conv FLOPs and minimum bytes moved."""
-    b = BYTES[precision]
+    b = DTYPES[precision].itemsize
     chain = FC.FusedChain(model, DTYPES[precision], prenorm)
     layers = chain.layers()
     rows = []
@@ -106,7 +105,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m instyle.bench.fused_layers", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="3840x2160", help="WIDTHxHEIGHT (padded to multiples of 4)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--precision", choices=list(BYTES), default="fp16")
+    p.add_argument("--precision", choices=list(DTYPES), default="fp16")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)

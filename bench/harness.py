@@ -26,6 +26,7 @@ import torch
 from instyle.engine import BackendUnavailable, Stylizer
 from instyle.engine.backends import TABLE
 from instyle.engine.padding import padded_size
+from instyle.precision import DTYPES
 
 from . import flops as _flops
 from .devices import peak_tflops_for
@@ -33,7 +34,6 @@ from .devices import peak_tflops_for
 ROW_KEYS = ("backend", "precision", "batch", "height", "width", "median_ms", "p10_ms", "p90_ms",
             "images_per_s", "mpx_per_s", "peak_mem_mb", "tflops", "pct_peak", "bound_ms", "skipped",
             "setup_s", "first_call_s", "warmup_s", "iters", "gflop", "mem_kind", "psnr_vs_eager_db", "tiled")
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 @dataclass
@@ -145,7 +145,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
     conv_flops = conv_flops_per_px * batch * ph * pw  # the generator runs on the padded tensor
     # the least traffic any implementation needs: read the float32 input, write the float32 output (the
     # Stylizer's contract) and read the weights once at the run's precision; activations never leave chip
-    min_bytes = 2 * batch * 3 * height * width * 4 + weight_count * BYTES[stylizer.precision]
+    min_bytes = 2 * batch * 3 * height * width * 4 + weight_count * DTYPES[stylizer.precision].itemsize
     peak = peak_tflops_for(device_info.get("peak_tflops"), stylizer.precision)
     tflops = conv_flops / (median / 1e3) / 1e12
     if device.type == "cuda":

@@ -105,6 +105,7 @@ def run(shapes, dtypes, layouts, ops, iters, warmup, device_info, log=print) -> 
     import torch.nn.functional as F
 
     from instyle import kernels
+    from instyle.precision import DTYPES
 
     cuda = device_info["kind"] == "cuda"
     device = "cuda" if cuda else "cpu"
@@ -114,7 +115,7 @@ def run(shapes, dtypes, layouts, ops, iters, warmup, device_info, log=print) -> 
         for layout in layouts:
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             for dtype_name in dtypes:
-                dtype = getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype_name])
+                dtype = DTYPES[dtype_name]
                 for op in ops:
                     activation, has_res = OPS[op]
                     base = dict(shape="x".join(map(str, shape)), layout=layout, dtype=dtype_name, op=op)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from instyle import checkpoint, models
+from instyle.precision import DTYPES
 
 from . import distributed, fused_norm
 from .data import list_images, make_loader
@@ -27,7 +28,7 @@ from .logs import LossLog, sample_grid
 from .losses import PerceptualLoss
 from .state import git_rev, load_state, rng_state, save_state, set_rng_state, state_path
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "off": None}
 # settings that must match for --resume to continue the same run
 _RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style", "finetune")
 
@@ -337,7 +338,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}, "losses": losses,
         })
-        dtype = {"fp32": None, "fp16": torch.float16}[cfg.save_dtype]
+        dtype = None if cfg.save_dtype == "fp32" else DTYPES[cfg.save_dtype]
         styles = None if self.styles == 1 else self.base_entries + [
             {"name": n, "source": Path(p).name} for n, p in zip(cfg.style_names, cfg.style_paths)]
         checkpoint.save(self.model, self.out, style=self.names[0], styles=styles,
