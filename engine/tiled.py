@@ -29,9 +29,9 @@ Host memory arithmetic, JohnsonNet (width w = 32), P = N*H*W pixels, elements al
   So `storage=None` (choose_storage) keeps fp32 stores when they fit in 80% of MemAvailable next to one
   tile working set, else 16-bit stores (fp16; bf16 when computing in bf16). On the CPU of a 24 GB machine
   the 108 Mpx photo then needs 10.4 GB of stores + 2.6 GB input/output + one 2048-px tile working set
-  (memory.tile_bytes: 3.8 GB, a conservative bound) = 16.8 GB: no swap. Measured at 12 Mpx (width 8,
-  512-px tiles): resident growth = store arithmetic + 70-180 MB of tile temporaries and allocator slack
-  (freed heap pages are trimmed after each tile row and step). On CUDA the device holds the 1.3 GB input,
+  (memory.tile_bytes: 3.8 GB, a conservative bound) = 16.8 GB: no swap. Beyond the store arithmetic,
+  resident memory grows by about one tile's temporaries and allocator slack, since freed heap pages are
+  trimmed after each tile row and step. On CUDA the device holds the 1.3 GB input,
   the output and one tile working set (0.6 GB at 1024-px fp16 tiles): far below 24 GB; the stores live in
   pinned host memory. fp16 stores overflow only for deviations beyond 65504: checked, a clear error.
 """
@@ -107,8 +107,8 @@ _MALLOC_TRIM = _libc_malloc_trim()
 
 def trim_host_heap() -> None:
     """Give freed heap pages back to the OS. glibc serves tile-sized temporaries from its heap once
-    its dynamic mmap threshold has grown, and keeps the freed pages: measured on a 12 Mpx run, resident
-    memory rose ~350 MB above the store arithmetic without this, ~70 MB (one tile working set) with it."""
+    its dynamic mmap threshold has grown, and keeps the freed pages, so without this resident memory
+    creeps up by several tile working sets over a large image instead of staying near one."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
