@@ -25,6 +25,7 @@ import torch
 
 from instyle.engine import BackendUnavailable, Stylizer
 from instyle.engine.padding import padded_size
+from instyle.metrics import psnr_db
 
 from . import flops as _flops
 from .devices import peak_tflops_for
@@ -110,11 +111,6 @@ def make_input(batch: int, height: int, width: int, image: torch.Tensor | None =
     x = torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
                                         antialias=True, align_corners=False)
     return x.clamp_(0, 255).expand(batch, -1, -1, -1).contiguous()
-
-
-def psnr_db(y: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = ((y.double() - ref.double()) ** 2).mean().item()
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
 
 
 def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: int, warmup: int,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -34,10 +35,9 @@ def measure(model, size: int, batch: int, repeats: int, threads: int,
             others: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"),)) -> list[dict]:
     import copy
 
-    import numpy as np
-
     from instyle.engine import Stylizer
     from instyle.export.parity import photo_batch
+    from instyle.metrics import psnr_db
 
     entries = []  # (backend, precision, stylizer, setup_s)
     for backend, precision in (("eager", "fp32"), *others):
@@ -65,10 +65,10 @@ def measure(model, size: int, batch: int, repeats: int, threads: int,
                      "max_ms": round(ms[-1], 2), "mpx_per_s": round(batch * size * size / 1e6 / (med / 1e3), 3),
                      "setup_s": round(setup, 2), "first_call_s": round(first[j], 2), "repeats": repeats})
         if j:
-            mse = float(((outputs[j].double() - outputs[0].double()) ** 2).mean())
+            psnr = psnr_db(outputs[j], outputs[0])
             rows[-1]["speedup_vs_eager"] = round(rows[0]["median_ms"] / med, 2)
             rows[-1]["max_abs_diff_vs_eager"] = float((outputs[j] - outputs[0]).abs().max())
-            rows[-1]["psnr_vs_eager_db"] = round(10 * float(np.log10(255.0 ** 2 / mse)), 1) if mse else None
+            rows[-1]["psnr_vs_eager_db"] = round(psnr, 1) if math.isfinite(psnr) else None  # identical: None
     return rows
 
 

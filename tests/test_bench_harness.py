@@ -1,5 +1,5 @@
 """instyle bench: a tiny CPU run end to end, the FLOP counter against the layer shapes, skipped rows,
---compare, Ctrl-C, and usage errors."""
+--compare, Ctrl-C, usage errors, and the PSNR helper (instyle/metrics.py)."""
 from __future__ import annotations
 
 import csv
@@ -212,3 +212,17 @@ def test_parse_sizes_is_width_by_height():
     from instyle.bench.cli import parse_sizes
 
     assert parse_sizes("256, 1920x1080") == [(256, 256), (1080, 1920)]
+
+
+def test_psnr_db_one_definition():
+    from instyle.metrics import psnr_db
+
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    assert psnr_db(a, b) == float("inf")
+    b[0, 0, 0, 0] = 255  # MSE = 255^2 / 96 over the whole batch
+    assert psnr_db(a, b) == pytest.approx(10 * torch.log10(torch.tensor(96.0)).item())
+    assert psnr_db(a, b / 255, peak=1.0) == pytest.approx(psnr_db(a, b))
+    assert psnr_db(a.numpy().astype("uint8"), b.numpy().astype("uint8")) == pytest.approx(psnr_db(a, b))
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr_db(a, b[:1])

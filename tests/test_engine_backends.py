@@ -1,6 +1,5 @@
 """Backends of the engine: triton (fused instance norm, Triton interpreter on CPU) and compile against
 eager, the CUDA-graph LRU cache, load() defaults; GPU-only checks are marked `gpu`."""
-import math
 import os
 
 import pytest
@@ -11,6 +10,7 @@ from instyle import checkpoint, io
 from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, load, plan
 from instyle.engine import triton_backend as fused  # the backend "triton": IN tails fused into one op
 from instyle.engine.graphs import GraphCache
+from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet, PyramidNet
 
 CPU = torch.device("cpu")
@@ -213,11 +213,6 @@ def test_plan_rejects_unknown_modules():
 # GPU only
 
 
-def psnr(a, b):
-    mse = (a.float() - b.float()).square().mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
 def photo(data, h, w):
     pic = io.read_image(need(data / "content" / "demo" / "amber.jpg"))
     return io.to_tensor([pic])[:, :, :h, :w]
@@ -254,7 +249,7 @@ def test_gpu_low_precision_psnr(data, precision):
     s = Stylizer(checkpoint.load(weights)[0], backend="triton", precision=precision, device="cuda", tile="off")
     for _ in range(3):  # warm-up, capture, replay
         y = s(x)
-        assert psnr(y, ref) >= 45, f"triton {precision}: PSNR {psnr(y, ref):.1f} dB vs fp32 eager"
+        assert psnr_db(y, ref) >= 45, f"triton {precision}: PSNR {psnr_db(y, ref):.1f} dB vs fp32 eager"
 
 
 @pytest.mark.gpu
@@ -263,7 +258,7 @@ def test_gpu_tiled_equals_untiled_fp16(data):
     x = photo(data, 700, 1000).cuda()
     whole = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile="off")
     tiles = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile=256)
-    assert psnr(tiles(x), whole(x)) >= 45
+    assert psnr_db(tiles(x), whole(x)) >= 45
 
 
 @pytest.mark.gpu

@@ -20,14 +20,10 @@ from conftest import need
 from instyle import checkpoint
 from instyle.engine import Stylizer, backends
 from instyle.engine.graphs import GraphCache, shape_key
+from instyle.metrics import psnr_db
 from instyle.models.johnson import JohnsonNet
 
 from instyle.engine import fused_chain as FC
-
-
-def psnr(a, b, peak=255.0):
-    mse = (a.double() - b.double()).square().mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
 
 
 def photo_crop(data, h=40, w=56, top=180, left=300):
@@ -78,7 +74,7 @@ def test_pretrained_generator_on_a_photo(data, pretrained, dtype):
     with torch.no_grad():
         ref64 = pretrained.double()(x.double())
         pretrained.float()
-    assert psnr(y.clamp(0, 255), ref64.clamp(0, 255)) >= 45
+    assert psnr_db(y.clamp(0, 255), ref64.clamp(0, 255)) >= 45
     assert (y.double() - ref64).abs().max().item() <= 2
 
 
@@ -103,7 +99,7 @@ def test_narrow_generator_batch2(monkeypatch, dtype, k_order, prenorm):
     else:
         with torch.no_grad():
             y32 = model(x)
-        assert psnr(y, y32, peak=y32.abs().max().item()) >= 45  # random init: outputs ~1, not 255
+        assert psnr_db(y, y32, peak=y32.abs().max().item()) >= 45  # random init: outputs ~1, not 255
 
 
 @pytest.mark.parametrize("blocks", [0, 1])
@@ -167,7 +163,7 @@ def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained):
     with torch.no_grad():
         ref = model.float()(x)
     y = FC.make_runner(model, torch.device("cuda"), torch.float16)(x)
-    assert psnr(y.clamp(0, 255), ref.clamp(0, 255)) >= 45
+    assert psnr_db(y.clamp(0, 255), ref.clamp(0, 255)) >= 45
 
 
 @pytest.mark.gpu
