@@ -12,6 +12,7 @@ from instyle.engine import triton_backend as fused  # the backend "triton": IN t
 from instyle.engine.graphs import GraphCache
 from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet, PyramidNet
+from tolerances import assert_close
 
 CPU = torch.device("cpu")
 # fp32 kernel vs F.instance_norm: different reduction order only
@@ -30,13 +31,6 @@ def narrow(seed=0, **kw):
 
 def image(n, h, w, seed=1):
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
-
-
-def assert_close(y, ref, atol):
-    d = (y.float() - ref.float()).abs()
-    i = int(d.argmax())
-    assert d.max() <= atol, (f"max |delta| {d.max().item():.3g} > {atol} at flat index {i}: "
-                             f"{y.flatten()[i].item()} vs {ref.flatten()[i].item()}")
 
 
 needs_interpreter = pytest.mark.skipif(

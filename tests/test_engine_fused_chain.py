@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import need
+from tolerances import assert_derived_close
 from instyle import checkpoint
 from instyle.engine import Stylizer, backends
 from instyle.engine.graphs import GraphCache, shape_key
@@ -52,12 +53,8 @@ def narrow_net(seed=0, blocks=2):
 def assert_chain_close(fused, model, x):
     with torch.no_grad():
         ref64 = model.double()(x.double())
-        e32 = (model.float()(x) - ref64).abs().max().item()
-    err = (fused.double() - ref64).abs()
-    tol = min(4 * e32 + 1e-5 * max(1.0, ref64.abs().max().item()), 1e-2)
-    worst = err.max().item()
-    assert worst <= tol, (f"max|fused - eager64| = {worst:.3g} > {tol:.3g} (eager fp32 err {e32:.3g}); "
-                          f"worst at {np.unravel_index(err.argmax().item(), err.shape)}")
+        eager32 = model.float()(x)
+    assert_derived_close("fused chain vs eager float64", fused, ref64, eager32, torch.float32, factor=4, cap=1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
