@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import subprocess
@@ -25,6 +24,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from instyle.metrics import psnr_db
 
 TINY = dict(size=(68, 52), tile=32, iters=1)
 FULL = dict(size=(3840, 2160), tile=1024, iters=10)
@@ -91,11 +92,6 @@ def _photo(size: tuple[int, int]) -> torch.Tensor:
     return to_tensor([resize_picture(read_image(_data() / "content" / "demo" / "hoovertowernight.jpg"), size)])
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((a.double() - b.double()).square().mean())
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 @torch.no_grad()
 def parity(out: Path, dry: bool) -> dict:
     from instyle.engine import Stylizer
@@ -117,10 +113,10 @@ def parity(out: Path, dry: bool) -> dict:
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 rows.append(row)
                 continue
-            row.update(psnr_db=round(_psnr(y, ref), 2), max_abs=round(float((y - ref).abs().max()), 3),
+            row.update(psnr_db=round(psnr_db(y, ref), 2), max_abs=round(float((y - ref).abs().max()), 3),
                        nonfinite=int((~torch.isfinite(y)).sum()),
                        replay_vs_first_max_abs=float((y - first).abs().max()),
-                       replays=getattr(s._run, "replays", None), passed=_psnr(y, ref) >= 45)
+                       replays=getattr(s._run, "replays", None), passed=psnr_db(y, ref) >= 45)
             rows.append(row)
             del s
             if device.type == "cuda":
@@ -129,9 +125,9 @@ def parity(out: Path, dry: bool) -> dict:
     tiled_s = Stylizer(copy.deepcopy(model), backend="triton", precision="fp16", device=device, tile=cfg["tile"])
     tiled = tiled_s(x)
     return {"model": name, "size": list(cfg["size"]), "device": str(device), "rows": rows,
-            "tiled": {"tile": tiled_s.last_tile, "psnr_db_vs_untiled": round(_psnr(tiled, whole), 2),
+            "tiled": {"tile": tiled_s.last_tile, "psnr_db_vs_untiled": round(psnr_db(tiled, whole), 2),
                       "max_abs": round(float((tiled - whole).abs().max()), 3),
-                      "passed": _psnr(tiled, whole) >= 50}}
+                      "passed": psnr_db(tiled, whole) >= 50}}
 
 
 def _bench(out: Path, dry: bool, backends: str, folder: str) -> dict:

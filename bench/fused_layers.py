@@ -19,6 +19,7 @@ import argparse
 
 import torch
 
+from instyle import timing
 from instyle.models.johnson import JohnsonNet
 from instyle.precision import DTYPES
 
@@ -63,8 +64,7 @@ def time_layers(model, x: torch.Tensor, precision: str, iters: int, prenorm: str
     that autotunes."""
     chain = FC.FusedChain(model, DTYPES[precision], prenorm)
     pre = {L.name for L in chain.layers() if L.prenorm}
-    chain(x)
-    torch.cuda.synchronize()
+    timing.wall(chain, x, device=x.device)
     samples: dict[str, list[float]] = {}
     for _ in range(iters):
         trace: list = []
@@ -72,33 +72,19 @@ def time_layers(model, x: torch.Tensor, precision: str, iters: int, prenorm: str
         torch.cuda.synchronize()
         for name, start, end in trace:
             samples.setdefault(name + ("+pre" if name in pre else ""), []).append(start.elapsed_time(end))
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+    return {k: timing.summary(v)["median_ms"] for k, v in samples.items()}
 
 
 def time_whole(model, x: torch.Tensor, precision: str, iters: int, prenorm: str = "auto") -> dict:
-    """The backend as the Stylizer runs it (CUDA graph replay): first-call (compile + autotune +
-    capture) time, steady-state median/p10/p90 ms per batch, and peak memory."""
-    import time
-
+    """The backend as the Stylizer runs it (CUDA graph replay), timed as `instyle bench` times a row:
+    first-call (compile + autotune + capture) time, steady-state median/p10/p90 ms per batch, and peak
+    memory."""
     run = FC.make_runner(model, x.device, DTYPES[precision], prenorm=prenorm)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    run(x)
-    torch.cuda.synchronize()
-    first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(x)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return dict(first_s=first_s, median_ms=q(0.5), p10_ms=q(0.1), p90_ms=q(0.9),
-                peak_mb=torch.cuda.max_memory_allocated() / 2**20)
+    first_s = timing.wall(run, x, device=x.device)[1]
+    stats = timing.summary(timing.time_calls(run, x, n=iters, device=x.device))
+    return dict(first_s=first_s, **stats, peak_mb=torch.cuda.max_memory_allocated() / 2**20)
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,7 @@ padding, the generator, the crop and the clamp: what a caller of `instyle.load(.
   and OpenVINO's per-shape kernel compilation happen); all `warmup` calls at that shape, the first
   included, are `warmup_s`. None of them is in the steady-state figures.
 - Steady state: `iters` calls, each timed on its own: CUDA events around the call on GPU (the stream is
-  synchronized after the last), time.perf_counter on CPU. Median, p10 and p90 of those.
+  synchronized after the last), time.perf_counter on CPU. Median, p10 and p90 of those (instyle/timing.py).
 - Memory: on CUDA, torch.cuda.max_memory_allocated over warm-up and timed calls (the PyTorch allocator
   only: memory that onnxruntime/TensorRT allocate themselves is not in it, so those rows say null). On
   CPU there is no per-row peak for torch that is right, so the row carries the process's peak resident
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import copy
 import resource
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from instyle import timing
 from instyle.engine import BackendUnavailable, Stylizer
 from instyle.engine.backends import TABLE
 from instyle.engine.padding import padded_size
+from instyle.metrics import psnr_db
 from instyle.precision import DTYPES
 
 from . import flops as _flops
@@ -78,30 +78,6 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _time_calls(fn, x: torch.Tensor, n: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of n calls."""
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-        torch.cuda.synchronize(device)
-        for start, end in pairs:
-            start.record()
-            fn(x)
-            end.record()
-        torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in pairs]
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_input(batch: int, height: int, width: int, image: torch.Tensor | None = None) -> torch.Tensor:
     """N,3,H,W float 0..255 on the CPU: `image` resized to H,W (antialiased bilinear), else seeded noise."""
     if image is None:
@@ -110,11 +86,6 @@ def make_input(batch: int, height: int, width: int, image: torch.Tensor | None =
     x = torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
                                         antialias=True, align_corners=False)
     return x.clamp_(0, 255).expand(batch, -1, -1, -1).contiguous()
-
-
-def psnr_db(y: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = ((y.double() - ref.double()) ** 2).mean().item()
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
 
 
 def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: int, warmup: int,
@@ -126,19 +97,14 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    y = stylizer(x)  # at least one call: the first call at a new shape is never in the steady state
-    _sync(device)
-    first_call_s = time.perf_counter() - t0
+    # at least one call: the first call at a new shape is never in the steady state
+    y, first_call_s = timing.wall(stylizer, x, device=device)
     if outputs is not None:
         outputs["y"] = y.cpu()
     del y
-    for _ in range(warmup - 1):
-        stylizer(x)
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    times = np.asarray(_time_calls(stylizer, x, iters, device))
-    median = float(np.median(times))
+    warmup_s = first_call_s + timing.wall(stylizer, x, device=device, calls=warmup - 1)[1]
+    stats = timing.summary(timing.time_calls(stylizer, x, n=iters, device=device))
+    median = stats["median_ms"]
 
     m = stylizer.stride_multiple
     ph, pw = padded_size(height, m, stylizer.min_size), padded_size(width, m, stylizer.min_size)
@@ -154,9 +120,7 @@ def measure(stylizer: Stylizer, batch: int, height: int, width: int, *, iters: i
     else:
         mem, mem_kind = _maxrss_mb(), "cpu_process_peak_rss_so_far"
     return {
-        "median_ms": median,
-        "p10_ms": float(np.percentile(times, 10)),
-        "p90_ms": float(np.percentile(times, 90)),
+        **stats,
         "images_per_s": batch / (median / 1e3),
         "mpx_per_s": batch * height * width / 1e6 / (median / 1e3),
         "peak_mem_mb": mem,
@@ -220,16 +184,15 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
         bar.set_postfix_str(f"{backend}/{precision} {cell[2]}x{cell[3]}x{cell[4]}")
         bar.update()
 
-    t0 = time.perf_counter()
     try:
         # a copy per pair: the Stylizer casts its model in place and some backends swap its modules
-        stylizer = Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device=device,
-                            tile=matrix.tile)
+        stylizer, setup_s = timing.wall(lambda: Stylizer(copy.deepcopy(model), backend=backend,
+                                                         precision=precision, device=device, tile=matrix.tile),
+                                        device=device)
     except Exception as e:  # noqa: BLE001 -- any backend failure (Triton's OutOfResources too) is a row
         for cell in cells:
             finish(cell, empty_row(*cell, skipped=_reason(e)))
         return
-    setup_s = time.perf_counter() - t0
     if stylizer.precision != precision:  # e.g. openvino bf16 on a CPU without BF16 runs fp32: not this row
         reason = f"runs {stylizer.precision} here" + (f" ({'; '.join(stylizer.notes)})" if stylizer.notes else "")
         for cell in cells:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 SHAPES = [(1, 32, 2160, 3840), (1, 64, 1080, 1920), (1, 128, 540, 960), (8, 32, 512, 512)]
@@ -61,43 +59,19 @@ def _impls(torch, F, kernels, activation, residual):
 
 
 def _time(torch, fn, args, iters: int, warmup: int, cuda: bool) -> dict:
-    """First-call seconds, warm-up seconds, and per-call milliseconds of `iters` timed calls."""
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
+    """First-call seconds, warm-up seconds, median/p10/p90 ms of `iters` timed calls and, on CUDA, the
+    peak memory they allocate beyond what was allocated before."""
+    from instyle import timing
 
-    sync()
-    t0 = time.perf_counter()
-    fn(*args)
-    sync()
-    first_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        fn(*args)
-    sync()
-    warmup_s = time.perf_counter() - t0
+    device = "cuda" if cuda else "cpu"
+    first_s = timing.wall(fn, *args, device=device)[1]
+    warmup_s = timing.wall(fn, *args, device=device, calls=warmup)[1]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for start, end in events:
-            start.record()
-            fn(*args)
-            end.record()
-        sync()
-        ms = [s.elapsed_time(e) for s, e in events]
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        ms = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn(*args)
-            ms.append((time.perf_counter() - t0) * 1e3)
-        peak_mb = None
-    ms.sort()
-    q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]  # noqa: E731
-    return dict(median_ms=statistics.median(ms), p10_ms=q(0.1), p90_ms=q(0.9), first_call_s=first_s,
-                warmup_s=warmup_s, extra_mem_mb=peak_mb)
+    ms = timing.time_calls(fn, *args, n=iters, device=device)
+    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    return dict(**timing.summary(ms), first_call_s=first_s, warmup_s=warmup_s, extra_mem_mb=peak_mb)
 
 
 def run(shapes, dtypes, layouts, ops, iters, warmup, device_info, log=print) -> list[dict]:

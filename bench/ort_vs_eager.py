@@ -16,59 +16,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
-import time
 from pathlib import Path
 
 GOAL = 1.5
-
-
-def _time(fn, x) -> float:
-    t0 = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - t0
 
 
 def measure(model, size: int, batch: int, repeats: int, threads: int,
             others: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"),)) -> list[dict]:
     import copy
 
-    import numpy as np
-
+    from instyle import timing
     from instyle.engine import Stylizer
     from instyle.export.parity import photo_batch
+    from instyle.metrics import psnr_db
 
     entries = []  # (backend, precision, stylizer, setup_s)
     for backend, precision in (("eager", "fp32"), *others):
-        t0 = time.perf_counter()
         # a copy each: a Stylizer casts its module in place
-        stylizer = Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device="cpu")
-        entries.append((backend, precision, stylizer, time.perf_counter() - t0))
+        stylizer, setup_s = timing.wall(
+            lambda: Stylizer(copy.deepcopy(model), backend=backend, precision=precision, device="cpu"))
+        entries.append((backend, precision, stylizer, setup_s))
     x = photo_batch(batch, size, size)
     first, outputs = [], []
     for _, _, stylizer, _ in entries:  # the warm-up call of each: the first at this size
-        t0 = time.perf_counter()
-        outputs.append(stylizer(x))
-        first.append(time.perf_counter() - t0)
-    times: list[list[float]] = [[] for _ in entries]
+        y, seconds = timing.wall(stylizer, x)
+        outputs.append(y)
+        first.append(seconds)
+    times: list[list[float]] = [[] for _ in entries]  # ms
     for i in range(repeats):
         k = i % len(entries)
         for j in list(range(k, len(entries))) + list(range(k)):
-            times[j].append(_time(entries[j][2], x))
+            times[j] += timing.time_calls(entries[j][2], x, n=1, device="cpu")
     rows = []
     for j, (backend, precision, stylizer, setup) in enumerate(entries):
-        ms = sorted(1e3 * t for t in times[j])
-        med = statistics.median(ms)
+        ms = sorted(times[j])
+        med = timing.summary(ms)["median_ms"]
         rows.append({"backend": backend, "precision": stylizer.precision, "batch": batch, "height": size,
                      "width": size, "threads": threads, "median_ms": round(med, 2), "min_ms": round(ms[0], 2),
                      "max_ms": round(ms[-1], 2), "mpx_per_s": round(batch * size * size / 1e6 / (med / 1e3), 3),
                      "setup_s": round(setup, 2), "first_call_s": round(first[j], 2), "repeats": repeats})
         if j:
-            mse = float(((outputs[j].double() - outputs[0].double()) ** 2).mean())
+            psnr = psnr_db(outputs[j], outputs[0])
             rows[-1]["speedup_vs_eager"] = round(rows[0]["median_ms"] / med, 2)
             rows[-1]["max_abs_diff_vs_eager"] = float((outputs[j] - outputs[0]).abs().max())
-            rows[-1]["psnr_vs_eager_db"] = round(10 * float(np.log10(255.0 ** 2 / mse)), 1) if mse else None
+            rows[-1]["psnr_vs_eager_db"] = round(psnr, 1) if math.isfinite(psnr) else None  # identical: None
     return rows
 
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -69,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import instyle
+    from instyle import timing
     from instyle.bench.video_overhead import PHOTO, decode_rgb, make_pan
     from instyle.paths import data_dir
     from instyle.specs import parse_size
@@ -82,18 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         clip = make_pan(Path(tmp) / "pan.mp4", data_dir() / PHOTO, width, height, args.frames, step=(dx, dy),
                         audio=False)
         inputs = decode_rgb(clip)
-    off, styl_s = [], []
+
+    def stylize(x):  # N,3,H,W uint8 -> N,H,W,3 uint8 array
+        return stylizer(x).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    off, styl_ms = [], []
     for i in range(0, len(inputs), args.batch):
         x = torch.from_numpy(np.stack(inputs[i:i + args.batch])).permute(0, 3, 1, 2)
-        t0 = time.perf_counter()
-        y = stylizer(x).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        styl_s.append((time.perf_counter() - t0) / len(y))
+        y, seconds = timing.wall(stylize, x, device=stylizer.device)
+        styl_ms.append(1e3 * seconds / len(y))
         off += list(y)
-    blend, on, blend_s = FlowBlend(args.weight), [], []
+    blend, on, blend_ms = FlowBlend(args.weight), [], []
     for src, y in zip(inputs, off):
-        t0 = time.perf_counter()
-        on.append(blend(src, y))
-        blend_s.append(time.perf_counter() - t0)
+        blended, seconds = timing.wall(blend, src, y)
+        on.append(blended)
+        blend_ms.append(1e3 * seconds)
     result = {
         "model": Path(model).name, "size": f"{width}x{height}", "frames": len(inputs), "step": [dx, dy],
         "weight": args.weight, "backend": args.backend, "device": str(stylizer.device),
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "flicker_flow": {"input": flow_flicker(inputs, inputs), "off": flow_flicker(off, inputs),
                          "on": flow_flicker(on, inputs)},
         "on_vs_off": float(np.mean([np.abs(a.astype(np.float32) - b).mean() for a, b in zip(on, off)])),
-        "temporal_ms_per_frame": 1000 * statistics.median(blend_s[1:]),
-        "stylize_ms_per_frame": 1000 * statistics.median(styl_s),
+        "temporal_ms_per_frame": timing.summary(blend_ms[1:])["median_ms"],
+        "stylize_ms_per_frame": timing.summary(styl_ms)["median_ms"],
     }
     g, f = result["flicker_gt"], result["flicker_flow"]
     print(f"{len(inputs)} frames {width}x{height}, pan {dx},{dy} px/frame, {Path(model).name}, weight {args.weight}")

@@ -1,5 +1,5 @@
 """instyle bench: a tiny CPU run end to end, the FLOP counter against the layer shapes, skipped rows,
---compare, Ctrl-C, and usage errors."""
+--compare, Ctrl-C, usage errors, and the timing (instyle/timing.py) and PSNR (instyle/metrics.py) helpers."""
 from __future__ import annotations
 
 import csv
@@ -212,3 +212,55 @@ def test_parse_sizes_is_width_by_height():
     from instyle.bench.cli import parse_sizes
 
     assert parse_sizes("256, 1920x1080") == [(256, 256), (1080, 1920)]
+
+
+def test_psnr_db_one_definition():
+    from instyle.metrics import psnr_db
+
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    assert psnr_db(a, b) == float("inf")
+    b[0, 0, 0, 0] = 255  # MSE = 255^2 / 96 over the whole batch
+    assert psnr_db(a, b) == pytest.approx(10 * torch.log10(torch.tensor(96.0)).item())
+    assert psnr_db(a, b / 255, peak=1.0) == pytest.approx(psnr_db(a, b))
+    assert psnr_db(a.numpy().astype("uint8"), b.numpy().astype("uint8")) == pytest.approx(psnr_db(a, b))
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr_db(a, b[:1])
+
+
+def test_timing_summary_is_numpy_linear_and_calls_are_counted():
+    from instyle import timing
+
+    ms = [4.0, 1.0, 3.0, 2.0]
+    assert timing.summary(ms) == {"median_ms": 2.5, "p10_ms": pytest.approx(1.3), "p90_ms": pytest.approx(3.7)}
+    calls = []
+    assert len(timing.time_calls(calls.append, 1, n=3, device="cpu")) == 3 and calls == [1, 1, 1]
+    out, seconds = timing.wall(lambda: len(calls), calls=2)
+    assert out == 3 and seconds >= 0
+    assert timing.wall(calls.append, 2, calls=0) == (None, pytest.approx(0, abs=1e-3)) and len(calls) == 3
+
+
+def test_timing_on_cuda_records_events_around_each_call_and_syncs(monkeypatch):
+    """The CUDA path with stand-in events: every call between its own pair, one sync before the first
+    and one after the last (no device needed)."""
+    from instyle import timing
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = len(log)
+            log.append("record")
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    ms = timing.time_calls(lambda x: log.append(x), "call", n=2, device="cuda")
+    assert log == ["sync", "record", "call", "record", "record", "call", "record", "sync"]
+    assert ms == [2.0, 2.0]
+

@@ -1,6 +1,5 @@
 """Backends of the engine: triton (fused instance norm, Triton interpreter on CPU) and compile against
 eager, the CUDA-graph LRU cache, load() defaults; GPU-only checks are marked `gpu`."""
-import math
 import os
 
 import pytest
@@ -11,7 +10,9 @@ from instyle import checkpoint, io
 from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, load, plan
 from instyle.engine import triton_backend as fused  # the backend "triton": IN tails fused into one op
 from instyle.engine.graphs import GraphCache
+from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet, PyramidNet
+from tolerances import assert_close
 
 CPU = torch.device("cpu")
 # fp32 kernel vs F.instance_norm: different reduction order only
@@ -30,13 +31,6 @@ def narrow(seed=0, **kw):
 
 def image(n, h, w, seed=1):
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
-
-
-def assert_close(y, ref, atol):
-    d = (y.float() - ref.float()).abs()
-    i = int(d.argmax())
-    assert d.max() <= atol, (f"max |delta| {d.max().item():.3g} > {atol} at flat index {i}: "
-                             f"{y.flatten()[i].item()} vs {ref.flatten()[i].item()}")
 
 
 needs_interpreter = pytest.mark.skipif(
@@ -213,11 +207,6 @@ def test_plan_rejects_unknown_modules():
 # GPU only
 
 
-def psnr(a, b):
-    mse = (a.float() - b.float()).square().mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
 def photo(data, h, w):
     pic = io.read_image(need(data / "content" / "demo" / "amber.jpg"))
     return io.to_tensor([pic])[:, :, :h, :w]
@@ -254,7 +243,7 @@ def test_gpu_low_precision_psnr(data, precision):
     s = Stylizer(checkpoint.load(weights)[0], backend="triton", precision=precision, device="cuda", tile="off")
     for _ in range(3):  # warm-up, capture, replay
         y = s(x)
-        assert psnr(y, ref) >= 45, f"triton {precision}: PSNR {psnr(y, ref):.1f} dB vs fp32 eager"
+        assert psnr_db(y, ref) >= 45, f"triton {precision}: PSNR {psnr_db(y, ref):.1f} dB vs fp32 eager"
 
 
 @pytest.mark.gpu
@@ -263,7 +252,7 @@ def test_gpu_tiled_equals_untiled_fp16(data):
     x = photo(data, 700, 1000).cuda()
     whole = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile="off")
     tiles = Stylizer(checkpoint.load(weights)[0], backend="triton", precision="fp16", device="cuda", tile=256)
-    assert psnr(tiles(x), whole(x)) >= 45
+    assert psnr_db(tiles(x), whole(x)) >= 45
 
 
 @pytest.mark.gpu

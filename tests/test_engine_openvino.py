@@ -12,6 +12,7 @@ from PIL import Image
 from instyle import checkpoint
 from instyle.cli import main
 from instyle.engine import BackendUnavailable, Stylizer, load
+from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet
 
 HAVE_OV = importlib.util.find_spec("openvino") is not None
@@ -50,11 +51,6 @@ def photos(data):
 def batch(photos, n, h, w, offset=0):
     crops = [photos[(offset + i) % len(photos)][10 + i:10 + i + h, 20:20 + w] for i in range(n)]
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-
-
-def psnr(y, ref):
-    mse = ((y.double() - ref.double()) ** 2).mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def narrow():
@@ -111,11 +107,11 @@ def test_bf16_psnr_vs_eager_on_real_photos(generator, photos):
         x = batch(photos, n, h, w, offset=i)
         y = ov(x)
         assert y.shape == x.shape
-        assert psnr(y, eager(x)) >= BF16_MIN_PSNR, f"{n}x{h}x{w}: PSNR {psnr(y, eager(x)):.1f} dB"
+        assert psnr_db(y, eager(x)) >= BF16_MIN_PSNR, f"{n}x{h}x{w}: PSNR {psnr_db(y, eager(x)):.1f} dB"
     x = batch(photos, 3, *SIZES[0])
     torch_bf16 = Stylizer(copy.deepcopy(generator), backend="eager", precision="bf16", tile="off")
     ref = eager(x)
-    assert psnr(ov(x), ref) >= psnr(torch_bf16(x), ref) - 1.0
+    assert psnr_db(ov(x), ref) >= psnr_db(torch_bf16(x), ref) - 1.0
 
 
 @needs_ov

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from instyle.kernels import instance_norm, instance_norm_ref
 from sm90 import assert_compiles_for_sm90
+from tolerances import ATOL, assert_derived_close
 
 from instyle.kernels import instance_norm_forward as IN
 
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "channels_last"]
 SPLIT_SHAPE = (1, 2, 181, 191)  # 34571 positions per plane: over the default split_min_hw
@@ -82,25 +82,6 @@ def torch_lowp(x, w, b, activation=None, residual=None, eps=1e-5):
 def ref_fp32(x, w, b, activation=None, residual=None, eps=1e-5):
     up = lambda t: None if t is None else t.float()  # noqa: E731
     return instance_norm_ref(up(x), up(w), up(b), eps=eps, activation=activation, residual=up(residual))
-
-
-def assert_derived_close(name, fused, ref, lowp, dtype):
-    """max|fused - ref| <= 2 max|lowp - ref| + atol * max(1, max|ref|); prints the worst elements if not."""
-    assert fused.shape == ref.shape, f"{name}: shape {tuple(fused.shape)} != {tuple(ref.shape)}"
-    fused, ref = fused.detach().float(), ref.detach().float()
-    err = (fused - ref).abs()
-    base = 0.0 if lowp is None else (lowp.detach().float() - ref).abs().max().item()
-    tol = 2 * base + ATOL[dtype] * max(1.0, ref.abs().max().item())
-    worst = err.max().item() if err.numel() else 0.0
-    if not worst <= tol:  # also catches NaN
-        flat = torch.nan_to_num(err, nan=float("inf")).flatten()
-        lines = []
-        for i in flat.topk(min(5, flat.numel())).indices.tolist():
-            idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), err.shape))
-            lines.append(f"  at {idx}: fused {fused[idx].item():.6g}  ref_fp32 {ref[idx].item():.6g}"
-                         + ("" if lowp is None else f"  torch_lowp {lowp.float()[idx].item():.6g}"))
-        pytest.fail(f"{name} ({dtype}): max|fused - ref_fp32| = {worst:.4g} > tol {tol:.4g} "
-                    f"(2 * torch_lowp err {base:.4g} + atol {ATOL[dtype]:g} * scale)\n" + "\n".join(lines))
 
 
 def run_with_grads(fn, x, w, b, r, activation, dy, upcast=False):

@@ -1,7 +1,6 @@
 """Several styles in one network (conditional instance norm): models, mixes, baking, and the style controls."""
 import copy
 import json
-import math
 
 import pytest
 import torch
@@ -205,11 +204,6 @@ def test_load_shipped_style_by_name():
     assert s.style == names[1] and s.style_names[:2] == names[:2]
     default = instyle.load(backend="eager", device="cpu")
     assert default.style == names[0]
-
-
-def _psnr(a, b):
-    mse = float((a.double() - b.double()).square().mean())
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 @pytest.mark.parametrize("backend", ["triton", "onnxruntime"])

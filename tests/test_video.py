@@ -14,6 +14,7 @@ av = pytest.importorskip("av", reason="PyAV not installed: pip install 'instyle[
 import instyle  # noqa: E402
 from instyle import video  # noqa: E402
 from instyle.cli import main  # noqa: E402
+from instyle.metrics import psnr_db  # noqa: E402
 from test_stylize_cli import model_path  # noqa: E402,F401 -- the shared random-weight TransformerNet
 
 FPS = Fraction(24000, 1001)  # 23.976: not the 30 fps that tools like to assume
@@ -90,11 +91,6 @@ def probe(path):
     return frames, times, info, audio, rotation
 
 
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255 ** 2 / max(mse, 1e-10))
-
-
 def stylize(*args):
     batch = [] if "--batch" in args else ["--batch", "4"]  # fewer, larger forwards: the tests' CPU time
     return main(["stylize", *map(str, args), "--backend", "eager", "--device", "cpu", "--precision", "fp32", *batch])
@@ -121,7 +117,7 @@ def test_clip_keeps_timing_size_audio_and_matches_image_path(tmp_path, photo, mo
     assert info_out["n_audio"] == 1 and audio_out == audio_in, "audio packets must be copied bit for bit"
     assert info_out["order"] == info_in["order"] and info_out["pix_fmt"] == info_in["pix_fmt"]
     for i, (got, ref) in enumerate(zip(f_out, reference(stylizer, f_in))):
-        assert psnr(got, ref) >= 30, f"frame {i}: {psnr(got, ref):.1f} dB"
+        assert psnr_db(got, ref) >= 30, f"frame {i}: {psnr_db(got, ref):.1f} dB"
     assert not list((tmp_path / "out").glob(".*tmp*")), "no temp file left behind"
 
 
@@ -147,7 +143,7 @@ def test_frame_range(tmp_path, photo, model_path, stylizer):
     assert audio_out and set(b for b, _ in audio_out) <= set(b for b, _ in audio_in)
     assert abs(len(audio_out) * 960 / 48000 - span) <= 2 * 960 / 48000  # the range's audio, packet-exact
     for got, ref in zip(f_out, reference(stylizer, f_in[3:9])):  # output frame k = input frame 3 + k
-        assert psnr(got, ref) >= 30
+        assert psnr_db(got, ref) >= 30
     assert stylize(src, "-o", tmp_path / "none", "--model", model_path, "--frames", "50:60") == 1
     assert not (tmp_path / "none" / "clip.mp4").exists()
     assert stylize(src, "-o", tmp_path / "none", "--model", model_path, "--frames", "9:3") == 2  # usage error
@@ -221,7 +217,7 @@ def test_animated_gif_is_a_video_and_a_still_gif_an_image(tmp_path, photo, model
     f_out, t_out, _, _, _ = probe(tmp_path / "out" / "anim.gif")
     assert len(f_out) == 6 and np.allclose(t_out, t_in)  # per-frame delays kept
     for got, ref in zip(f_out, reference(stylizer, f_in)):
-        assert psnr(got, ref) >= 30  # a 256-colour palette per frame
+        assert psnr_db(got, ref) >= 30  # a 256-colour palette per frame
     assert Image.open(tmp_path / "out" / "still.gif").size == (96, 64)
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from instyle import timing
 
 ROWS = {
     "baseline": dict(amp="off", channels_last=False, fused="off", compile=False),
@@ -53,11 +54,6 @@ def _loss(args, device):
     return loss
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def bench_row(name: str, opts: dict, args, folder: Path, device: torch.device) -> dict:
     from .trainer import TrainConfig, Trainer
 
@@ -72,16 +68,16 @@ def bench_row(name: str, opts: dict, args, folder: Path, device: torch.device) -
     batches = [torch.rand(args.batch, 3, args.size, args.size, generator=g, device=device) * 255 for _ in range(4)]
     if cfg.channels_last:
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
-    t0 = time.perf_counter()
-    for i in range(args.warmup):
-        trainer.train_step(batches[i % len(batches)])
-    _sync(device)
-    warm_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        terms = trainer.train_step(batches[i % len(batches)])
-    _sync(device)
-    dt = time.perf_counter() - t0
+
+    def steps(n: int):
+        terms = None
+        for i in range(n):
+            terms = trainer.train_step(batches[i % len(batches)])
+        return terms
+
+    # a throughput window: one wall-clock interval around many back-to-back steps (no per-step sync)
+    warm_s = timing.wall(steps, args.warmup, device=device)[1]
+    terms, dt = timing.wall(steps, args.steps, device=device)
     return {"row": name, **opts, "fused_layers": trainer.n_fused, "it_per_s": args.steps / dt,
             "images_per_s": args.steps * args.batch / dt, "ms_per_step": 1000 * dt / args.steps,
             "warmup_s": warm_s,
