@@ -21,11 +21,10 @@ from conftest import need
 from tolerances import assert_derived_close
 from instyle import checkpoint
 from instyle.engine import Stylizer, backends
+from instyle.engine import fused_chain as FC
 from instyle.engine.graphs import GraphCache, shape_key
 from instyle.metrics import psnr_db
 from instyle.models.johnson import JohnsonNet
-
-from instyle.engine import fused_chain as FC
 
 
 def photo_crop(data, h=40, w=56, top=180, left=300):
