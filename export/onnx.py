@@ -110,7 +110,7 @@ def contract_module(model: nn.Module, precision: str = "fp32") -> ImageContract:
 def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision: str = "fp32",
                    opset: int = DEFAULT_OPSET) -> dict[str, str]:
     """The strings stored in the ONNX file's metadata_props."""
-    from instyle import __version__
+    from instyle.version import __version__
 
     meta = metadata or {}
     return {
@@ -246,7 +246,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> Path:
 
 def cache_path(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:
     """Where the cache keeps the ONNX export of `model` (whether or not it is there yet)."""
-    from instyle import __version__
+    from instyle.version import __version__
 
     key = model_key(model, precision=precision, opset=opset, export_format=EXPORT_FORMAT, instyle=__version__)
     return cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}-{key}.onnx"
