@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from instyle.errors import UsageError  # a leaf: no torch for --help
+
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 GPU_SIZES, CPU_SIZES = "256,512,1024,1920x1080,3840x2160", "256,512,1024"
 
@@ -48,8 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'256,1920x1080' -> [(256, 256), (1080, 1920)]: (height, width); WxH is width first, like 1920x1080."""
-    from instyle.cli import UsageError
-
     from instyle.specs import parse_size
 
     sizes = []
@@ -63,8 +63,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def parse_list(text: str, choices: tuple[str, ...], flag: str) -> list[str]:
-    from instyle.cli import UsageError
-
     items = [s.strip() for s in text.split(",") if s.strip()]
     for item in items:
         if item not in choices:
@@ -75,8 +73,6 @@ def parse_list(text: str, choices: tuple[str, ...], flag: str) -> list[str]:
 
 
 def parse_batches(text: str) -> list[int]:
-    from instyle.cli import UsageError
-
     try:
         batches = [int(s) for s in text.split(",")]
     except ValueError:
@@ -120,8 +116,6 @@ def _read_image(path: Path | None):
     import torch
     from PIL import Image, ImageOps
 
-    from instyle.cli import UsageError
-
     try:
         with Image.open(path) as img:
             rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
@@ -156,7 +150,6 @@ NOTES = {
 
 
 def _tile(text: str):
-    from instyle.cli import UsageError
     from instyle.engine.stylizer import parse_tile
 
     try:
@@ -173,8 +166,6 @@ def _loadavg() -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instyle.cli import UsageError
-
     if args.compare:
         from . import report
 

@@ -12,6 +12,11 @@
    imports, model load) is reported separately and as a % of a one-image run.
 2. Peak RSS of a 3840x2160 stylize: ru_maxrss of that one subprocess (os.wait4), i.e. the most resident
    memory the whole `instyle stylize` process ever held.
+3. With --help-walltime: the start-up cost alone, the wall time of `instyle --help`, for one or more
+   installs (`--python PY`, each a venv's interpreter: `PY -m instyle --help` and the `instyle` console
+   script beside PY), in interleaved rounds; every round also runs each under `-X importtime`
+   (PYTHONPROFILEIMPORTTIME=1), which records whether torch, numpy or Pillow were imported. Each install
+   is checked first: which instyle/cli.py it imports, and that tree's git commit.
 
 Backend eager, fp32, CPU; every process gets the same thread count (OMP_NUM_THREADS and
 torch.set_num_threads), 1 by default: CPU time is then work, not the spinning of idle OpenMP threads
@@ -62,19 +67,24 @@ def run_bare_forward(photo: Path, model: str, threads: int) -> dict:
                         "--model", model, "--threads", str(threads)], threads)
 
 
-def run_process(cmd: list[str], threads: int) -> dict:
-    """CPU seconds (user + sys), wall seconds and peak RSS of one child process, from os.wait4."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
+def run_process(cmd: list[str], threads: int, env: dict | None = None, keep_stderr: bool = False,
+                cwd: Path | None = None) -> dict:
+    """CPU seconds (user + sys), wall seconds and peak RSS of one child process, from os.wait4 (and its stderr
+    with `keep_stderr`). Stderr goes to a file, not a pipe: a child that writes more than a pipe holds (an
+    import-time profile) would block while this process waits for it."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(env or {}))
+    with tempfile.TemporaryFile() as stderr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd[1:4])} exited {code}: {err.strip()[-500:]}")
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return dict(result, stderr=err) if keep_stderr else result
 
 
 def bare_forward(photo: Path, model_path: str, threads: int, repeats: int) -> dict:
@@ -136,6 +146,90 @@ def measure(model: str, size: int, images: int, threads: int, repeats: int, four
     return result
 
 
+HEAVY = ("torch", "numpy", "PIL")  # what `instyle --help` should not import
+
+
+def imported_modules(importtime: str) -> dict[str, int]:
+    """Module -> its own import time in microseconds, from `-X importtime` output (stderr)."""
+    modules = {}
+    for line in importtime.splitlines():
+        if line.startswith("import time:") and "|" in line and "imported package" not in line:
+            self_us, _, name = line[len("import time:"):].split("|")
+            modules[name.strip()] = int(self_us)
+    return modules
+
+
+def install(python: str, cwd: Path) -> dict:
+    """What `python` runs as instyle from `cwd`: the files of instyle.cli and of a subpackage's module (both
+    from one tree, or this raises), that tree's git commit, and the console script beside `python`.
+    `python -m` and `python -c` put the working folder first on sys.path: started in a source tree, they
+    import that tree's instyle/ and the install's subpackages, a mix. Time them from an empty folder."""
+    code = "import instyle.cli, instyle.bench.cli as b; print(instyle.cli.__file__); print(b.__file__)"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=cwd)
+    cli, sub = (Path(line) for line in out.stdout.split())
+    if cli.parent.parent != sub.parent.parent:
+        raise RuntimeError(f"{python} imports instyle from two trees: {cli} and {sub}")
+    rev = subprocess.run(["git", "-C", str(cli.parent), "rev-parse", "HEAD"], capture_output=True, text=True)
+    script = Path(python).parent / "instyle"
+    return {"python": python, "cli_file": str(cli), "subpackage_file": str(sub), "git_rev": rev.stdout.strip() or None,
+            "script": str(script),
+            "script_python": script.read_text().splitlines()[0].removeprefix("#!") if script.is_file() else None}
+
+
+def help_walltime(pythons: list[str], runs: int) -> dict:
+    """`instyle --help` per install and way of starting it: wall and CPU seconds of `runs` plain runs, and of
+    `runs` runs under -X importtime (its module count and summed import time, and the heavy modules it saw).
+    Rounds are interleaved, each in a rotated order, so a busy moment of the machine hits every variant."""
+    with tempfile.TemporaryDirectory(prefix="instyle-help-") as cwd:
+        return _help_walltime(pythons, runs, Path(cwd))
+
+
+def _help_walltime(pythons: list[str], runs: int, cwd: Path) -> dict:
+    variants = []
+    for python in pythons:
+        where = install(python, cwd)
+        variants.append(dict(where, how="python -m instyle --help", cmd=[python, "-m", "instyle", "--help"]))
+        if where["script_python"]:
+            variants.append(dict(where, how="instyle --help", cmd=[where["script"], "--help"]))
+    samples = {i: {"plain": [], "importtime": []} for i in range(len(variants))}
+    for r in range(runs):
+        order = list(range(len(variants)))
+        for i in order[r % len(order):] + order[:r % len(order)]:
+            cmd = variants[i]["cmd"]
+            samples[i]["plain"].append(run_process(cmd, threads=1, cwd=cwd))
+            timed = run_process(cmd, threads=1, env={"PYTHONPROFILEIMPORTTIME": "1"}, keep_stderr=True, cwd=cwd)
+            modules = imported_modules(timed.pop("stderr"))
+            timed.update(modules=len(modules), import_s=sum(modules.values()) / 1e6,
+                         heavy=[m for m in HEAVY if m in modules])
+            samples[i]["importtime"].append(timed)
+    rows = []
+    for i, v in enumerate(variants):
+        plain, prof = samples[i]["plain"], samples[i]["importtime"]
+        rows.append(dict(v, runs=runs, wall_s=_spread([s["wall_s"] for s in plain]),
+                         cpu_s=_spread([s["cpu_s"] for s in plain]),
+                         importtime_wall_s=_spread([s["wall_s"] for s in prof]),
+                         import_s=_spread([s["import_s"] for s in prof]),
+                         modules=statistics.median(s["modules"] for s in prof),
+                         heavy=sorted({m for s in prof for m in s["heavy"]}), samples=samples[i]))
+    return {"what": "instyle --help", "threads": 1, "rows": rows}
+
+
+def _spread(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+    return {"median": statistics.median(values), "p10": q[0], "p90": q[-1]}
+
+
+def help_report(r: dict) -> str:
+    lines = [f"{r['what']}: wall seconds, median (p10..p90) of {r['rows'][0]['runs']} interleaved runs each; "
+             "heavy = torch/numpy/PIL imported (-X importtime)"]
+    for row in r["rows"]:
+        w, imp = row["wall_s"], row["import_s"]
+        lines.append(f"  {(row['git_rev'] or '?')[:7]}  {row['how']:<26} {w['median']:6.3f} s ({w['p10']:.3f}.."
+                     f"{w['p90']:.3f})   imports {row['modules']:.0f} modules in {imp['median']:.3f} s, heavy: "
+                     f"{', '.join(row['heavy']) or 'none'}   [{row['cli_file']}]")
+    return "\n".join(lines)
+
+
 def report(r: dict) -> str:
     f, one, many = r["forward"], r["stylize_1"], r["stylize_n"]
     lines = [
@@ -173,10 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed bare forwards (default 3)")
     p.add_argument("--no-4k", dest="four_k", action="store_false", help="skip the 3840x2160 peak-RSS run")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument("--help-walltime", action="store_true", help="time `instyle --help` instead (section 3 above)")
+    p.add_argument("--python", action="append", metavar="PY", help="with --help-walltime: a venv's interpreter "
+                   "whose instyle to time (repeat it to compare installs; default: this one)")
+    p.add_argument("--runs", type=int, default=15, help="with --help-walltime: rounds (default 15)")
     p.add_argument("--forward-only", type=Path, metavar="IMAGE", help=argparse.SUPPRESS)  # run_bare_forward's child
     args = p.parse_args(argv)
     if args.forward_only:
         bare_forward(args.forward_only, args.model or default_model(), args.threads, repeats=0)
+        return 0
+    if args.help_walltime:
+        result = help_walltime(args.python or [sys.executable], args.runs)
+        print(help_report(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     if args.images < 2 or args.size < 8 or args.threads < 1 or args.repeats < 1:
         p.error("need --images >= 2, --size >= 8, --threads >= 1, --repeats >= 1")

@@ -9,6 +9,8 @@ All backends are one table, `TABLE` (name -> Backend: factory, devices, precisio
 options are the factory's keyword arguments; `load(..., options={...})` reaches them. Backends that live in other subpackages (export/)
 are named by import path and loaded on first use, so engine/ never imports them at module import time;
 the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
+The runner modules this table names take BackendUnavailable from instyle.errors, never from here: importing
+this module back would be an import cycle (tests/test_import_graph.py).
 `chain(device)` is the order `auto` tries them in.
 """
 from __future__ import annotations

@@ -12,15 +12,16 @@ On CPU, inductor's default mode. `compiler` is exposed for tests ("eager"/"aot_e
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .backends import Runner
 from .graphs import GraphCache
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, compiler: str = "inductor",
-                graphs: bool | None = None, cache_size: int = 4) -> Runner:
+                graphs: bool | None = None, cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
     options = {}
     if compiler == "inductor":
         options["mode"] = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"

@@ -11,12 +11,14 @@ LRU-bounded. Without CUDA the kernels run in the Triton interpreter (TRITON_INTE
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from instyle.errors import BackendUnavailable
+
 from . import plan
-from .backends import BackendUnavailable, Runner
 from .graphs import GraphCache
 
 
@@ -37,7 +39,7 @@ def fused_post(step: plan.Step, y: torch.Tensor, residual: torch.Tensor | None) 
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
-                cache_size: int = 4) -> Runner:
+                cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fused forward; with `graphs` (default: on CUDA) behind a CUDA-graph LRU of `cache_size` shapes."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise BackendUnavailable("backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run the "

@@ -53,7 +53,7 @@ def _engine_options(p: argparse.ArgumentParser, max_batch_default: int = 1) -> N
 
 
 def _usage(message: str):
-    from instyle.cli import UsageError
+    from instyle.errors import UsageError
 
     return UsageError(message)
 

@@ -13,7 +13,7 @@ Exporter choice: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript). W
 native `InstanceNormalization` nodes (epsilon kept) and plain `Pad(mode=reflect)`, with dynamic N/H/W from
 `torch.export.Dim`; the legacy TorchScript exporter also emits InstanceNormalization but warns it exports
 "train=True", builds every Pad out of Reshape/Transpose/ConstantOfShape chains, and is deprecated. The cost
-is ~5 s of tracing per export on a 2-core CPU (0.3 s with the legacy exporter), paid once per model by the
+is export time (torch.export's tracing is much slower than the legacy exporter's), paid once per model by the
 onnxruntime backend's cache. Its native opset is 18: ONNX's version converter has no Pad adapter down to
 17, so opset 17 is produced by relabelling an opset-18 graph whose ops all mean the same at 17 (checked op
 by op, see `_relabel_opset_17`).
@@ -110,7 +110,7 @@ def contract_module(model: nn.Module, precision: str = "fp32") -> ImageContract:
 def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision: str = "fp32",
                    opset: int = DEFAULT_OPSET) -> dict[str, str]:
     """The strings stored in the ONNX file's metadata_props."""
-    from instyle import __version__
+    from instyle.version import __version__
 
     meta = metadata or {}
     return {
@@ -246,7 +246,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> Path:
 
 def cache_path(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:
     """Where the cache keeps the ONNX export of `model` (whether or not it is there yet)."""
-    from instyle import __version__
+    from instyle.version import __version__
 
     key = model_key(model, precision=precision, opset=opset, export_format=EXPORT_FORMAT, instyle=__version__)
     return cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}-{key}.onnx"

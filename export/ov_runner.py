@@ -155,7 +155,7 @@ def convert(model: nn.Module, precision: str = "fp32"):
 
 
 def blob_path(model: nn.Module, precision: str) -> Path:
-    from instyle import __version__
+    from instyle.version import __version__
 
     ov = _openvino()
     cpu = _core().get_property("CPU", "FULL_DEVICE_NAME")

@@ -176,7 +176,7 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 def engine_sidecar(trt_version: str, profiles: list[Profile], precision: str, onnx_path) -> dict:
     import torch
 
-    from instyle import __version__
+    from instyle.version import __version__
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     cc = ".".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else None

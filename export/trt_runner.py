@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from instyle.errors import BackendUnavailable
 from instyle.precision import name_of
 
 from . import tensorrt as trt_export
@@ -77,8 +78,6 @@ class EngineRunner:
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
     """Backend factory (engine/backends.py)."""
-    from instyle.engine import BackendUnavailable
-
     device = torch.device(device)
     if device.type != "cuda":
         raise BackendUnavailable("the tensorrt backend needs a CUDA device")

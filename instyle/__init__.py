@@ -4,7 +4,7 @@
     out = stylizer(x)                         # N,3,H,W float 0..255 (or uint8) -> float 0..255
     img = stylizer.stylize_image(pil_image)   # PIL in, PIL out
 """
-__version__ = "0.1.0"
+from instyle.version import __version__
 
 
 def load(model=None, backend="auto", precision="auto", device="auto", **kwargs):

@@ -15,7 +15,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from instyle import checkpoint
-    from instyle.cli import UsageError
+    from instyle.errors import UsageError
 
     if Path(args.dst).suffix != ".safetensors":
         raise UsageError(f"{args.dst}: output must end in .safetensors")

@@ -1,6 +1,6 @@
 """ONNX export: graph form, metadata, parity with the PyTorch fp32 reference on real photos, fp16, CLI.
 
-Exports are slow (~5 s each, torch.export tracing), so each model is exported once per module.
+Exports are slow (torch.export traces the whole model), so each model is exported once per module.
 """
 import json
 

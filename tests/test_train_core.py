@@ -23,7 +23,7 @@ SMALL = (8, 16, 16, 16, 16)  # per-block VGG widths for speed
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    # a busy 2-core machine: OpenMP spinning across threads costs ~10x on these tiny convs
+    # on a busy machine OpenMP threads spin waiting for each other far longer than these tiny convs compute
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

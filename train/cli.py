@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from instyle.errors import UsageError  # a leaf: no torch for --help
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .common import add_loss_arguments
@@ -68,7 +70,6 @@ def style_paths(args) -> list[str]:
     """--style files then --styles-dir images; checked to exist with distinct names."""
     from pathlib import Path
 
-    from instyle.cli import UsageError
     from instyle.io import IMAGE_EXTENSIONS
 
     paths = list(args.style)
@@ -102,8 +103,6 @@ def style_paths(args) -> list[str]:
 
 def run(args) -> int:
     from pathlib import Path
-
-    from instyle.cli import UsageError
 
     if args.mode == "style" and not args.data:
         raise UsageError("--data DIR is required in style mode")

@@ -26,8 +26,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from instyle.cli import UsageError
-
+    from instyle.errors import UsageError
     from instyle.specs import resolve_device
 
     from .common import load_image, loss_from_args, save_image

@@ -34,8 +34,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from instyle.checkpoint import load
-    from instyle.cli import UsageError
-
+    from instyle.errors import UsageError
     from instyle.specs import parse_size, resolve_device
 
     from .common import save_image
