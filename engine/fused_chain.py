@@ -30,11 +30,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from instyle.errors import BackendUnavailable
 from instyle.kernels import conv_in_gemm as ci
 from instyle.kernels import conv_in_normalize as cn
 from instyle.models.graph import Step
 
-from .backends import BackendUnavailable
 from .graphs import GraphCache
 
 # Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
