@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import itertools
 import json
 import os
 import re
@@ -80,9 +81,12 @@ def compile_one(fn, spec: dict, arch: int):
 # ---------------------------------------------------------------------------------------------- dumps
 # What differs between two builds of the same code and is not code: source locations (PTX .loc/.file
 # and the DWARF sections, the $L__tmp labels that delimit inlined scopes; MLIR loc(...) and #loc lines),
-# comments, and the kernel's name.
+# comments, the kernel's name, and in MLIR the SSA value names (taken from the source's variable names)
+# and the order in which constants were hoisted to the top of the function.
 _PTX_DEBUG_LINE = re.compile(r"^\s*(\.loc|\.file)\s|^\$L__(tmp|func_begin|func_end)\d+:$")
 _MLIR_LOC = re.compile(r"\s*loc\((?:[^()]|\([^()]*\))*\)")
+_MLIR_VALUE = re.compile(r"%[\w.$-]+")
+_MLIR_CONSTANT = re.compile(r"^\s*(%[\w.$-]+) = (arith\.constant .*)$")
 
 
 def comparable_ptx(ptx: str, kernel: str) -> str:
@@ -97,7 +101,8 @@ def comparable_ptx(ptx: str, kernel: str) -> str:
 
 
 def comparable_ttgir(ttgir: str, kernel: str) -> str:
-    """TTGIR without location attributes, #loc definitions or the kernel's name."""
+    """TTGIR without location attributes, #loc definitions or the kernel's name, values renamed by
+    `_number_values`."""
     lines = []
     for line in ttgir.splitlines():
         if line.startswith("#loc"):
@@ -105,7 +110,27 @@ def comparable_ttgir(ttgir: str, kernel: str) -> str:
         line = _MLIR_LOC.sub("", line).rstrip()
         if line:
             lines.append(line.replace(kernel, "KERNEL"))
-    return "\n".join(lines) + "\n"
+    return "\n".join(_number_values(lines)) + "\n"
+
+
+def _number_values(lines: list[str]) -> list[str]:
+    """Constants named %cI after their value and sorted where they stand in runs; every other value %vI
+    in order of first appearance."""
+    constants = {m[1]: m[2] for m in map(_MLIR_CONSTANT.match, lines) if m}
+    rank = {value: i for i, value in enumerate(sorted(set(constants.values())))}
+    names = {name: f"%c{rank[value]}" for name, value in constants.items()}
+    others = itertools.count()
+
+    def rename(m: re.Match) -> str:
+        if m[0] not in names:
+            names[m[0]] = f"%v{next(others)}"
+        return names[m[0]]
+
+    renamed = [_MLIR_VALUE.sub(rename, line) for line in lines]
+    out: list[str] = []
+    for is_constant, run in itertools.groupby(renamed, key=lambda line: bool(_MLIR_CONSTANT.match(line))):
+        out += sorted(run) if is_constant else list(run)
+    return out
 
 
 def spec_id(spec: dict) -> str:

@@ -33,21 +33,32 @@ def test_comparable_ptx_keeps_code_only():
         "$L__BB0_2:", "\tadd.s32 \t%r1, %r2, 1;", "\tret;", "}"]
 
 
-def test_comparable_ttgir_drops_locations():
+def test_comparable_ttgir_drops_locations_and_names():
     ttgir = "\n".join([
         '#loc = loc("/src/f.py":10:0)',
         'module {',
         '  tt.func public @_k(%x: !tt.ptr<f16> loc("x"(#loc))) attributes {noinline = false} {',
-        '    %0 = ttg.local_alloc : () -> !ttg.memdesc<1xf16> loc(#loc3)',
+        '    %c2_i32 = arith.constant 2 : i32 loc(#loc1)',
+        '    %c-1_i32 = arith.constant -1 : i32 loc(#loc1)',
+        '    %acc_3 = arith.muli %c2_i32, %c-1_i32 : i32 loc(#loc3)',
+        '    %0 = ttg.local_alloc %acc_3 : (i32) -> !ttg.memdesc<1xf16> loc(#loc3)',
         '  } loc(#loc)',
         '} loc(#loc)',
         '#loc3 = loc(callsite(#loc1 at #loc2))'])
-    assert compile_check.comparable_ttgir(ttgir, "_k").splitlines() == [
+    expected = [
         'module {',
-        '  tt.func public @KERNEL(%x: !tt.ptr<f16>) attributes {noinline = false} {',
-        '    %0 = ttg.local_alloc : () -> !ttg.memdesc<1xf16>',
+        '  tt.func public @KERNEL(%v0: !tt.ptr<f16>) attributes {noinline = false} {',
+        '    %c0 = arith.constant -1 : i32',
+        '    %c1 = arith.constant 2 : i32',
+        '    %v1 = arith.muli %c1, %c0 : i32',
+        '    %v2 = ttg.local_alloc %v1 : (i32) -> !ttg.memdesc<1xf16>',
         '  }',
         '}']
+    assert compile_check.comparable_ttgir(ttgir, "_k").splitlines() == expected
+    # other variable names and another hoisting order of the constants: the same code
+    renamed = ttgir.replace("%acc_3", "%y").replace("%x", "%x_ptr").splitlines()
+    renamed[3], renamed[4] = renamed[4], renamed[3]
+    assert compile_check.comparable_ttgir("\n".join(renamed), "_k").splitlines() == expected
 
 
 def test_spec_id_names_the_kernel_and_its_key():
