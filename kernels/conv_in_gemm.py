@@ -98,6 +98,18 @@ def _prune(configs, nargs, **kw):
 # Triton kernels.
 
 
+# The kernel is a prologue (load an input tile, apply the pending IN), a K loop of MMAs (flat or
+# tap-outer) and an epilogue (store, statistics); each phase is a helper. @triton.jit helpers are inlined,
+# so the groups their arguments travel in cost nothing:
+#   a tensor view is (pointer, stride n, c, h, w) in elements: x = (x_ptr, sxn, sxc, sxh, sxw), skip, y;
+#   x_size = (Cin, Hin, Win): the stored input's channels and size;
+#   rows = (n, oh, ow, m_mask): this program's image, its GEMM rows' output pixel and which rows exist;
+#   cols = (j, co, j_mask): its GEMM columns, their output channel and which columns exist;
+#   CONV = (KH, KWE, STRIDE, PAD, UPSAMPLE): the taps one GEMM row reads and how a tap maps an output
+#     coordinate to a stored input coordinate;
+#   PROLOGUE = (NORM, RELU, HAS_SKIP): what the prologue applies to a loaded input tile.
+
+
 @triton.jit
 def _reflect(p, size):
     """Reflection padding as index math: -1 -> 1, size -> size - 2 (pad < size)."""
@@ -115,9 +127,36 @@ def _src(o, k, size_in, STRIDE: tl.constexpr, PAD: tl.constexpr, UPSAMPLE: tl.co
 
 
 @triton.jit
-def _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin,
-              NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr):
-    """act((a - mean) * scale + beta) [+ skip] in fp32; masked lanes are 0 (they pad K)."""
+def _gemm_rows(pid_m, Hout, Wout, PIX: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Output row oh and (first) output column ow of this program's GEMM rows, and which rows exist. A row
+    is one output pixel, or with PIX > 1 a group of PIX horizontally adjacent ones."""
+    # pixel coordinates stay int32 (one image's H*W < 2^31); offsets are int64 (a batch may not fit)
+    WG = (Wout + PIX - 1) // PIX                           # GEMM rows per image row
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # GEMM row within image n
+    m_mask = m < Hout * WG
+    oh = m // WG
+    ow = (m % WG) * PIX                                    # (first) output column of the row
+    return oh, ow, m_mask
+
+
+@triton.jit
+def _gemm_columns(pid_n, Cout, PIX: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's GEMM columns j (pixel j // Cout of the row's group, channel co = j % Cout) and which
+    exist."""
+    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    j_mask = j < PIX * Cout
+    if PIX == 1:
+        co = j
+    else:
+        co = j % Cout
+    return j, co, j_mask
+
+
+@triton.jit
+def _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE: tl.constexpr):
+    """act((a - mean) * scale + beta) [+ skip] in fp32 for an input tile a of channels ci (skip at s_off);
+    masked lanes are 0 (they pad K)."""
+    NORM, RELU, HAS_SKIP = PROLOGUE
     a = a.to(tl.float32)
     if NORM:
         # norm [N, 3, Cin] fp32: mean, gamma * rstd, beta of the input's pending IN
@@ -134,13 +173,35 @@ def _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin,
 
 
 @triton.jit
-def _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, co_mask, kr,
-                 Cin, Hin, Win, Cout, sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw,
-                 KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                 UPSAMPLE: tl.constexpr, NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr,
-                 DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr, REFLECT: tl.constexpr):
-    """The flat-K main loop: k -> (tap, ci) per column. REFLECT=False: interior tile at stride 1, no
-    upsampling -- x offset = pixel part [BLOCK_M] + (ky, kx, ci) part [BLOCK_K]."""
+def _mma(acc, a, w, DOT_IEEE: tl.constexpr):
+    """acc + a @ w: tensor cores for fp16/bf16, exact fp32 FMAs (ieee) for fp32 operands."""
+    if DOT_IEEE:
+        return tl.dot(a, w, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, w, acc)
+
+
+@triton.jit
+def _is_interior_tile(pid_m, Hin, Win, Hout, Wout, PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Whether this program's pixels lie inside one image row, PAD away from every border (stride 1, no
+    upsampling): such a tile reads no reflected pixel."""
+    m_first = pid_m * BLOCK_M
+    m_last = tl.minimum(m_first + BLOCK_M, Hout * Wout) - 1
+    r0, r1 = m_first // Wout, m_last // Wout
+    return (r0 == r1) & (r0 >= PAD) & (r1 < Hin - PAD) & (m_first % Wout >= PAD) & (m_last % Wout < Win - PAD)
+
+
+@triton.jit
+def _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV: tl.constexpr,
+                 PROLOGUE: tl.constexpr, DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr, REFLECT: tl.constexpr):
+    """The flat-K main loop: k -> (tap, ci) per column (PIX = 1). REFLECT=False: interior tile at stride 1,
+    no upsampling -- x offset = pixel part [BLOCK_M] + (ky, kx, ci) part [BLOCK_K]."""
+    x_ptr, sxn, sxc, sxh, sxw = x
+    skip_ptr, ssn, ssc, ssh, ssw = skip
+    n, oh, ow, m_mask = rows
+    j, co, j_mask = cols
+    Cin, Hin, Win = x_size
+    KH, KW, STRIDE, PAD, UPSAMPLE = CONV
     K = KH * KW * Cin
     if not REFLECT:
         x_row = n * sxn + (oh - PAD).to(tl.int64) * sxh + (ow - PAD) * sxw    # pixel (oh - PAD, ow - PAD)
@@ -160,14 +221,111 @@ def _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, c
             s_off = x_off  # no skip on this path
         # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw) of tap k's (ky, kx), channel ci
         a = tl.load(x_ptr + x_off, mask=mask, other=0.0)
-        a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin, NORM, RELU, HAS_SKIP)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
         # weight tile [BLOCK_K, BLOCK_N]: packed row k, column co
-        w = tl.load(w_ptr + k[:, None] * Cout + co[None, :], mask=k_mask[:, None] & co_mask[None, :], other=0.0)
-        if DOT_IEEE:
-            acc = tl.dot(a.to(w.dtype), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a.to(w.dtype), w, acc)
+        w = tl.load(w_ptr + k[:, None] * Cout + co[None, :], mask=k_mask[:, None] & j_mask[None, :], other=0.0)
+        acc = _mma(acc, a.to(w.dtype), w, DOT_IEEE)
     return acc
+
+
+@triton.jit
+def _store_next_skip(x, skip, skip_out_ptr, norm_ptr, rows, kr, Cin, PROLOGUE: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """Store the prologue's result at this tile's own pixels (stride 1: the center tap's input pixel is the
+    output pixel, so every pixel is stored exactly once), in a short loop of its own so that the main
+    loop stays free of control flow for the software pipeliner. skip_out has skip's strides."""
+    x_ptr, sxn, sxc, sxh, sxw = x
+    skip_ptr, ssn, ssc, ssh, ssw = skip
+    n, oh, ow, m_mask = rows
+    x_pix = n * sxn + oh.to(tl.int64) * sxh + ow * sxw
+    s_pix = n * ssn + oh.to(tl.int64) * ssh + ow * ssw
+    for c0 in range(0, Cin, BLOCK_K):
+        ci = c0 + kr
+        k_mask = ci < Cin
+        mask = m_mask[:, None] & k_mask[None, :]
+        s_off = s_pix[:, None] + ci[None, :] * ssc
+        a = tl.load(x_ptr + x_pix[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
+        tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV: tl.constexpr,
+                    PROLOGUE: tl.constexpr, PIX: tl.constexpr, DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tap-outer main loop: per step one reflected/upsampled row address per pixel, then a run of
+    BLOCK_K channels. One flat loop over (tap, channel block) rather than two nested ones: the compiler
+    pipelines (num_stages) the innermost loop, and Cin = 32 with BLOCK_K = 32 would leave it one step long."""
+    x_ptr, sxn, sxc, sxh, sxw = x
+    skip_ptr, ssn, ssc, ssh, ssw = skip
+    n, oh, ow, m_mask = rows
+    j, co, j_mask = cols
+    Cin, Hin, Win = x_size
+    KH, KWE, STRIDE, PAD, UPSAMPLE = CONV
+    NUM_CB = tl.cdiv(Cin, BLOCK_K)
+    for step in range(0, KH * KWE * NUM_CB):
+        tap = step // NUM_CB
+        ci = (step - tap * NUM_CB) * BLOCK_K + kr
+        ih = _src(oh, tap // KWE, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+        iw = _src(ow, tap % KWE, Win, STRIDE, PAD, UPSAMPLE)
+        if PIX > 1:  # columns only pixels past the right edge need: keep the address in range
+            iw = tl.minimum(tl.maximum(iw, 0), Win - 1)
+        iw = iw.to(tl.int64)
+        k_mask = ci < Cin
+        mask = m_mask[:, None] & k_mask[None, :]
+        # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw), channels ci (contiguous in NHWC)
+        a = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
+        s_off = (n * ssn + ih * ssh + iw * ssw)[:, None] + ci[None, :] * ssc  # same pixels in skip(_out)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
+        a = a.to(w_ptr.dtype.element_ty)
+        # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column j
+        w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * (PIX * Cout) + j[None, :],
+                    mask=k_mask[:, None] & j_mask[None, :], other=0.0)
+        acc = _mma(acc, a, w, DOT_IEEE)
+    return acc
+
+
+@triton.jit
+def _store_output(acc, b_ptr, y, rows, cols, Cout, Wout, HAS_BIAS: tl.constexpr, PIX: tl.constexpr):
+    """+ bias, then one store of the raw output tile: image n, channel co, pixel (oh, ow [+ j // Cout]),
+    with y's own strides. Returns the stored (rounded) values, the ones the statistics must describe."""
+    y_ptr, syn, syc, syh, syw = y
+    n, oh, ow, m_mask = rows
+    j, co, j_mask = cols
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=j_mask, other=0.0)[None, :]
+    y_tile = acc.to(y_ptr.dtype.element_ty)
+    if PIX == 1:
+        y_off = (oh.to(tl.int64) * syh + ow * syw)[:, None] + co[None, :] * syc
+        out_mask = m_mask[:, None] & j_mask[None, :]
+    else:
+        ocol = ow[:, None] + (j // Cout)[None, :]
+        y_off = oh.to(tl.int64)[:, None] * syh + ocol * syw + co[None, :] * syc
+        out_mask = m_mask[:, None] & j_mask[None, :] & (ocol < Wout)
+    tl.store(y_ptr + n * syn + y_off, y_tile, mask=out_mask)
+    return y_tile
+
+
+@triton.jit
+def _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, pid_m, cols, Hout, Wout, Cout,
+                         STAT_M: tl.constexpr):
+    """Per stat tile of STAT_M pixels and per channel: exact two-pass mean and M2 (from registers) of the
+    stored values y_tile [BLOCK_M, BLOCK_N], into the fp32 [N, T, Cout] partials (PIX = 1)."""
+    j, co, j_mask = cols
+    BLOCK_M: tl.constexpr = y_tile.shape[0]
+    BLOCK_N: tl.constexpr = y_tile.shape[1]
+    S: tl.constexpr = BLOCK_M // STAT_M
+    v = tl.reshape(y_tile.to(tl.float32), [S, STAT_M, BLOCK_N])
+    t = pid_m * S + tl.arange(0, S)                      # stat tile index within image n
+    pixel = t[:, None] * STAT_M + tl.arange(0, STAT_M)[None, :]
+    valid = (pixel < Hout * Wout)[:, :, None]
+    cnt = tl.maximum(tl.minimum(Hout * Wout - t * STAT_M, STAT_M), 1).to(tl.float32)
+    mean = tl.sum(tl.where(valid, v, 0.0), axis=1) / cnt[:, None]         # [S, BLOCK_N]
+    dev = tl.where(valid, v - mean[:, None, :], 0.0)
+    m2 = tl.sum(dev * dev, axis=1)
+    p_off = (n * T + t)[:, None] * Cout + co[None, :]      # int64 via n
+    p_mask = (t < T)[:, None] & j_mask[None, :]
+    tl.store(pmean_ptr + p_off, mean, mask=p_mask)
+    tl.store(pm2_ptr + p_off, m2, mask=p_mask)
 
 
 @triton.jit
@@ -197,109 +355,44 @@ def _conv_in_kernel(
     pid_n = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)  # every offset below is n * stride + ...: 64-bit from here on
     PAD: tl.constexpr = KH // 2
-    # pixel coordinates stay int32 (one image's H*W < 2^31); offsets are int64 (a batch may not fit)
     KWE: tl.constexpr = KW + PIX - 1                       # kernel columns one GEMM row reads
-    WG = (Wout + PIX - 1) // PIX                           # GEMM rows per image row
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # GEMM row within image n
-    m_mask = m < Hout * WG
-    oh = m // WG
-    ow = (m % WG) * PIX                                    # (first) output column of the row
-    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)            # GEMM column: pixel j // Cout, channel j % Cout
-    j_mask = j < PIX * Cout
-    if PIX == 1:
-        co = j
-    else:
-        co = j % Cout
+    CONV: tl.constexpr = (KH, KWE, STRIDE, PAD, UPSAMPLE)
+    PROLOGUE: tl.constexpr = (NORM, RELU, HAS_SKIP)
+    x = (x_ptr, sxn, sxc, sxh, sxw)
+    skip = (skip_ptr, ssn, ssc, ssh, ssw)
+    y = (y_ptr, syn, syc, syh, syw)
+    x_size = (Cin, Hin, Win)
+    oh, ow, m_mask = _gemm_rows(pid_m, Hout, Wout, PIX, BLOCK_M)
+    rows = (n, oh, ow, m_mask)
+    j, co, j_mask = _gemm_columns(pid_n, Cout, PIX, BLOCK_N)
+    cols = (j, co, j_mask)
     kr = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
     if FLAT_K:  # k -> (ky, kx, ci) per element: small Cin (the 9x9 RGB input layer)
+        tl.static_assert(PIX == 1, "the flat K order reads one pixel per GEMM row")
         interior = False
         if STRIDE == 1 and not UPSAMPLE and not HAS_SKIP:
             # a tile inside one image row, PAD away from every border, needs no reflection: its offsets
             # split into a per-pixel and a per-k vector (one add per element instead of ~25 int ops)
-            m_first = pid_m * BLOCK_M
-            m_last = tl.minimum(m_first + BLOCK_M, Hout * Wout) - 1
-            r0, r1 = m_first // Wout, m_last // Wout
-            interior = (r0 == r1) & (r0 >= PAD) & (r1 < Hin - PAD) & (m_first % Wout >= PAD) \
-                & (m_last % Wout < Win - PAD)
+            interior = _is_interior_tile(pid_m, Hin, Win, Hout, Wout, PAD, BLOCK_M)
         if interior:
-            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, j_mask, kr,
-                               Cin, Hin, Win, Cout, sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw, KH, KW, STRIDE, PAD,
-                               UPSAMPLE, NORM, RELU, HAS_SKIP, DOT_IEEE, BLOCK_K, False)
+            acc = _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
+                               DOT_IEEE, BLOCK_K, REFLECT=False)
         else:
-            acc = _flat_k_loop(acc, x_ptr, norm_ptr, skip_ptr, w_ptr, n, oh, ow, m_mask, co, j_mask, kr,
-                               Cin, Hin, Win, Cout, sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw, KH, KW, STRIDE, PAD,
-                               UPSAMPLE, NORM, RELU, HAS_SKIP, DOT_IEEE, BLOCK_K, True)
+            acc = _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
+                               DOT_IEEE, BLOCK_K, REFLECT=True)
     else:  # tap-outer: per step one reflected/upsampled row address per pixel, then a channel run
         if WRITE_SKIP:
-            if pid_n == 0:
-                # the next skip x_k at this tile's own pixels (stride 1: the center tap's input pixel is the
-                # output pixel, so every pixel is stored exactly once), in a short loop of its own so
-                # that the main loop stays free of control flow for the software pipeliner
-                x_pix = n * sxn + oh.to(tl.int64) * sxh + ow * sxw
-                s_pix = n * ssn + oh.to(tl.int64) * ssh + ow * ssw
-                for c0 in range(0, Cin, BLOCK_K):
-                    ci = c0 + kr
-                    k_mask = ci < Cin
-                    mask = m_mask[:, None] & k_mask[None, :]
-                    s_off = s_pix[:, None] + ci[None, :] * ssc
-                    a = tl.load(x_ptr + x_pix[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
-                    a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin, NORM, RELU, HAS_SKIP)
-                    tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
-        # one flat loop over (tap, channel block) rather than two nested ones: the compiler pipelines
-        # (num_stages) the innermost loop, and Cin = 32 with BLOCK_K = 32 would leave it one step long
-        NUM_CB = tl.cdiv(Cin, BLOCK_K)
-        for step in range(0, KH * KWE * NUM_CB):
-            tap = step // NUM_CB
-            ci = (step - tap * NUM_CB) * BLOCK_K + kr
-            ih = _src(oh, tap // KWE, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
-            iw = _src(ow, tap % KWE, Win, STRIDE, PAD, UPSAMPLE)
-            if PIX > 1:  # columns only pixels past the right edge need: keep the address in range
-                iw = tl.minimum(tl.maximum(iw, 0), Win - 1)
-            iw = iw.to(tl.int64)
-            k_mask = ci < Cin
-            mask = m_mask[:, None] & k_mask[None, :]
-            # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw), channels ci (contiguous in NHWC)
-            a = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
-            s_off = (n * ssn + ih * ssh + iw * ssw)[:, None] + ci[None, :] * ssc  # same pixels in skip(_out)
-            a = _prologue(a, norm_ptr, skip_ptr, n, ci, k_mask, s_off, mask, Cin, NORM, RELU, HAS_SKIP)
-            a = a.to(w_ptr.dtype.element_ty)
-            # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column j
-            w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * (PIX * Cout) + j[None, :],
-                        mask=k_mask[:, None] & j_mask[None, :], other=0.0)
-            if DOT_IEEE:
-                acc = tl.dot(a, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, w, acc)
+            if pid_n == 0:  # the next skip x_k, stored once per pixel by the first channel tile
+                _store_next_skip(x, skip, skip_out_ptr, norm_ptr, rows, kr, Cin, PROLOGUE, BLOCK_K)
+        acc = _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
+                              PIX, DOT_IEEE, BLOCK_K)
 
     # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + co, mask=j_mask, other=0.0)[None, :]
-    y = acc.to(y_ptr.dtype.element_ty)
-    # y tile: image n, channel co, pixel (oh, ow [+ j // Cout]), with y's own strides
-    if PIX == 1:
-        y_off = (oh.to(tl.int64) * syh + ow * syw)[:, None] + co[None, :] * syc
-        out_mask = m_mask[:, None] & j_mask[None, :]
-    else:
-        ocol = ow[:, None] + (j // Cout)[None, :]
-        y_off = oh.to(tl.int64)[:, None] * syh + ocol * syw + co[None, :] * syc
-        out_mask = m_mask[:, None] & j_mask[None, :] & (ocol < Wout)
-    tl.store(y_ptr + n * syn + y_off, y, mask=out_mask)
+    y_tile = _store_output(acc, b_ptr, y, rows, cols, Cout, Wout, HAS_BIAS, PIX)
     if HAS_STATS:
-        S: tl.constexpr = BLOCK_M // STAT_M
-        v = tl.reshape(y.to(tl.float32), [S, STAT_M, BLOCK_N])
-        t = pid_m * S + tl.arange(0, S)                      # stat tile index within image n
-        rows = t[:, None] * STAT_M + tl.arange(0, STAT_M)[None, :]
-        valid = (rows < Hout * Wout)[:, :, None]
-        cnt = tl.maximum(tl.minimum(Hout * Wout - t * STAT_M, STAT_M), 1).to(tl.float32)
-        mean = tl.sum(tl.where(valid, v, 0.0), axis=1) / cnt[:, None]         # [S, BLOCK_N]
-        dev = tl.where(valid, v - mean[:, None, :], 0.0)
-        m2 = tl.sum(dev * dev, axis=1)
-        p_off = (n * T + t)[:, None] * Cout + co[None, :]      # int64 via n
-        p_mask = (t < T)[:, None] & j_mask[None, :]
-        tl.store(pmean_ptr + p_off, mean, mask=p_mask)
-        tl.store(pm2_ptr + p_off, m2, mask=p_mask)
+        _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, pid_m, cols, Hout, Wout, Cout, STAT_M)
 
 
 _AUTOTUNE = not _INTERPRET and os.environ.get("INSTYLE_AUTOTUNE") == "1"  # tests switch it on (stub bench)
