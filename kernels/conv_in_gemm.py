@@ -402,8 +402,6 @@ _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
     configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
 
 
-
-
 def pinned_config(cin: int, cout: int, pix: int, flat: bool, itemsize: int) -> triton.Config:
     """The default GPU tile for one layer: BLOCK_N covers the output channels (8..128), BLOCK_K one
     channel run (32..64; 64 for the flat K of the RGB layer), BLOCK_M 128 rows, or 256 when N is narrow
