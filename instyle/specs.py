@@ -1,4 +1,4 @@
-"""What users type, parsed once for every command: device names and image sizes."""
+"""What users type, parsed once for every command: device names, image sizes, backend options."""
 from __future__ import annotations
 
 import re
@@ -30,3 +30,19 @@ def parse_size(text: str) -> tuple[int, int]:
     if not m or int(m[1]) < 1 or int(m[2] or m[1]) < 1:
         raise ValueError(f"size must be N or WxH with positive integers (e.g. 512 or 1920x1080), got {text!r}")
     return int(m[1]), int(m[2] or m[1])
+
+
+def parse_option(text: str) -> tuple[str, bool | int | float | str]:
+    """'prenorm=all' -> ("prenorm", "all"); values true/false/on/off are bools, numbers are numbers."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key.isidentifier() or not value:
+        raise ValueError(f"a backend option is KEY=VALUE (e.g. prenorm=all or graphs=off), got {text!r}")
+    if value.lower() in ("true", "on", "yes", "false", "off", "no"):
+        return key, value.lower() in ("true", "on", "yes")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend's own option, repeatable (e.g. prenorm=all for fused, graphs=off; "
+                        "README: Python API and backends)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=int, metavar="PX", help="downscale so the longer side is at most PX")
     size.add_argument("--scale", type=float, metavar="F", help="resize by factor F before stylizing")
@@ -89,7 +92,30 @@ def _stylizer_kwargs(args) -> dict:
         raise UsageError(f"--style-scale must be between 0.1 and 10, got {args.style_scale}")
     return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile,
                 style=args.style, mix=parse_mix(args.mix) if args.mix else None, strength=args.strength,
-                preserve_color=args.preserve_color, style_scale=args.style_scale)
+                preserve_color=args.preserve_color, style_scale=args.style_scale,
+                options=_backend_options(args.backend, args.device, args.backend_option))
+
+
+def _backend_options(backend: str, device: str, texts: list[str]) -> dict:
+    """--backend-option values, checked against the backend table (or, for auto, the chain it tries)."""
+    from instyle.engine import backends
+    from instyle.specs import parse_option, resolve_device
+
+    if not texts:
+        return {}
+    try:
+        options = dict(parse_option(t) for t in texts)
+        if backend != "auto":
+            backends.check_options(backend, options)
+            return options
+        names = backends.chain(resolve_device(device))
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--backend-option: {e}") from None
+    unknown = sorted(set(options) - {k for name in names for k in backends.TABLE[name].options})
+    if unknown:
+        raise UsageError(f"--backend-option: no backend that auto tries here ({', '.join(names)}) takes "
+                         f"{', '.join(unknown)}; name one with --backend")
+    return options
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -169,7 +195,7 @@ def _run_ray(args, todo: list[Job], kwargs) -> list[Job]:
     if named is not None and kwargs["style"] is None and kwargs["mix"] is None:
         kwargs = dict(kwargs, style=named)
     # Prove the model file and the style controls here, once, before any worker starts (exit 2 on a bad --style).
-    _load(path, dict(kwargs, backend="eager", precision="fp32", device="cpu", tile="off"))
+    _load(path, dict(kwargs, backend="eager", precision="fp32", device="cpu", tile="off", options={}))
     for job in distributed.stylize(todo, model=path, stylizer_kwargs=kwargs, args=args):
         report([job])
     return todo

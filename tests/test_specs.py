@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from instyle.specs import parse_size, resolve_device
+from instyle.specs import parse_option, parse_size, resolve_device
 
 
 def test_sizes_are_width_first_and_square_for_one_number():
@@ -43,3 +43,16 @@ def test_backend_names_match_the_engine_table():
     from instyle.specs import BACKEND_NAMES
 
     assert tuple(TABLE) == BACKEND_NAMES
+
+
+@pytest.mark.parametrize("text,want", [("prenorm=all", ("prenorm", "all")), ("graphs=off", ("graphs", False)),
+                                       ("graphs=True", ("graphs", True)), ("cache_size=3", ("cache_size", 3)),
+                                       ("scale=0.5", ("scale", 0.5)), (" compiler = eager ", ("compiler", "eager"))])
+def test_backend_options_parse(text, want):
+    assert parse_option(text) == want
+
+
+@pytest.mark.parametrize("bad", ["prenorm", "=all", "prenorm=", "bad key=1"])
+def test_bad_backend_options_are_value_errors(bad):
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_option(bad)

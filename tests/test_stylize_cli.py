@@ -118,10 +118,29 @@ def test_globs_and_missing_inputs(tmp_path, photo, model_path, capsys):
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["--batch", "0"], ["--tile", "huge"], ["--format", "xyz"], ["--quality", "0"]])
+@pytest.mark.parametrize("bad", [["--batch", "0"], ["--tile", "huge"], ["--format", "xyz"], ["--quality", "0"],
+                                 ["--backend-option", "prenorm"], ["--backend", "eager", "--backend-option", "a=1"],
+                                 ["--device", "cpu", "--backend-option", "prenorm=all"]])
 def test_usage_errors_exit_2(tmp_path, bad, capsys):
     assert main(["stylize", str(tmp_path), *bad]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_backend_options_reach_the_backend(tmp_path, photo, model_path, monkeypatch):
+    from instyle.engine import backends
+
+    seen = []
+
+    def fake(model, device, dtype, *, compiler="inductor", graphs=None, cache_size=4):
+        seen.append((compiler, graphs, cache_size))
+        return lambda x: model(x.to(dtype))
+
+    monkeypatch.setattr(backends.TABLE["compile"], "factory", fake)
+    photo.crop((0, 0, 24, 16)).save(tmp_path / "p.png")
+    assert main(["stylize", str(tmp_path / "p.png"), "-o", str(tmp_path / "out"), "--model", str(model_path),
+                 "--backend", "compile", "--device", "cpu", "--backend-option", "compiler=eager",
+                 "--backend-option", "graphs=off", "--backend-option", "cache_size=2"]) == 0
+    assert seen == [("eager", False, 2)] and (tmp_path / "out" / "p.png").is_file()
 
 
 def test_missing_model_is_one_line(tmp_path, photo, capsys):
