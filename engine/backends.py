@@ -28,7 +28,7 @@ from instyle.specs import BACKEND_NAMES
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
-__all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory", "register",
+__all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory",
            "chain", "auto_precision", "check_device", "check_precision", "check_options"]
 
 
@@ -73,13 +73,6 @@ assert BACKENDS == BACKEND_NAMES, "instyle.specs.BACKEND_NAMES must list the tab
 
 # what `auto` tries, in order, per device type
 _CHAINS = {"cuda": ("triton", "eager"), "cpu": ("openvino", "onnxruntime", "eager")}
-
-
-def register(name: str, factory: Factory | str) -> None:
-    if name in TABLE:
-        TABLE[name].factory = factory
-    else:
-        TABLE[name] = Backend(factory)
 
 
 def chain(device: torch.device) -> tuple[str, ...]:
