@@ -85,7 +85,7 @@ def _step(summary: Summary, name: str, fn, dry: bool) -> object:
 # ------------------------------------------------------------------------------------------------- zoo
 
 
-def run_zoo(out: Path, dry: bool, budget: float) -> Summary:
+def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Summary:
     import torch
 
     from instyle.paths import data_dir
@@ -105,7 +105,8 @@ def run_zoo(out: Path, dry: bool, budget: float) -> Summary:
                     workers=max(1, min(12, (os.cpu_count() or 4) - 2)))
     print(f"zoo: {len(styles)} styles ({', '.join(p.stem for p in styles)}), {opts['budget']:.0f} s of training on "
           f"{device}", flush=True)
-    trained = _step(summary, "zoo.train", lambda: Z.train(out, data, styles=styles, device=device, **opts), dry)
+    trained = _step(summary, "zoo.train", lambda: Z.train(out, data, styles=styles, device=device, init=init, **opts),
+                    dry)
     if trained is None:
         return summary
     model = trained.pop("model")
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="both stages on this CPU, tiny sizes, Triton interpreter")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--budget", type=float, default=270, help="zoo: seconds of training (default 270)")
+    p.add_argument("--init", type=Path, metavar="MODEL", help="zoo: continue training from this generator "
+                   "(e.g. instyle/zoo/styles.safetensors); styles matched by name")
     p.add_argument("--deadline", type=float, default=320, help="verify: seconds for the whole stage (default 320)")
     p.add_argument("--only", metavar="LIST", help="verify: run only these steps (comma-separated), in stage order")
     p.add_argument("--no-wheels", action="store_true", help="--bundle without downloading wheels")
@@ -267,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"device plan: {t['stage']:<7} {t['kernels']:>3} kernels, ~{t['estimate_s']} s (estimate)")
         return 0 if all(s["status"] == "ok" for s in stages) else 1
     if a.stage == "zoo":
-        summary = run_zoo(a.out, False, a.budget)
+        if a.init is not None and not a.init.is_file():
+            p.error(f"--init {a.init}: no such model file")
+        summary = run_zoo(a.out, False, a.budget, a.init)
     elif a.stage == "verify":
         only = None
         if a.only:

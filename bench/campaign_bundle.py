@@ -34,28 +34,36 @@ WHEEL_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_
 
 RUN_SH = r"""#!/usr/bin/env bash
 # The GPU machine's entry, from the repository root:  bash .bundle/run.sh zoo|verify [campaign options]
+# RUN_NAME=NAME puts a run's results in runs/NAME and $OUT/NAME.tgz (default: the stage's name)
 # Written by `python -m instyle.bench.campaign --bundle`; results land in runs/<stage>/ and, packed, in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=.bundle
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    $B/wheels/*.whl || exit 1
-# instyle's package-dir layout (pyproject.toml) without an install: a folder of symbolic links
-rm -rf /tmp/instyle-src && mkdir -p /tmp/instyle-src/instyle
-for f in instyle/*; do ln -s "$PWD/$f" /tmp/instyle-src/instyle/; done
-for d in models kernels engine export train bench; do ln -s "$PWD/$d" /tmp/instyle-src/instyle/$d; done
+# setup once per machine, under a lock: two stages may start side by side (RUN_NAME tells their outputs apart)
+exec 9>/tmp/instyle-setup.lock && flock 9
+if [ ! -e /tmp/instyle-src/.ready ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        $B/wheels/*.whl || exit 1
+    # instyle's package-dir layout (pyproject.toml) without an install: a folder of symbolic links
+    rm -rf /tmp/instyle-src && mkdir -p /tmp/instyle-src/instyle
+    for f in instyle/*; do ln -s "$PWD/$f" /tmp/instyle-src/instyle/; done
+    for d in models kernels engine export train bench; do ln -s "$PWD/$d" /tmp/instyle-src/instyle/$d; done
+    touch /tmp/instyle-src/.ready
+fi
+flock -u 9
 # PYTHONSAFEPATH: the repository root (the cwd) must not shadow the linked package with its bare instyle/
 export PYTHONPATH=/tmp/site:/tmp/instyle-src INSTYLE_DATA="$PWD/$B/data" PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 export TRITON_CACHE_DIR=/tmp/triton-cache INSTYLE_CACHE=/tmp/instyle-cache
 mkdir -p runs
 stage="$1"; shift
-python3 -m instyle.bench.campaign --stage "$stage" --out "runs/$stage" "$@" 2>&1 | tee "runs/$stage.log"
+name="${RUN_NAME:-$stage}"
+python3 -m instyle.bench.campaign --stage "$stage" --out "runs/$name" "$@" 2>&1 | tee "runs/$name.log"
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
-    packed=("$stage" "$stage.log")
+    packed=("$name" "$name.log")
     [ "$stage" != zoo ] && [ -d runs/zoo ] && packed+=(zoo)  # the zoo again, in case its reply was lost
-    tar czf "$OUT/$stage.tgz" --exclude="*.state.pt" --exclude="train-photos" -C runs "${packed[@]}"
-    cp "runs/$stage/summary.json" "$OUT/$stage-summary.json" 2>/dev/null
+    tar czf "$OUT/$name.tgz" --exclude="*.state.pt" --exclude="train-photos" -C runs "${packed[@]}"
+    cp "runs/$name/summary.json" "$OUT/$name-summary.json" 2>/dev/null
 fi
 exit $rc
 """

@@ -2,7 +2,9 @@
 
 Steps, each writing its files as it finishes:
   train     every style image at once (one gamma/beta row each), bf16 + channels_last + fused IN, for a
-            wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model
+            wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model. With
+            --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
+            training instead of starting over
   gate      on photos it never trained on (held-out training photos and the demo photos), per style:
             gram_ratio = Gram distance(stylized, style) / Gram distance(photo, style), VGG style layers,
             the training loss's own distance -- the style must close at least half the gap (<= 0.5);
@@ -51,7 +53,8 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
 
 
 def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
-          styles: list[Path], workers: int, device: str, fused: str = "auto", style_size: int = 512) -> dict:
+          styles: list[Path], workers: int, device: str, fused: str = "auto", style_size: int = 512,
+          init: Path | None = None) -> dict:
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
     from instyle.train.trainer import TrainConfig, Trainer
@@ -71,12 +74,13 @@ def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, 
                       model_config=model_config, image_size=image_size, batch_size=batch, iterations=10**9,
                       workers=workers, checkpoint_every=500, sample_every=500, log_every=25, device=device,
                       save_dtype="fp16", progress=False, time_budget=budget, overwrite=True,
-                      vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused)
+                      vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
+                      init=str(init) if init else None)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
-            "final_losses": trainer.final_losses}
+            "final_losses": trainer.final_losses, "init": trainer.init_record}
 
 
 @torch.no_grad()

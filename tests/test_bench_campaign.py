@@ -77,7 +77,8 @@ def test_bundle_layout_and_size(tmp_path, data):
     assert len(list((bundle / "data" / "content" / "train").glob("*.jpg"))) == 300
     assert manifest["mib_with_tree"] <= campaign_bundle.LIMIT_MIB
     run_sh = (bundle / "run.sh").read_text()
-    assert "--target /tmp/site" in run_sh and "INSTYLE_DATA" in run_sh and '$OUT/$stage.tgz' in run_sh
+    assert "--target /tmp/site" in run_sh and "INSTYLE_DATA" in run_sh and "flock" in run_sh
+    assert '$OUT/$name.tgz' in run_sh and 'name="${RUN_NAME:-$stage}"' in run_sh
     assert subprocess.run(["bash", "-n", str(bundle / "run.sh")]).returncode == 0
 
 

@@ -237,3 +237,41 @@ def test_finetune_adds_a_style_and_trains_only_its_rows(tmp_path, data):
         else:
             assert torch.equal(a, b), name          # shared weights are frozen
     assert moved
+
+
+def test_init_warm_starts_every_weight_with_rows_matched_by_name(tmp_path, data, capsys):
+    """--init: the run starts from the base's weights, its style rows picked by name (a new style from the
+    mean row), and then every weight trains; a generator setting that differs from the base is one line."""
+    from instyle.models.norm import ConditionalInstanceNorm2d
+    from instyle.train.finetune import warm_start
+
+    base = tmp_path / "base.safetensors"
+    common = ["--data", str(data / "content" / "demo"), "--batch-size", "2", "--image-size", "32", "--workers", "0",
+              "--style-size", "64", "--no-progress", "--vgg", str(need(data / "vgg" / "vgg16-features.safetensors"))]
+    styles = {n: str(need(data / "styles" / f"{n}.jpg")) for n in ("candy", "udnie", "wave")}
+    assert main(["train", "--style", styles["candy"], "--style", styles["udnie"], "--out", str(base),
+                 "--iterations", "2", "--width", "4", "--blocks", "1", *common]) == 0
+    old, _ = checkpoint.load(base)
+    start, record = warm_start(base, "johnson", {"width": 4, "blocks": 1}, ["udnie", "wave"])
+    assert record["kept"] == ["udnie"] and record["styles"] == ["candy", "udnie"] and record["iterations"] == 2
+    for (name, a), (_, b) in zip(old.state_dict().items(), start.state_dict().items()):
+        if isinstance(start.get_submodule(name.rpartition(".")[0]), ConditionalInstanceNorm2d):
+            assert torch.equal(b[0], a[1].float()) and torch.allclose(b[1], a.float().mean(0)), name
+        else:
+            assert torch.equal(a, b), name
+
+    out = tmp_path / "more.safetensors"
+    assert main(["train", "--init", str(base), "--style", styles["udnie"], "--style", styles["wave"], "--out",
+                 str(out), "--iterations", "2", "--lr", "0.05", "--width", "4", "--blocks", "1", *common]) == 0
+    new, meta = checkpoint.load(out)
+    assert checkpoint.style_names(meta) == ["udnie", "wave"]
+    assert json.loads(meta["training"])["init"]["file"] == "base.safetensors"
+    assert not torch.equal(new.conv1.conv2d.weight, start.conv1.conv2d.weight)  # shared weights train too
+    capsys.readouterr()
+    assert main(["train", "--init", str(base), "--style", styles["wave"], "--out", str(tmp_path / "w.safetensors"),
+                 "--iterations", "1", "--width", "8", "--blocks", "1", *common]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--init" in err and "width=4" in err and "width=8" in err and len(err.splitlines()) == 1
+    assert main(["train", "--init", str(base), "--finetune", str(base), "--style", styles["wave"], "--out",
+                 str(tmp_path / "w.safetensors"), *common]) == 2
+    assert "exclude each other" in capsys.readouterr().err

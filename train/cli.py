@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--styles-dir", metavar="DIR", help="every image in DIR is a style (sorted by name)")
     p.add_argument("--finetune", metavar="MODEL", help="add the --style images as new styles to this trained "
                    "generator, training only their instance-norm gamma/beta rows (the rest stays as it is)")
+    p.add_argument("--init", metavar="MODEL", help="start from this trained generator's weights and train all of "
+                   "them (its styles matched by name; a style it lacks starts from the mean of its rows)")
     p.add_argument("--data", help="folder of content images, searched recursively (style mode)")
     p.add_argument("--out", required=True, help="output generator .safetensors (state, log, samples go beside it)")
     g = p.add_argument_group("generator")
@@ -92,6 +94,11 @@ def style_paths(args) -> list[str]:
         raise UsageError(f"style names must differ (file names without extension): {', '.join(dup)} repeats")
     if args.finetune and not Path(args.finetune).is_file():
         raise UsageError(f"--finetune {args.finetune}: no such model file")
+    if args.init and not Path(args.init).is_file():
+        raise UsageError(f"--init {args.init}: no such model file")
+    if args.init and args.finetune:
+        raise UsageError("--init and --finetune exclude each other (--init trains every weight, --finetune only "
+                         "the new styles' rows)")
     if args.finetune and args.mode == "texture":
         raise UsageError("--finetune adds styles to a style-mode generator, not a texture model")
     if len(paths) > 1 and args.norm != "instance":
@@ -142,7 +149,7 @@ def run(args) -> int:
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
         resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
-        finetune=args.finetune,
+        finetune=args.finetune, init=args.init,
         progress=not args.no_progress,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )

@@ -30,7 +30,8 @@ from .state import git_rev, load_state, rng_state, save_state, set_rng_state, st
 
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "off": None}
 # settings that must match for --resume to continue the same run
-_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style", "finetune")
+_RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style", "finetune",
+                "init")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TrainConfig:
     progress: bool = True
     time_budget: float | None = None  # seconds of training (this process) after which to stop and save
     finetune: str | None = None  # a trained generator: add `style` as new styles, train only their gamma/beta
+    init: str | None = None  # a trained generator to start from (styles matched by name); every weight trains
     vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
 
     @property
@@ -74,7 +76,8 @@ class TrainConfig:
         return [Path(p).stem for p in self.style_paths]
 
 
-def build_generator(cfg: TrainConfig) -> nn.Module:
+def generator_config(cfg: TrainConfig) -> dict:
+    """The constructor arguments of the generator `cfg` trains."""
     config = dict(cfg.model_config)
     if len(cfg.style_paths) > 1:
         config["styles"] = len(cfg.style_paths)
@@ -82,7 +85,11 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
         if cfg.arch != "pyramid":
             raise ValueError("texture mode needs --arch pyramid (a generator fed noise only)")
         config["mode"] = "texture"
-    model = models.build(cfg.arch, config)
+    return config
+
+
+def build_generator(cfg: TrainConfig) -> nn.Module:
+    model = models.build(cfg.arch, generator_config(cfg))
     # Start from mid-gray: the output contract is 0..255 but a fresh final conv outputs ~0, and Adam moves a
     # bias by ~lr per step, so without this the first thousands of steps only brighten the image.
     last = {"johnson": "deconv3.conv2d", "pyramid": "to_rgb"}.get(cfg.arch)
@@ -112,7 +119,15 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.base_entries: list[dict] = []  # fine-tuning: the base model's styles, before the new ones
-        if cfg.finetune:
+        self.init_record: dict | None = None  # warm start: the generator this run started from
+        if cfg.finetune and cfg.init:
+            raise ValueError("--finetune and --init exclude each other: --finetune adds styles to a model and "
+                             "trains only their rows, --init continues training all of a model's weights")
+        if cfg.init:
+            from .finetune import warm_start
+
+            self.model, self.init_record = warm_start(cfg.init, cfg.arch, generator_config(cfg), cfg.style_names)
+        elif cfg.finetune:
             from .finetune import extend
 
             self.model, self.base_entries = extend(cfg.finetune, len(cfg.style_paths))
@@ -325,6 +340,7 @@ class Trainer:
             "image_size": cfg.image_size, "lr": cfg.lr, "amp": self.amp, "seed": cfg.seed,
             "losses": self.loss.spec.as_dict(), "final_losses": losses, "vgg": cfg.vgg_info,
             "git_rev": git_rev(), "elapsed_s": round(self.elapsed, 1),
+            **({"init": self.init_record} if self.init_record else {}),
         }
 
     def save_checkpoint(self, losses: dict[str, float]) -> None:
