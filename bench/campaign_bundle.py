@@ -60,9 +60,20 @@ name="${RUN_NAME:-$stage}"
 python3 -m instyle.bench.campaign --stage "$stage" --out "runs/$name" "$@" 2>&1 | tee "runs/$name.log"
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
+    # $OUT returns at most 8 files of 16 MiB: one archive per run, without the training state, the photo links
+    # and all but the last sample grid
+    last=$(ls runs/"$name"/train/*.samples/*.png 2>/dev/null | tail -1)
+    [ -n "$last" ] && cp "$last" "runs/$name/train/last-sample.png"
     packed=("$name" "$name.log")
-    [ "$stage" != zoo ] && [ -d runs/zoo ] && packed+=(zoo)  # the zoo again, in case its reply was lost
-    tar czf "$OUT/$name.tgz" --exclude="*.state.pt" --exclude="train-photos" -C runs "${packed[@]}"
+    # the zoo again, in case its reply was lost (once it has finished: its summary names the pictures step)
+    [ "$stage" != zoo ] && grep -qs zoo.pictures runs/zoo/summary.json && packed+=(zoo)
+    tar czf "$OUT/$name.tgz" --exclude="*.state.pt" --exclude="*.samples" --exclude="train-photos" \
+        -C runs "${packed[@]}"
+    if [ "$(stat -c %s "$OUT/$name.tgz")" -gt 16000000 ]; then
+        echo "run.sh: $name.tgz is over 16 MiB, the most a returned file may hold: packing text files only" >&2
+        (cd runs && find "${packed[@]}" \( -name "*.json" -o -name "*.log" -o -name "*.csv" -o -name "*.txt" \)) \
+            | tar czf "$OUT/$name.tgz" -C runs -T -
+    fi
     cp "runs/$name/summary.json" "$OUT/$name-summary.json" 2>/dev/null
 fi
 exit $rc

@@ -1,7 +1,7 @@
 """`campaign --stage zoo`: train the shipped styles in one conditional-IN Johnson net, gate them, picture them.
 
 Steps, each writing its files as it finishes:
-  train     every style image at once (one gamma/beta row each), bf16 + channels_last + fused IN, for a
+  train     every style image at once (one gamma/beta row each), bf16 + channels_last, for a
             wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model. With
             --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
             training instead of starting over
@@ -53,7 +53,7 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
 
 
 def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
-          styles: list[Path], workers: int, device: str, fused: str = "auto", style_size: int = 512,
+          styles: list[Path], workers: int, device: str, fused: str = "off", style_size: int = 512,
           init: Path | None = None) -> dict:
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="all", metavar="LIST",
                         help="comma-separated (eager, triton, compile, onnxruntime, openvino, tensorrt, ...), or all; "
                         "unavailable ones become rows marked skipped (default: all)")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a backend's own option, repeatable; each backend of --backends gets those it takes "
+                        "(e.g. mode=default for compile, prenorm=all for fused)")
     parser.add_argument("--precisions", metavar="LIST", help="fp32,fp16,bf16 (default: all three on CUDA; on CPU "
                         "fp32, and fp32,bf16 for openvino)")
     parser.add_argument("--sizes", metavar="LIST", help=f"N (square) or WxH, comma-separated "
@@ -174,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
     from instyle.engine import BACKENDS
 
     backends = list(BACKENDS) if args.backends.strip() == "all" else parse_list(args.backends, BACKENDS, "--backends")
+    from instyle.specs import parse_option
+
+    try:
+        options = dict(parse_option(t) for t in args.backend_option)
+    except ValueError as e:
+        raise UsageError(f"--backend-option: {e}") from None
     if args.precisions is not None:
         parse_list(args.precisions, PRECISION_NAMES, "--precisions")
     for text, parse in ((args.sizes, parse_sizes), (args.batch, parse_batches)):
@@ -193,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
 
     from . import devices, flops, harness, report
 
+    from instyle.engine.backends import split_options
+
+    try:
+        per_backend = split_options(backends, options)
+    except ValueError as e:
+        raise UsageError(f"--backend-option: {e}") from None
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -206,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters, warmup=args.warmup, tile=_tile(args.tile),
         # on CPU only openvino has a fast bf16 (the CPU's BF16 units); other backends' bf16 is opt-in
         per_backend={} if cuda or args.precisions else {"openvino": ["fp32", "bf16"]},
-        image=_read_image(args.image))
+        image=_read_image(args.image), options=per_backend)
     model, name, note = load_model(args.model)
     counted = flops.count(model)
     info = devices.device_info(device)
@@ -219,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
                   "config": getattr(model, "config", None), "params": sum(p.numel() for p in model.parameters()),
                   "conv_flops_per_px": counted["conv"], "other_flops_per_px": counted["other"], "note": note},
         "matrix": {"iters": matrix.iters, "warmup": matrix.warmup, "torch_threads": torch.get_num_threads(),
-                   "input": str(args.image) if args.image else "uniform noise"},
+                   "input": str(args.image) if args.image else "uniform noise",
+                   "options": {b: o for b, o in per_backend.items() if o}},
         "notes": NOTES,
     }
     load_before = _loadavg()

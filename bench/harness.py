@@ -47,6 +47,7 @@ class Matrix:
     tile: str | int = "off"  # the Stylizer's tile option: "off" times whole images; rows record what ran
     per_backend: dict[str, list[str]] = field(default_factory=dict)  # backend -> its precisions, overriding
     image: torch.Tensor | None = None  # 3,H,W float 0..255: inputs are this photo resized (else uniform noise)
+    options: dict[str, dict] = field(default_factory=dict)  # backend -> its own options (Stylizer(options=))
 
     def precisions_for(self, backend: str) -> list[str]:
         return self.per_backend.get(backend, self.precisions)
@@ -187,7 +188,8 @@ def _run_pair(model, backend, precision, matrix, device, device_info, conv_per_p
     try:
         # a copy per pair: the Stylizer casts its model in place and some backends swap its modules
         stylizer, setup_s = timing.wall(lambda: Stylizer(copy.deepcopy(model), backend=backend,
-                                                         precision=precision, device=device, tile=matrix.tile),
+                                                         precision=precision, device=device, tile=matrix.tile,
+                                                         options=matrix.options.get(backend)),
                                         device=device)
     except Exception as e:  # noqa: BLE001 -- any backend failure (Triton's OutOfResources too) is a row
         for cell in cells:

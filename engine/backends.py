@@ -29,7 +29,7 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
 __all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory",
-           "chain", "auto_precision", "check_device", "check_precision", "check_options"]
+           "chain", "auto_precision", "check_device", "check_precision", "check_options", "split_options"]
 
 
 @dataclass
@@ -58,7 +58,7 @@ TABLE: dict[str, Backend] = {
                       runs_module=True, torch_memory=True),
     "fused": Backend("instyle.engine.fused_chain:make_runner", options=("graphs", "cache_size", "prenorm"),
                      torch_memory=True),
-    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "graphs", "cache_size"),
+    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "mode", "graphs", "cache_size"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
                            requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
@@ -136,6 +136,16 @@ def check_options(name: str, options: dict) -> None:
     if unknown:
         takes = f"its options: {', '.join(known)}" if known else "it takes no options"
         raise ValueError(f"backend {name!r} has no option {', '.join(map(repr, unknown))} ({takes})")
+
+
+def split_options(names: list[str], options: dict) -> dict[str, dict]:
+    """Each backend of `names` -> the options it takes; ValueError for an option none of them takes (backend
+    "auto" and `instyle bench` hand one option set to several backends)."""
+    taken = {k for name in names for k in TABLE[name].options}
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        raise ValueError(f"no backend of {', '.join(names)} has the option(s) {', '.join(map(repr, unknown))}")
+    return {name: {k: v for k, v in options.items() if k in TABLE[name].options} for name in names}
 
 
 def auto_precision(name: str, device: torch.device) -> str:

@@ -8,7 +8,8 @@ and 1 (so batch 1 and batch > 1 are two graphs), not one graph per photo size --
 Mode: on CUDA, inductor's max-autotune without its own CUDA graphs ("max-autotune-no-cudagraphs"):
 inductor's cudagraph trees would record one graph per distinct shape without bound, so the compiled
 function is wrapped in the engine's LRU GraphCache instead (engine/graphs.py, as the triton backend).
-On CPU, inductor's default mode. `compiler` is exposed for tests ("eager"/"aot_eager" skip codegen).
+On CPU, inductor's default mode. `mode` picks another of inductor's modes ("default" compiles in a fraction of
+max-autotune's time). `compiler` is exposed for tests ("eager"/"aot_eager" skip codegen).
 """
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ from .graphs import GraphCache
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, compiler: str = "inductor",
-                graphs: bool | None = None, cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
+                mode: str | None = None, graphs: bool | None = None,
+                cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
     options = {}
     if compiler == "inductor":
-        options["mode"] = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
+        options["mode"] = mode or ("max-autotune-no-cudagraphs" if device.type == "cuda" else "default")
+    elif mode is not None:
+        raise ValueError(f"mode {mode!r} is inductor's; compiler {compiler!r} has no modes")
     compiled = torch.compile(model, backend=compiler, dynamic=True, **options)
 
     def forward(x: torch.Tensor) -> torch.Tensor:

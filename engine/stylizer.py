@@ -285,19 +285,17 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
     parse_tile(tile)  # argument errors are the caller's, not a reason to move down the chain
     names = backends.chain(dev)
-    options = dict(options or {})
-    taken = {k for name in names for k in backends.TABLE[name].options}
-    if set(options) - taken:
-        raise ValueError(f"no backend that 'auto' tries on {dev.type} ({', '.join(names)}) has the option(s) "
-                         f"{', '.join(map(repr, sorted(set(options) - taken)))}")
+    try:
+        per_backend = backends.split_options(names, dict(options or {}))
+    except ValueError as e:
+        raise ValueError(f"backend 'auto' on {dev.type}: {e}") from None
     skipped = []
     for i, name in enumerate(names):
         try:
             prec = backends.auto_precision(name, dev) if precision == "auto" else precision
             # every try but the last gets its own copy: a failed build may have cast or changed the module
-            own = {k: v for k, v in options.items() if k in backends.TABLE[name].options}
             stylizer = Stylizer(module if i == len(names) - 1 else _copy(module), backend=name,
-                                precision=prec, options=own, **common)
+                                precision=prec, options=per_backend[name], **common)
         except Exception as e:  # noqa: BLE001 -- whatever stops a backend from building moves down the chain
             if i == len(names) - 1 or isinstance(e, StyleError):  # a bad style is the caller's, like bad args
                 raise

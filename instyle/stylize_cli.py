@@ -109,12 +109,10 @@ def _backend_options(backend: str, device: str, texts: list[str]) -> dict:
             backends.check_options(backend, options)
             return options
         names = backends.chain(resolve_device(device))
+        backends.split_options(names, options)
     except (ValueError, RuntimeError) as e:
-        raise UsageError(f"--backend-option: {e}") from None
-    unknown = sorted(set(options) - {k for name in names for k in backends.TABLE[name].options})
-    if unknown:
-        raise UsageError(f"--backend-option: no backend that auto tries here ({', '.join(names)}) takes "
-                         f"{', '.join(unknown)}; name one with --backend")
+        raise UsageError(f"--backend-option: {e}" + ("; name one with --backend" if backend == "auto" else "")) \
+            from None
     return options
 
 

@@ -201,6 +201,7 @@ def test_ctrl_c_keeps_measured_rows(monkeypatch, tmp_path):
 @pytest.mark.parametrize("args", [
     ["--sizes", "12x"], ["--sizes", "0"], ["--sizes", "axb"], ["--backends", "eager,warp"],
     ["--precisions", "fp8"], ["--batch", "0"], ["--batch", "two"], ["--iters", "0"],
+    ["--backend-option", "mode"], ["--backends", "eager", "--backend-option", "prenorm=all"],
 ])
 def test_bad_arguments_exit_2(args, capsys):
     assert main(["bench", *args]) == 2
@@ -264,3 +265,33 @@ def test_timing_on_cuda_records_events_around_each_call_and_syncs(monkeypatch):
     assert log == ["sync", "record", "call", "record", "record", "call", "record", "sync"]
     assert ms == [2.0, 2.0]
 
+
+
+def test_backend_options_reach_each_backend_that_takes_them(monkeypatch, tmp_path):
+    """--backend-option: each backend of the matrix gets the options it takes; the run records them."""
+    from instyle.engine import backends
+
+    seen = {}
+
+    def recorder(name):
+        def make(model, device, dtype, **kw):
+            seen[name] = kw
+            return lambda x: model(x.to(dtype))
+        return make
+
+    for name in ("triton", "compile"):
+        monkeypatch.setattr(backends.TABLE[name], "factory", recorder(name))
+        monkeypatch.setattr(backends.TABLE[name], "devices", ("cpu", "cuda"))
+        monkeypatch.setattr(backends.TABLE[name], "requires", ())
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(JohnsonNet(width=4, blocks=0), path, style="m")
+    argv = ["bench", "--model", str(path), "--backends", "triton,compile", "--sizes", "16", "--iters", "1",
+            "--warmup", "0", "--precisions", "fp32", "--out", str(tmp_path / "out"),
+            "--backend-option", "mode=default", "--backend-option", "graphs=off"]
+    assert main(argv) == 0
+    assert seen == {"triton": {"graphs": False}, "compile": {"mode": "default", "graphs": False}}
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert result["matrix"]["options"] == {"triton": {"graphs": False}, "compile": {"mode": "default", "graphs": False}}
+    assert all(r["skipped"] is None for r in result["rows"])
+    assert "Options of compile: mode=default, graphs=False." in (tmp_path / "out" / "results.md").read_text()

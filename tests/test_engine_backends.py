@@ -345,7 +345,7 @@ def test_unknown_options_are_value_errors():
         load(narrow(), backend="eager", device="cpu", options={"prenorm": "all"})
     with pytest.raises(ValueError, match="'graph'.*its options: graphs, cache_size"):
         Stylizer(narrow(), backend="triton", options={"graph": False})
-    with pytest.raises(ValueError, match="no backend that 'auto' tries on cpu .* 'prenorm'"):
+    with pytest.raises(ValueError, match="backend 'auto' on cpu: no backend of .* 'prenorm'"):
         load(narrow(), device="cpu", options={"prenorm": "all"}, report=False)
 
 
@@ -366,3 +366,10 @@ def test_auto_gives_each_backend_the_options_it_takes(monkeypatch):
     monkeypatch.setattr(backends.TABLE["onnxruntime"], "options", ("threads",))
     s = load(narrow(), device="cpu", precision="fp32", options={"threads": 2}, report=False)
     assert s.backend == "eager" and seen == {"openvino": {}, "onnxruntime": {"threads": 2}, "eager": {}}
+
+
+def test_compile_mode_is_inductors_only():
+    from instyle.engine.compiled import make_runner
+
+    with pytest.raises(ValueError, match="mode 'default' is inductor's; compiler 'eager' has no modes"):
+        make_runner(narrow(), torch.device("cpu"), torch.float32, compiler="eager", mode="default")
