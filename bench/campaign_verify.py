@@ -11,6 +11,7 @@
               default mode first, then max-autotune)
   throughput  training images/s at 256x256 batch 16: fp32 eager baseline, bf16+channels_last, +fused IN
   layers      the fused chain's per-layer table at 4K (where the time goes)
+  window      the same bench rows and table with the RGB layer in row windows (first_layer=window)
 Each step writes `<step>.json` (and its own files) into the stage folder as it finishes.
 """
 from __future__ import annotations
@@ -181,7 +182,7 @@ def throughput(out: Path, dry: bool) -> dict:
     return json.loads((out / "throughput-rows.json").read_text())
 
 
-def layers(out: Path, dry: bool) -> dict:
+def layers(out: Path, dry: bool, name: str = "fused_layers.txt", extra=()) -> dict:
     from contextlib import redirect_stdout
     from io import StringIO
 
@@ -189,17 +190,25 @@ def layers(out: Path, dry: bool) -> dict:
 
     buf = StringIO()
     with redirect_stdout(buf):
-        fused_layers.main(["--size", "96x64" if dry else "3840x2160", "--iters", "2" if dry else "10"])
-    (out / "fused_layers.txt").write_text(buf.getvalue())
-    return {"table": "fused_layers.txt", "lines": len(buf.getvalue().splitlines())}
+        fused_layers.main(["--size", "96x64" if dry else "3840x2160", "--iters", "2" if dry else "10", *extra])
+    (out / name).write_text(buf.getvalue())
+    return {"table": name, "lines": len(buf.getvalue().splitlines())}
+
+
+def window(out: Path, dry: bool) -> dict:
+    """The fused chain with its RGB layer in row windows (first_layer=window): the bench rows beside the
+    default's, and the per-layer profile."""
+    bench_rows = _bench(out, dry, "fused", "bench-window", extra=("--backend-option", "first_layer=window"))
+    return {"bench": bench_rows, "layers": layers(out, dry, "fused_layers-window.txt", ("--first-layer", "window"))}
 
 
 # in priority order: the stage deadline cuts from the end (torch.compile's max-autotune last: its compile
 # time is the least predictable)
 STEPS = {"env": env, "tests": tests, "parity": parity, "bench": bench, "throughput": throughput, "layers": layers,
-         "bench_compile": bench_compile}
+         "window": window, "bench_compile": bench_compile}
 # seconds each step may take on the GPU machine (a step still running then is stopped, its status "timeout")
-LIMITS = {"env": 30, "tests": 240, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "bench_compile": 150}
+LIMITS = {"env": 30, "tests": 240, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "window": 60,
+          "bench_compile": 150}
 # the order steps run in: the steps of one group start together (none of them times anything)
-GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("bench_compile",)]
+GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("window",), ("bench_compile",)]
 assert [n for g in GROUPS for n in g] == list(STEPS)

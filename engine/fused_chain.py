@@ -43,6 +43,10 @@ from .graphs import GraphCache
 # prologue. A modeled choice (see that file's docstring); bench/fused_layers --prenorm compares both.
 PRENORM_MIN_REUSE = 36
 PRENORM_MODES = ("auto", "all", "none")
+# The RGB input layer's K order (kernels/conv_in_gemm.py): "flat" gathers k -> (ky, kx, c) per element from
+# the image in place; "window" first copies the image padded, NHWC, in the run dtype and reads contiguous
+# rows. Flat stays the default until a GPU profile (bench/fused_layers --first-layer) says otherwise.
+FIRST_LAYER_MODES = ("flat", "window")
 
 GRAPH_CACHE_SIZE = 4
 
@@ -64,6 +68,7 @@ class Layer(NamedTuple):
     pix: int                           # output pixels per GEMM row (weights packed for it)
     stores_input: bool                 # the prologue also stores the normalized input (a later residual)
     adds_skip: bool                    # the input's pending value includes a residual
+    window: bool = False               # reads a padded NHWC copy of its input in row windows (RGB layer)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -88,20 +93,23 @@ def _check_chain(steps: list[Step]) -> None:
             raise BackendUnavailable(f"backend 'fused' cannot run step {step.name} ({step.kind}) of this generator")
 
 
-def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, adds_skip: bool) -> Layer:
+def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, adds_skip: bool,
+           first_layer: str = "flat") -> Layer:
     conv, norm = step.conv, step.norm
     upsample = step.kind == "upconv"
     cout, cin, k, _ = conv.weight.shape
+    window = (first_layer == "window" and step.srcs == (0,) and cin <= ci.WINDOW_C.value and step.stride == 1
+              and not upsample)
     reuse = k * k * (4 if upsample else 1) / (step.stride * step.stride)
     pre = step.srcs != (0,) and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
     # deconv3 (Cout 3): 5 adjacent pixels x 3 channels fill a 16-wide MMA instead of 3 of 8 columns
     pix = 16 // cout if cout < 8 and norm is None and step.stride == 1 and not upsample else 1
-    return Layer(step.name, ci.pack_weight(conv.weight.float(), dtype, pix),
+    return Layer(step.name, ci.pack_weight(conv.weight.float(), dtype, pix, window=window),
                  None if norm is not None else conv.bias.detach().float().contiguous(),
                  k, step.stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip)
+                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip, window)
 
 
 class FusedChain:
@@ -112,16 +120,18 @@ class FusedChain:
     conv's prologue computes it while loading. Where a later step adds it as a residual, that prologue
     also stores it (the Johnson blocks' x_k, written by each block's conv1 from its center tap)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto"):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto", first_layer: str = "flat"):
         check_supported(model)
         if prenorm not in PRENORM_MODES:
             raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
+        if first_layer not in FIRST_LAYER_MODES:
+            raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
         self.dtype = dtype
         self.steps = model.steps()
         _check_chain(self.steps)
         self.residuals = {s.residual for s in self.steps if s.residual is not None}
         self._layers = [_layer(s, dtype, prenorm, stores_input=i - 1 in self.residuals,
-                               adds_skip=i > 1 and self.steps[i - 2].residual is not None)
+                               adds_skip=i > 1 and self.steps[i - 2].residual is not None, first_layer=first_layer)
                         for i, s in enumerate(self.steps, 1)]
 
     def layers(self) -> list[Layer]:
@@ -137,7 +147,7 @@ class FusedChain:
             norm, relu, skip, skip_out = None, False, None, None
         y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
                               upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
-                              stats=layer.in_weight is not None, out=out, pix=layer.pix)
+                              stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
         nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)
@@ -170,7 +180,7 @@ class FusedChain:
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
-                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto"):
+                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto", first_layer: str = "flat"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
     check_supported(model)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -179,7 +189,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, g
     if device.type != "cuda" and not ci._INTERPRET:
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
-    chain = FusedChain(model, dtype, prenorm)
+    chain = FusedChain(model, dtype, prenorm, first_layer)
     if graphs is None:
         graphs = device.type == "cuda"
     if graphs:

@@ -17,6 +17,12 @@ size touches memory, about 0.9 KB per pixel:
     per-tap K of 3 would waste 80% of a 16-wide tile (flat K = 243 pads only to 256). Flat tiles that
     lie inside one image row, away from the borders, skip the reflection math: their offsets are a
     per-pixel vector plus a per-k vector, one add per element.
+    A third order for that layer, row windows (conv_in(..., window=True), opt-in until a GPU profile
+    picks between them): the image is first copied reflect-padded, NHWC, channels zero-padded to 4, in
+    the run dtype (window_input); for output pixel (oh, ow) and kernel row ky the KW x 4 elements at
+    padded (oh + ky, ow..ow + KW - 1) are then contiguous, so the layer is a KH x 1 conv without padding
+    on an overlapping view of that copy with KW*4 "channels" (rounded up to 48 against zero weight rows):
+    KH steps of contiguous, 8-byte-aligned runs that load as vectors, no address math per element.
     The 9x9 last layer (Cout = 3) is 5% of the useful FLOPs, but as a plain GEMM its N is 3: BLOCK_N = 8
     (sm_90 compiles it to wgmma m64n8k16, checked in the PTX) does 8/3 of the work, ~0.35 ms at H100
     fp16 peak at 3840x2160 against ~0.2 ms of memory traffic. With PIX = 5 a GEMM row is a group of 5
@@ -73,6 +79,7 @@ from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (
 #   flat_max_cin: layers with Cin <= this use the flat K order (GPU: the RGB input layer only).
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 GPU_STAT_M = 128
+WINDOW_C: tl.constexpr = tl.constexpr(4)  # channels per pixel of window_input's copy (RGB + a zero channel)
 TUNING = (dict(block_m=256, block_n=128, block_k=256, stat_m=64, flat_max_cin=1 << 30, num_warps=1)
           if _INTERPRET else dict(stat_m=GPU_STAT_M, flat_max_cin=15))
 _GPU_CONFIGS = [
@@ -346,7 +353,7 @@ def _conv_in_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr,
     NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr, WRITE_SKIP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATS: tl.constexpr, FLAT_K: tl.constexpr, DOT_IEEE: tl.constexpr,
-    PIX: tl.constexpr,
+    PIX: tl.constexpr, PADDED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAT_M: tl.constexpr,
 ):
     """One program: BLOCK_M GEMM rows of image n x BLOCK_N GEMM columns. A row is one output pixel, or
@@ -354,11 +361,13 @@ def _conv_in_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)  # every offset below is n * stride + ...: 64-bit from here on
-    PAD: tl.constexpr = KH // 2
+    PAD: tl.constexpr = 0 if PADDED else KH // 2        # PADDED: x is window_input's padded view
     KWE: tl.constexpr = KW + PIX - 1                       # kernel columns one GEMM row reads
     CONV: tl.constexpr = (KH, KWE, STRIDE, PAD, UPSAMPLE)
     PROLOGUE: tl.constexpr = (NORM, RELU, HAS_SKIP)
-    x = (x_ptr, sxn, sxc, sxh, sxw)
+    # window_input's pixels are WINDOW_C = 4 elements apart (a constant the compiler can see) and its rows
+    # start 16-element aligned: a K run starts on 4 elements, so it loads as vectors
+    x = (x_ptr, sxn, sxc, sxh, WINDOW_C if PADDED else sxw)
     skip = (skip_ptr, ssn, ssc, ssh, ssw)
     y = (y_ptr, syn, syc, syh, syw)
     x_size = (Cin, Hin, Win)
@@ -397,7 +406,7 @@ def _conv_in_kernel(
 
 _AUTOTUNE = not _INTERPRET and os.environ.get("INSTYLE_AUTOTUNE") == "1"  # tests switch it on (stub bench)
 _PINNED = not _INTERPRET  # tests switch it on under the interpreter to run the pinned tiles
-_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX"]
+_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX", "PADDED"]
 _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
     configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
 
@@ -429,13 +438,52 @@ def autotune_winners() -> list[dict]:
 # Launcher: all shape, layout and grid logic.
 
 
-def pack_weight(weight: torch.Tensor, dtype: torch.dtype, pix: int = 1) -> torch.Tensor:
+def window_channels(cin: int) -> int:
+    """Channels per pixel of window_input's copy: WINDOW_C (4), which the kernel assumes; cin <= 4."""
+    if cin > WINDOW_C:
+        raise ValueError(f"the row-window order takes at most {WINDOW_C.value} input channels, not {cin}")
+    return WINDOW_C.value
+
+
+def window_k(kernel: int, cin: int) -> int:
+    """K elements per kernel row in the row-window order: kernel x window_channels(cin), rounded up to a
+    multiple of 16 (the extra ones meet zero weight rows). A multiple of 16 lets the compiler see that
+    the K mask is constant over a vector, so the contiguous runs load as vectors."""
+    return -(-kernel * window_channels(cin) // 16) * 16
+
+
+def window_input(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
+    """x [N, C, H, W] as the row-window K order reads it: a reflect-padded (kernel // 2) NHWC copy with
+    C4 = window_channels(C) channels in dtype, its rows padded to a multiple of 4 pixels (16-element
+    aligned row starts), returned as the overlapping view [N, window_k, H + 2 pad, W] whose channel k at
+    pixel (h, w) is the copy's element k of the run starting at pixel (h, w). Everything a view element can
+    reach besides the padded image (the channels past C, the row padding, a tail past the last row) is 0."""
+    import torch.nn.functional as F
+
+    N, C, H, W = x.shape
+    pad, c4, kv = kernel // 2, window_channels(C), window_k(kernel, C)
+    hp, wp = H + 2 * pad, W + 2 * pad
+    wq = -(-wp // 4) * 4
+    flat = torch.zeros(N * hp * wq * c4 + kv, device=x.device, dtype=dtype)
+    copy = flat[:N * hp * wq * c4].view(N, hp, wq, c4)
+    copy[:, :, :wp, :C] = F.pad(x, (pad,) * 4, mode="reflect").permute(0, 2, 3, 1)
+    return flat.as_strided((N, kv, hp, W), (hp * wq * c4, 1, wq * c4, c4))
+
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype, pix: int = 1, window: bool = False) -> torch.Tensor:
     """Conv2d weight [Cout, Cin, KH, KW] -> GEMM layout [KH*(KW+pix-1)*Cin, pix*Cout].
 
     Row (ky*(KW+pix-1) + kx)*Cin + ci. pix > 1 (for tiny Cout): column d*Cout + co holds the weights of
     output pixel d of a horizontal group, shifted by d columns (zero where kx - d is outside the kernel).
+    window (the row-window order): [KH * window_k, Cout], laid out like window_input's runs.
     """
     cout, cin, kh, kw = weight.shape
+    if window:  # row ky * window_k + kx * C4 + c; channels past cin and rows past kw * C4 are zero
+        assert pix == 1
+        c4, kv = window_channels(cin), window_k(kw, cin)
+        w = weight.new_zeros(kh, kv, cout)
+        w[:, :kw * c4].view(kh, kw, c4, cout)[:, :, :cin] = weight.detach().permute(2, 3, 1, 0)
+        return w.reshape(-1, cout).to(dtype).contiguous()
     w = weight.detach().permute(2, 3, 1, 0)  # [KH, KW, Cin, Cout]
     if pix > 1:
         shifted = w.new_zeros(kh, kw + pix - 1, cin, pix, cout)
@@ -454,21 +502,27 @@ def out_size(size: int, kernel: int, stride: int = 1, upsample: bool = False) ->
 def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor] = None, *, kernel: int,
             stride: int = 1, upsample: bool = False, norm: Optional[torch.Tensor] = None, relu: bool = False,
             skip: Optional[torch.Tensor] = None, skip_out: Optional[torch.Tensor] = None, stats: bool = True,
-            out: Optional[torch.Tensor] = None, pix: int = 1) -> tuple[torch.Tensor, Optional[Stats]]:
+            out: Optional[torch.Tensor] = None, pix: int = 1,
+            window: bool = False) -> tuple[torch.Tensor, Optional[Stats]]:
     """y = conv(reflect_pad(up?(act(IN_pending(x)) + skip))) + bias, plus IN partial statistics of y.
 
     x: raw input, N x Cin x H x W (any strides; channels_last is the fast layout). norm: fp32 [N, 3, Cin]
     (mean, gamma*rstd, beta) from `finalize`, or None for no prologue normalize. skip_out (x's shape,
     stride-1 odd kernels only) receives the prologue's result. y: channels_last in w_packed's dtype
     unless `out` is given. pix: w_packed was packed with pack_weight(..., pix) (groups of pix output
-    pixels per GEMM row; stride 1, no statistics, no skip_out). Returns (y, Stats or None).
+    pixels per GEMM row; stride 1, no statistics, no skip_out). window: the row-window K order (w_packed from
+    pack_weight(..., window=True); a raw input at stride 1: no norm, skip or upsampling). Returns (y, Stats
+    or None).
     """
     if not x.is_cuda and not _INTERPRET:
         raise ValueError(f"conv_in: x is on {x.device}; the Triton kernels need a CUDA tensor "
                          "(or TRITON_INTERPRET=1 for the CPU interpreter)")
     N, Cin, H, W = x.shape
     K, Cout = w_packed.shape[0], w_packed.shape[1] // pix
-    assert K == kernel * (kernel + pix - 1) * Cin and w_packed.is_contiguous(), (tuple(w_packed.shape), kernel, Cin)
+    packed_k = kernel * window_k(kernel, Cin) if window else kernel * (kernel + pix - 1) * Cin
+    assert K == packed_k and w_packed.is_contiguous(), (tuple(w_packed.shape), kernel, Cin)
+    assert not window or (pix == 1 and stride == 1 and not upsample and norm is None and skip is None
+                          and skip_out is None), "the row-window order reads a raw input at stride 1"
     assert pix == 1 or (stride == 1 and not upsample and not stats and skip_out is None)
     pad = kernel // 2
     if pad >= (2 * min(H, W) if upsample else min(H, W)):
@@ -488,13 +542,17 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
     T = triton.cdiv(Ho * Wo, TUNING["stat_m"])
     pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32) if stats else None
     pm2 = torch.empty_like(pmean) if stats else None
+    if window:
+        x = window_input(x, kernel, w_packed.dtype)
     conv_in_op(x, w_packed, bias.float().contiguous() if bias is not None else None, norm, skip, skip_out, out,
-               pmean, pm2, kernel, stride, upsample, relu, pix)
+               pmean, pm2, kernel, stride, upsample, relu, pix, window)
     return out, (Stats(pmean, pm2, Ho * Wo, TUNING["stat_m"]) if stats else None)
 
 
-def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix):
-    """Pick the K order and grid, launch once. Buffers are allocated and checked by `conv_in`."""
+def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix,
+            window=False):
+    """Pick the K order and grid, launch once. Buffers are allocated and checked by `conv_in` (window: x is
+    window_input's view, a KW*C4-channel input of a KH x 1 conv without padding)."""
     N, Cin, H, W = x.shape
     Cout, Ho, Wo = out.shape[1:]
     hw = Ho * Wo
@@ -502,7 +560,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     stat_m = TUNING["stat_m"]
     T = triton.cdiv(hw, stat_m)
     assert pmean is None or pmean.shape == (N, T, Cout)
-    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1
+    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1 and not window
     s = skip if skip is not None else skip_out
     dummy = out  # never read or written when its flag is off
     args = (x, norm if norm is not None else dummy, skip if skip is not None else dummy,
@@ -510,10 +568,10 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
             pmean if pmean is not None else dummy, pm2 if pm2 is not None else dummy,
             Cin, H, W, Cout, Ho, Wo, T, *x.stride(), *(s.stride() if s is not None else (0, 0, 0, 0)),
             *out.stride(), max(hw, 1).bit_length())
-    flags = dict(KH=kernel, KW=kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
+    flags = dict(KH=kernel, KW=1 if window else kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
                  HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
                  HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, PIX=pix,
-                 STAT_M=stat_m)
+                 PADDED=window, STAT_M=stat_m)
     if _AUTOTUNE:
         # same grid as below; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size)
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
@@ -542,12 +600,12 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
 def conv_in_op(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor], norm: Optional[torch.Tensor],
                skip: Optional[torch.Tensor], skip_out: Optional[torch.Tensor], out: torch.Tensor,
                pmean: Optional[torch.Tensor], pm2: Optional[torch.Tensor], kernel: int, stride: int,
-               upsample: bool, relu: bool, pix: int = 1) -> None:
-    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix)
+               upsample: bool, relu: bool, pix: int = 1, window: bool = False) -> None:
+    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix, window)
 
 
 @conv_in_op.register_fake
-def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix=1):
+def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix=1, window=False):
     return None
 
 

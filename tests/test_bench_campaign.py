@@ -59,8 +59,16 @@ def test_dry_run_files(dry_run):
     bench = json.loads((out / "verify" / "bench" / "results.json").read_text())
     assert {r["backend"] for r in bench["rows"]} == {"eager", "triton", "fused"}
     assert all(r["tiled"] is None and r["skipped"] is None for r in bench["rows"])
+    window = json.loads((out / "verify" / "bench-window" / "results.json").read_text())
+    assert window["matrix"]["options"] == {"fused": {"first_layer": "window"}}
+    assert window["rows"] and all(r["skipped"] is None for r in window["rows"])
+    assert "conv1+win" in (out / "verify" / "fused_layers-window.txt").read_text()
+    compiled = json.loads((out / "verify" / "bench-compile-default" / "results.json").read_text())
+    assert compiled["matrix"]["options"] == {"compile": {"mode": "default"}}
     specs = json.loads((out / "kernels.json").read_text())
     assert {s["kernel"] for s in specs} >= {"_conv_in_kernel", "_in_fwd_fused_kernel", "_in_bwd_fused_kernel"}
+    # the row-window conv1 is among the kernels compile_check builds for sm_90 (its shared memory checked)
+    assert any(s["constexprs"].get("PADDED") and s["constexprs"]["KH"] == 9 for s in specs)
 
 
 def _tensors(path):

@@ -75,6 +75,28 @@ def test_pretrained_generator_on_a_photo(data, pretrained, dtype):
     assert (y.double() - ref64).abs().max().item() <= 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_first_layer_in_row_windows(data, pretrained, dtype):
+    """first_layer="window": the RGB layer reads a padded NHWC copy of the photo in row windows; the chain
+    must meet the same bounds as the flat order, and in fp32 agree with it to summation order."""
+    x = photo_crop(data)
+    chain = FC.FusedChain(pretrained, dtype, first_layer="window")
+    assert [layer.window for layer in chain.layers()] == [True] + [False] * (len(chain.layers()) - 1)
+    y = chain(x)
+    flat = FC.FusedChain(pretrained, dtype)(x)
+    if dtype == torch.float32:
+        assert_chain_close(y, pretrained, x)
+        torch.testing.assert_close(y, flat, rtol=0, atol=1e-3)
+        return
+    with torch.no_grad():
+        ref64 = pretrained.double()(x.double())
+        pretrained.float()
+    assert psnr_db(y.clamp(0, 255), ref64.clamp(0, 255)) >= 45
+    assert (y.double() - ref64).abs().max().item() <= 2
+    with pytest.raises(ValueError, match="first_layer must be one of"):
+        FC.FusedChain(pretrained, dtype, first_layer="rows")
+
+
 @pytest.mark.parametrize("dtype,k_order,prenorm", [
     (torch.float32, "interpreter", "auto"), (torch.float16, "interpreter", "auto"),
     (torch.float32, "gpu", "none"), (torch.float32, "interpreter", "all")],
@@ -161,6 +183,11 @@ def test_layer_report_flops_and_bytes(capsys):
     auto = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16")
     assert [r["name"] for r in auto][-3:] == ["deconv1+pre", "deconv2+pre", "deconv3+pre"]
     assert moved < sum(r["bytes"] for r in auto) < 1.3 * moved  # + one pass over three inputs
+    win = fused_layers.layer_table(JohnsonNet(), 1, 2160, 3840, "fp16", first_layer="window")
+    assert win[0]["name"] == "conv1+win" and win[1:] == auto[1:]
+    # + the padded copy, written and read once: (2160 + 8) x (3840 + 8) x 4 channels x 2 bytes, twice;
+    # + the weights padded to 9 rows of 48 (the 243 real ones are zero-padded) x 32 channels x 2 bytes
+    assert win[0]["bytes"] - auto[0]["bytes"] == 2 * 2168 * 3848 * 4 * 2 + (9 * 48 - 243) * 32 * 2
     if not torch.cuda.is_available():
         fused_layers.main(["--size", "64x48"])
         assert "timings need CUDA" in capsys.readouterr().out
@@ -170,13 +197,16 @@ def test_layer_report_flops_and_bytes(capsys):
 
 
 @pytest.mark.gpu
-def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained):
+@pytest.mark.parametrize("first_layer", FC.FIRST_LAYER_MODES)
+def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained, first_layer):
     x = photo_crop(data, 256, 256).cuda()
     model = pretrained.cuda()
     with torch.no_grad():
         ref = model.float()(x)
-    y = FC.make_runner(model, torch.device("cuda"), torch.float16)(x)
+    run = FC.make_runner(model, torch.device("cuda"), torch.float16, first_layer=first_layer)
+    y = run(x)
     assert psnr_db(y.clamp(0, 255), ref.clamp(0, 255)) >= 45
+    torch.testing.assert_close((run(x.clone()), run(x.clone()))[1], y, rtol=0, atol=0)  # a replay = first call
 
 
 @pytest.mark.gpu

@@ -48,8 +48,9 @@ def _combos():
     plus the flat order the interpreter's whole-net runs use, in fp32. Skip-writing layers are always taps."""
     for name, case in CASES.items():
         if case[0] < 16:
-            yield name, "flat", torch.float32
-            yield name, "flat", torch.float16
+            for path in ("flat", "window"):  # the RGB input layer: flat K, or row windows of a padded copy
+                yield name, path, torch.float32
+                yield name, path, torch.float16
             continue
         yield name, "taps", torch.float32
         yield name, "taps", torch.float16
@@ -109,21 +110,22 @@ def functional_layer(c, round_to=None):
     return y if round_to is None else y.to(round_to).float()
 
 
-def run_fused(c, dtype, out=None, stats=None):
+def run_fused(c, dtype, out=None, stats=None, window=False):
     norm = CI.norm_params_ref(c["x"], c["gamma"], c["beta"]) if c["norm"] else None
     skip_out = torch.empty_like(c["x"], dtype=dtype) if c["wskip"] else None
-    y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype, c["pix"]), c["bias"], kernel=c["k"],
+    y, stats = conv_in(c["x"], CI.pack_weight(c["w"], dtype, c["pix"], window=window), c["bias"], kernel=c["k"],
                        stride=c["stride"], upsample=c["up"], norm=norm, relu=c["relu"], skip=c["skip"],
-                       skip_out=skip_out, stats=out is None if stats is None else stats, out=out, pix=c["pix"])
+                       skip_out=skip_out, stats=out is None if stats is None else stats, out=out, pix=c["pix"],
+                       window=window)
     return y, stats, skip_out, norm
 
 
-def check_layer(name, dtype, device="cpu"):
+def check_layer(name, dtype, device="cpu", window=False):
     """Run case `name` on `device`; compare with the F.* layer, the _ref, the skip store and the statistics."""
     c = make_case(name, dtype)
     last = name.startswith("out9x9")  # deconv3: straight into an NCHW fp32 output buffer, no statistics
     out = torch.empty(2, 3, 7, 9, device=device) if last else None
-    y, stats, skip_out, norm = run_fused(_on(c, device), dtype, out=out)
+    y, stats, skip_out, norm = run_fused(_on(c, device), dtype, out=out, window=window)
     ref = functional_layer(c)
     lowp = None if dtype == torch.float32 else functional_layer(c, round_to=dtype)
     if last:
@@ -155,7 +157,7 @@ def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
         small_tiles(monkeypatch, path, block_m=16, block_k=64)
     else:
         small_tiles(monkeypatch, path, block_m=64 if CASES[name][2] == 9 else 32)  # 9x9: fewer steps
-    check_layer(name, dtype)
+    check_layer(name, dtype, window=path == "window")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=_id)
@@ -283,11 +285,13 @@ from triton.compiler import ASTSource
 from instyle.kernels import conv_in_gemm as CI
 k = CI._conv_in_kernel
 base = dict(KH=3, KW=3, STRIDE=1, UPSAMPLE=False, NORM=True, RELU=False, HAS_SKIP=True, WRITE_SKIP=True,
-            HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, PIX=1, STAT_M=CI.GPU_STAT_M)
+            HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, PIX=1, PADDED=False,
+            STAT_M=CI.GPU_STAT_M)
 variants = [  # (pointer dtype, flags, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     ("fp16", base, 128, 128, 32, 8, 3),                                                  # res conv1, x_k store
     ("bf16", dict(base, UPSAMPLE=True, WRITE_SKIP=False), 256, 64, 32, 8, 4),            # deconv1
     ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, FLAT_K=True), 128, 32, 64, 4, 3),
+    ("fp16", dict(base, KH=9, KW=1, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, PADDED=True), 256, 32, 64, 8, 3),
     ("fp16", dict(base, KH=9, KW=9, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False),
      128, 8, 32, 4, 4),                                                                  # 9x9, Cout 3: wgmma n8
     ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False,
@@ -322,3 +326,23 @@ def test_kernel_compiles_for_sm90_without_a_gpu():
 def test_layer_on_gpu_autotuned(name, dtype):
     """The autotuned GPU configs (no TUNING override) against the same references and tolerances."""
     check_layer(name, dtype, "cuda")
+
+
+def test_row_window_input_view():
+    """window_input: the view's channel k at (h, w) is the padded image's pixel (h, w + k // 4), channel
+    k % 4 (zero past the image's channels); pack_weight(window=True) puts zero rows wherever the view reads
+    something that is not a tap (the fourth channel, the columns past the kernel's); more than 4 channels
+    is refused."""
+    x = torch.rand(2, 3, 6, 7) * 255
+    v = CI.window_input(x, 5, torch.float32)
+    assert v.shape == (2, CI.window_k(5, 3), 10, 7) and CI.window_k(5, 3) == 32
+    padded = F.pad(x, (2,) * 4, mode="reflect")
+    for h, w, k in [(0, 0, 0), (9, 6, 18), (4, 3, 6), (5, 2, 9), (9, 6, 16)]:
+        assert v[1, k, h, w] == padded[1, k % 4, h, w + k // 4], (h, w, k)
+    assert (v[:, 3::4][:, :5] == 0).all()  # the fourth channel of each of the 5 window pixels
+    w = torch.randn(6, 3, 5, 5)
+    packed = CI.pack_weight(w, torch.float32, window=True).view(5, 32, 6)  # [ky, k, cout]
+    assert torch.equal(packed[:, :20].reshape(5, 5, 4, 6)[:, :, :3], w.permute(2, 3, 1, 0))
+    assert (packed[:, 3:20:4] == 0).all() and (packed[:, 20:] == 0).all()
+    with pytest.raises(ValueError, match="at most 4 input channels, not 8"):
+        CI.window_channels(8)
