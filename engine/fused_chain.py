@@ -83,6 +83,13 @@ def check_supported(model: nn.Module) -> None:
                                      "(use backend 'eager' or 'triton')")
 
 
+def _check_modes(prenorm: str, first_layer: str) -> None:
+    if prenorm not in PRENORM_MODES:
+        raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
+    if first_layer not in FIRST_LAYER_MODES:
+        raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
+
+
 def _check_chain(steps: list[Step]) -> None:
     """The chain runs a straight line of reflect-padded convs, each followed by IN (the last by nothing)."""
     for i, step in enumerate(steps, 1):
@@ -122,10 +129,7 @@ class FusedChain:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto", first_layer: str = "flat"):
         check_supported(model)
-        if prenorm not in PRENORM_MODES:
-            raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
-        if first_layer not in FIRST_LAYER_MODES:
-            raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
+        _check_modes(prenorm, first_layer)
         self.dtype = dtype
         self.steps = model.steps()
         _check_chain(self.steps)
@@ -183,6 +187,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, g
                 cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto", first_layer: str = "flat"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
     check_supported(model)
+    _check_modes(prenorm, first_layer)  # argument errors first: they are the caller's on any device
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise BackendUnavailable(f"backend 'fused' supports fp32, fp16 and bf16, not {dtype}")
     device = torch.device(device)

@@ -84,6 +84,8 @@ def test_first_layer_option_picks_the_rgb_layer_only(pretrained):
     assert not any(layer.window for layer in FC.FusedChain(pretrained, torch.float16).layers())
     with pytest.raises(ValueError, match="first_layer must be one of"):
         FC.FusedChain(pretrained, torch.float16, first_layer="rows")
+    with pytest.raises(ValueError, match="first_layer must be one of"):  # before any device check
+        FC.make_runner(pretrained, torch.device("meta"), torch.float16, first_layer="rows")
 
 
 @pytest.mark.parametrize("dtype,k_order,prenorm", [
