@@ -440,7 +440,7 @@ def autotune_winners() -> list[dict]:
 
 def window_channels(cin: int) -> int:
     """Channels per pixel of window_input's copy: WINDOW_C (4), which the kernel assumes; cin <= 4."""
-    if cin > WINDOW_C:
+    if cin > WINDOW_C.value:
         raise ValueError(f"the row-window order takes at most {WINDOW_C.value} input channels, not {cin}")
     return WINDOW_C.value
 
@@ -561,6 +561,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     T = triton.cdiv(hw, stat_m)
     assert pmean is None or pmean.shape == (N, T, Cout)
     flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1 and not window
+    assert not window or x.stride(3) == WINDOW_C.value, "the kernel takes window_input's pixel stride as given"
     s = skip if skip is not None else skip_out
     dummy = out  # never read or written when its flag is off
     args = (x, norm if norm is not None else dummy, skip if skip is not None else dummy,
