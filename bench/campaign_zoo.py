@@ -55,11 +55,11 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
 def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
           styles: list[Path], workers: int, device: str, fused: str = "off", style_size: int = 512,
           init: Path | None = None) -> dict:
+    from instyle.checkpoint import read_metadata
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
     from instyle.train.trainer import TrainConfig, Trainer
     from instyle.train.vgg import infer_convention, load_vgg, resolve_path
-    from instyle.checkpoint import read_metadata
 
     vgg_path = resolve_path(data / "vgg")
     convention = infer_convention(read_metadata(vgg_path), vgg_path)

@@ -51,9 +51,9 @@ class Census:
 
 def _gpu_tuning() -> list[tuple[dict, dict]]:
     """(table, GPU values) of every kernel module's tuning table."""
-    from instyle.kernels import instance_norm_forward as IN
     from instyle.kernels import conv_in_gemm as CI
     from instyle.kernels import conv_in_normalize as CN
+    from instyle.kernels import instance_norm_forward as IN
     return [(IN.TUNING, dict(IN._GPU_TUNING)),
             (CI.TUNING, dict(CI.TUNING, stat_m=CI.GPU_STAT_M, flat_max_cin=15)),
             (CN.TUNING, dict(block_hw=64, block_c=64, num_warps=4))]

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--tile", default="off", help="off (default: whole images), auto, or a tile side in "
                         "pixels; every row records the tile side that ran (`tiled`)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default bench/results/<date>-<device>/)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default bench/results/<date>-<device>/)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="print B's speed relative to A's, row by row, and exit (no benchmark run)")
 
@@ -198,11 +199,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from instyle.engine.backends import split_options
     from instyle.specs import resolve_device
 
     from . import devices, flops, harness, report
-
-    from instyle.engine.backends import split_options
 
     try:
         per_backend = split_options(backends, options)

@@ -100,7 +100,7 @@ def johnson_analytic(width: int = 32, blocks: int = 5, upsampling: str = "neares
         + w2 * w1 * 9 / 4                   # conv2 3x3 stride 2 -> 1/4 of the pixels
         + w3 * w2 * 9 / 16                  # conv3 3x3 stride 2 -> 1/16
         + blocks * 2 * w3 * w3 * 9 / 16     # residual blocks: two 3x3 convs each at 1/16
-        + w3 * w2 * 9 / (4 if upsampling == "nearest" else 16)  # deconv1 (upsample+conv at 1/4, or transposed from 1/16)
+        + w3 * w2 * 9 / (4 if upsampling == "nearest" else 16)  # deconv1: upsample+conv at 1/4 (or transposed: 1/16)
         + w2 * w1 * 9 / (1 if upsampling == "nearest" else 4)   # deconv2 (at 1/1, or transposed from 1/4)
         + 3 * w1 * 81                       # deconv3 9x9, full resolution
     )

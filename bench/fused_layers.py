@@ -8,8 +8,8 @@ input once, the skip read/write of residual blocks, its raw output once, weights
 statistics (written by the epilogue, read back by `finalize`). Halo re-reads are cache hits and not
 counted. Layers marked +pre normalize their input in a separate pass first (engine/fused_chain.py
 PRENORM_MIN_REUSE; --prenorm all|none forces either way). --first-layer window reads the RGB layer's
-input in row windows of a padded NHWC copy (conv1+win; the copy's write and read are counted). On CUDA it then times each layer (normalize
-pass + conv + statistics finalize) with CUDA events after a warm-up
+input in row windows of a padded NHWC copy (conv1+win; the copy's write and read are counted). On CUDA it
+then times each layer (normalize pass + conv + statistics finalize) with CUDA events after a warm-up
 (which autotunes) and adds ms, achieved TFLOP/s and GB/s, then times the whole chain as the Stylizer
 runs it (CUDA graph replay): first-call time, ms/batch, Mpx/s and peak memory. On CPU it prints the
 analytic table only.
@@ -21,12 +21,10 @@ import argparse
 import torch
 
 from instyle import timing
-from instyle.models.johnson import JohnsonNet
-from instyle.precision import DTYPES
-
 from instyle.engine import fused_chain as FC
 from instyle.kernels import conv_in_gemm as CI
-
+from instyle.models.johnson import JohnsonNet
+from instyle.precision import DTYPES
 
 
 def layer_table(model: torch.nn.Module, n: int, h: int, w: int, precision: str = "fp16",

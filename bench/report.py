@@ -60,7 +60,8 @@ def markdown(result: dict) -> str:
         f"Timed calls per row: {result['matrix']['iters']} (after {result['matrix']['warmup']} warm-up); torch "
         f"threads {result['matrix']['torch_threads']}; input {result['matrix'].get('input', 'uniform noise')}; "
         f"1-min load average start/end "
-        f"{(result['matrix'].get('load_avg_1m') or {}).get('start')}/{(result['matrix'].get('load_avg_1m') or {}).get('end')}."
+        f"{(result['matrix'].get('load_avg_1m') or {}).get('start')}/"
+        f"{(result['matrix'].get('load_avg_1m') or {}).get('end')}."
         + "".join(f" Options of {b}: " + ", ".join(f"{k}={v}" for k, v in o.items()) + "."
                   for b, o in (result["matrix"].get("options") or {}).items()),
         "",

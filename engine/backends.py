@@ -6,9 +6,9 @@ attributes: `precision` (the precision it really runs, where that differs from t
 `notes` (one-line remarks for the user, e.g. "running without a cache").
 
 All backends are one table, `TABLE` (name -> Backend: factory, devices, precisions, options). The
-options are the factory's keyword arguments; `load(..., options={...})` reaches them. Backends that live in other subpackages (export/)
-are named by import path and loaded on first use, so engine/ never imports them at module import time;
-the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
+options are the factory's keyword arguments; `load(..., options={...})` reaches them. Backends that live in other
+subpackages (export/) are named by import path and loaded on first use, so engine/ never imports them at module import
+time; the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
 The runner modules this table names take BackendUnavailable from instyle.errors, never from here: importing
 this module back would be an import cycle (tests/test_import_graph.py).
 `chain(device)` is the order `auto` tries them in.
@@ -56,8 +56,8 @@ TABLE: dict[str, Backend] = {
     "eager": Backend(_eager, runs_module=True, torch_memory=True),
     "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size"),
                       runs_module=True, torch_memory=True),
-    "fused": Backend("instyle.engine.fused_chain:make_runner", options=("graphs", "cache_size", "prenorm", "first_layer"),
-                     torch_memory=True),
+    "fused": Backend("instyle.engine.fused_chain:make_runner",
+                     options=("graphs", "cache_size", "prenorm", "first_layer"), torch_memory=True),
     "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "mode", "graphs", "cache_size"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),

@@ -22,15 +22,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from instyle.atomic import atomic_path
 
 from .cache import sha256_file
 from .onnx import INPUT_NAME, STYLE_INPUT
-
-if TYPE_CHECKING:
-    import tensorrt as trt
 
 Shape = tuple[int, int, int, int]
 Profile = tuple[Shape, Shape, Shape]  # min, opt, max

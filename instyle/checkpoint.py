@@ -2,8 +2,8 @@
 
 Metadata keys (all strings): `instyle.format` ("1"), `arch`, `config` (JSON of the constructor's
 arguments), `style` (name; of a multi-style file, its first style), `training` (JSON), and for
-multi-style files `styles` (JSON list of {"name", "source"}, one per conditional-IN row). `read_metadata` parses the safetensors header with the
-standard library alone, so tools can list models without importing torch.
+multi-style files `styles` (JSON list of {"name", "source"}, one per conditional-IN row). `read_metadata` parses the
+safetensors header with the standard library alone, so tools can list models without importing torch.
 """
 from __future__ import annotations
 
@@ -230,8 +230,6 @@ def load(path: str | os.PathLike, *, device="cpu"):
     Cheap whatever the file claims: the architecture is built on the meta device and every tensor's shape is
     checked against it before any weight is allocated; the weights are then assigned, not copied.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")

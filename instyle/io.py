@@ -132,8 +132,8 @@ def _png_orientation(img: Image.Image, path: Path) -> int:
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation to an H,W,C array, as ImageOps.exif_transpose does to an image."""
     ops = {2: lambda t: t[:, ::-1], 3: lambda t: t[::-1, ::-1], 4: lambda t: t[::-1],
-           5: lambda t: t.transpose(1, 0, 2), 6: lambda t: np.rot90(t, -1), 7: lambda t: t[::-1, ::-1].transpose(1, 0, 2),
-           8: lambda t: np.rot90(t, 1)}
+           5: lambda t: t.transpose(1, 0, 2), 6: lambda t: np.rot90(t, -1),
+           7: lambda t: t[::-1, ::-1].transpose(1, 0, 2), 8: lambda t: np.rot90(t, 1)}
     return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
@@ -159,8 +159,9 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
                 if rgb.shape[:2] != (h, w):
                     raise ValueError(f"pypng read {rgb.shape[1]}x{rgb.shape[0]}, the header says {w}x{h}")
                 orientation = _png_orientation(img, path)
+                oriented_alpha = None if alpha is None else _orient(alpha[..., None], orientation)[..., 0]
                 return Picture(_orient(rgb, orientation),
-                               None if alpha is None else Image.fromarray(_orient(alpha[..., None], orientation)[..., 0]),
+                               None if alpha is None else Image.fromarray(oriented_alpha),
                                img.info.get("icc_profile"), frames)
             img.load()
             oriented = ImageOps.exif_transpose(img)

@@ -23,7 +23,8 @@ __all__ = ["add_arguments", "run", "collect", "prepare_out_dir", "target_size", 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from instyle.specs import BACKEND_NAMES as BACKENDS, DEFAULT_MAX_PIXELS  # no torch for --help
+    from instyle.specs import BACKEND_NAMES as BACKENDS  # no torch for --help
+    from instyle.specs import DEFAULT_MAX_PIXELS
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")

@@ -569,8 +569,8 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
             pmean if pmean is not None else dummy, pm2 if pm2 is not None else dummy,
             Cin, H, W, Cout, Ho, Wo, T, *x.stride(), *(s.stride() if s is not None else (0, 0, 0, 0)),
             *out.stride(), max(hw, 1).bit_length())
-    flags = dict(KH=kernel, KW=1 if window else kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None, RELU=relu,
-                 HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
+    flags = dict(KH=kernel, KW=1 if window else kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None,
+                 RELU=relu, HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
                  HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, PIX=pix,
                  PADDED=window, STAT_M=stat_m)
     if _AUTOTUNE:

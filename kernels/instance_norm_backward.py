@@ -20,8 +20,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .instance_norm_forward import _plane_block, _plane_shift, _split_program, affine_args, check_device, \
-    instance_norm_op, memory_format, plan, plane_strides, _saved_affine
+from .instance_norm_forward import (
+    _plane_block,
+    _plane_shift,
+    _saved_affine,
+    _split_program,
+    affine_args,
+    check_device,
+    instance_norm_op,
+    memory_format,
+    plan,
+    plane_strides,
+)
 
 
 @triton.jit

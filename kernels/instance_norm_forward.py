@@ -415,8 +415,8 @@ def instance_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: 
     """y = act(instance_norm(x) * weight + bias) + residual, fused; activation None or "relu".
 
     x: N x C x H x W (NCHW or channels_last), float32/float16/bfloat16; y has x's dtype and memory
-    format. weight, bias: [C], or [N, C] for per-sample affine pairs (conditional instance norm). Statistics are biased (as F.instance_norm) and accumulated in fp32. Differentiable in x,
-    weight, bias and residual.
+    format. weight, bias: [C], or [N, C] for per-sample affine pairs (conditional instance norm). Statistics are
+    biased (as F.instance_norm) and accumulated in fp32. Differentiable in x, weight, bias and residual.
     """
     _check(x, weight, bias, residual, activation)
     return instance_norm_op(x, weight, bias, residual, float(eps), activation == "relu")[0]

@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         if os.environ.get("INSTYLE_CPU_TESTS_ON_CUDA") == "1":
             return
-        skip = pytest.mark.skip(reason="CPU test: runs on machines without CUDA (INSTYLE_CPU_TESTS_ON_CUDA=1 forces it)")
+        skip = pytest.mark.skip(
+            reason="CPU test: runs on machines without CUDA (INSTYLE_CPU_TESTS_ON_CUDA=1 forces it)")
         for item in items:
             if "gpu" not in item.keywords:
                 item.add_marker(skip)
@@ -48,6 +49,12 @@ def data():
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA} (set INSTYLE_DATA)")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def model_path(data):
+    """The shared pytorch/examples TransformerNet with seeded random weights (legacy IN keys included)."""
+    return data / "pretrained" / "random-transformernet.pth"
 
 
 def need(path):

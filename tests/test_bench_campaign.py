@@ -98,8 +98,8 @@ def test_bundle_refuses_missing_data(tmp_path):
 def test_census_counts_distinct_specializations():
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the census records interpreted launches")
-    from instyle.kernels import instance_norm_forward as IN
     from instyle.kernels import instance_norm
+    from instyle.kernels import instance_norm_forward as IN
 
     before = dict(IN.TUNING)
     with census.recording() as c:

@@ -1,9 +1,9 @@
 """The CLI-overhead script's pieces that need no long run: the test photo and the arithmetic of the report."""
 from __future__ import annotations
 
+from conftest import need
 from PIL import Image
 
-from conftest import need
 from instyle.bench import cli_overhead
 
 

@@ -204,8 +204,8 @@ def test_saved_files_follow_the_umask(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("change", [{"blocks": 10**7}, {"width": 2048}, {"width": 10**12}, {"width": -1}, {"width": "wide"},
-                                    {"norm": "quantum"}])
+@pytest.mark.parametrize("change", [{"blocks": 10**7}, {"width": 2048}, {"width": 10**12}, {"width": -1},
+                                    {"width": "wide"}, {"norm": "quantum"}])
 def test_absurd_configs_are_refused_quickly(tmp_path, change):
     import time
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
+from sm90 import assert_compiles_for_sm90
 
 from instyle.bench import census, compile_check
-from sm90 import assert_compiles_for_sm90
 
 SPEC = {"kernel": "_k", "args": {"x_ptr": "*float16", "n": "i32", "s16": "i32:16", "one": "1", "big": "i64"},
         "constexprs": {"BLOCK": 64, "num_warps": 4, "num_stages": 3}}

@@ -4,15 +4,15 @@ import os
 
 import pytest
 import torch
-
 from conftest import need
+from tolerances import assert_close
+
 from instyle import checkpoint, io
 from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, load, plan
 from instyle.engine import triton_backend as fused  # the backend "triton": IN tails fused into one op
 from instyle.engine.graphs import GraphCache
 from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet, PyramidNet
-from tolerances import assert_close
 
 CPU = torch.device("cpu")
 # fp32 kernel vs F.instance_norm: different reduction order only

@@ -15,10 +15,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import need
+from PIL import Image
 from tolerances import assert_derived_close
+
 from instyle import checkpoint
 from instyle.engine import Stylizer, backends
 from instyle.engine import fused_chain as FC

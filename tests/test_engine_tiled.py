@@ -3,12 +3,12 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import need
+from tolerances import worst
+
 from instyle import checkpoint, io
 from instyle.engine import Stylizer, memory, plan, tiled
 from instyle.models import JohnsonNet, PyramidNet
-from tolerances import worst
 
 JOHNSON_VARIANTS = list(itertools.product(("instance", "batch", "none"), ("reflect", "zero"),
                                           ("nearest", "transposed")))

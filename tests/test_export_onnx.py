@@ -11,14 +11,14 @@ import torch
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from conftest import need  # noqa: E402
+
 from instyle import checkpoint  # noqa: E402
 from instyle.cli import main  # noqa: E402
 from instyle.export import onnx as onnx_export  # noqa: E402
 from instyle.export import parity  # noqa: E402
 from instyle.export.ort_runner import make_session  # noqa: E402
 from instyle.models import JohnsonNet  # noqa: E402
-
-from conftest import need  # noqa: E402
 
 
 @pytest.fixture(scope="module")

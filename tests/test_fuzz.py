@@ -6,8 +6,8 @@ The read path must answer each file with a Picture or one ImageError line naming
 line per bad file, never a traceback, exit 1 when any failed, and still write every good file.
 Knobs: INSTYLE_FUZZ_SEED (default 20261126), INSTYLE_FUZZ_SECONDS (total budget, default 20).
 """
-import io as _io
 import importlib.util
+import io as _io
 import os
 import random
 import re

@@ -13,11 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import triton
-
-from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
 from sm90 import assert_compiles_for_sm90
 from tolerances import ATOL, assert_derived_close
 
+from instyle.kernels import conv_in, conv_in_ref, in_apply, in_apply_ref
 from instyle.kernels import conv_in_gemm as CI
 
 # A conv layer's fp32 output is a sum of Cin*k*k products (up to 1296 here), which the kernel adds in its own

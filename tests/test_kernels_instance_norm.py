@@ -12,11 +12,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
-from instyle.kernels import instance_norm, instance_norm_ref
 from sm90 import assert_compiles_for_sm90
 from tolerances import ATOL, assert_derived_close
 
+from instyle.kernels import instance_norm, instance_norm_ref
 from instyle.kernels import instance_norm_forward as IN
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

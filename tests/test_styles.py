@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import need
 
 import instyle
 from instyle import checkpoint, models
 from instyle.engine import Stylizer, controls
 from instyle.models.norm import ConditionalInstanceNorm2d
 from instyle.models.styles import StyleError, bake, mix_weights
-from conftest import need
 
 NAMES = ["a", "b", "c"]
 
@@ -38,7 +38,8 @@ def multi(styles=3, seed=0, **config):
 def photo(data, h=45, w=61):
     from instyle import io
 
-    return io.to_tensor([io.read_image(need(data / "content" / "demo" / "chicago.jpg"))])[:, :, 100:100 + h, 200:200 + w]
+    photo = io.to_tensor([io.read_image(need(data / "content" / "demo" / "chicago.jpg"))])
+    return photo[:, :, 100:100 + h, 200:200 + w]
 
 
 def one_hot(i, n=1, s=3):

@@ -4,14 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from instyle.cli import main
 from test_models import transformer_net_functional
 
-
-@pytest.fixture(scope="module")
-def model_path(data):
-    return data / "pretrained" / "random-transformernet.pth"
+from instyle.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from conftest import need
+from PIL import Image
+from test_train_core import one_thread  # noqa: F401  (autouse fixture: one thread on a busy machine)
+
 from instyle import checkpoint
 from instyle.cli import main
 from instyle.train.vgg import VGGFeatures, VGGWeightsError, load_vgg, resolve_path
-from test_train_core import one_thread  # noqa: F401  (autouse fixture: one thread on a busy machine)
 
 
 def functional_vgg16(x_rgb255, state, layers):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from instyle import checkpoint
+from instyle.models import JohnsonNet
 from instyle.train import state as state_mod
 from instyle.train.data import ContentImages, StreamSampler, list_images
 from instyle.train.fused_norm import FusedInstanceNorm, swap_instance_norm
@@ -16,7 +17,6 @@ from instyle.train.gatys import stylize
 from instyle.train.losses import LossSpec, PerceptualLoss, gram, total_variation
 from instyle.train.trainer import TrainConfig, Trainer
 from instyle.train.vgg import VGGFeatures, layer_indices
-from instyle.models import JohnsonNet
 
 SMALL = (8, 16, 16, 16, 16)  # per-block VGG widths for speed
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from test_train_core import config, one_thread, photos, tiny_loss  # noqa: F401  (fixtures)
 
 

@@ -15,7 +15,6 @@ import instyle  # noqa: E402
 from instyle import video  # noqa: E402
 from instyle.cli import main  # noqa: E402
 from instyle.metrics import psnr_db  # noqa: E402
-from test_stylize_cli import model_path  # noqa: E402,F401 -- the shared random-weight TransformerNet
 
 FPS = Fraction(24000, 1001)  # 23.976: not the 30 fps that tools like to assume
 

@@ -143,7 +143,8 @@ def run(args) -> int:
     texture = args.mode == "texture"
     loss, spec = loss_from_args(args, device, texture=texture)
     cfg = TrainConfig(
-        style=args.style[0] if len(args.style) == 1 else args.style, out=str(out), data=args.data, arch=args.arch, model_config=config, mode=args.mode,
+        style=args.style[0] if len(args.style) == 1 else args.style, out=str(out), data=args.data, arch=args.arch,
+        model_config=config, mode=args.mode,
         image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations,
         lr=args.lr if args.lr is not None else (1e-2 if texture else 1e-3),
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],

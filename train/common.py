@@ -57,9 +57,9 @@ def add_loss_arguments(p: argparse.ArgumentParser) -> None:
 
 def loss_from_args(args, device: torch.device, *, texture: bool = False):
     """(PerceptualLoss with the style Grams set, LossSpec) from the options of `add_loss_arguments`."""
-    from .losses import LossSpec, PerceptualLoss, default_weights, parse_layers
     from instyle.checkpoint import read_metadata
 
+    from .losses import LossSpec, PerceptualLoss, default_weights, parse_layers
     from .vgg import infer_convention, load_vgg, resolve_path
 
     path = resolve_path(args.vgg)
