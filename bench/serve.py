@@ -4,14 +4,15 @@
                                   [--backend auto] [--out DIR]
 
 For each configuration (`--max-batch N`, then `--max-batch 1`) a real server is started as a subprocess
-(`python -m instyle serve` on 127.0.0.1, a free port), waited for (/healthz), warmed with a few requests, then
-`--clients` asyncio clients each POST the same JPEG (a photo of the shared data, scaled to `--size` on its
-longer side) back to back for `--duration` seconds or until `--max-requests` answers, whichever comes first,
-and the server is stopped. Reported per configuration: answers by status, errors (anything but 200),
-p50/p95/max latency (client-side, request sent to body received), images/s (200s over the measured wall time)
-and the mean batch size the server ran (its /metrics). The clients run in this process, on the same machine:
-their CPU time is part of what is measured. The load average before and after each run is recorded beside the
-figures. Writes results.json and results.md under --out.
+(`python -m instyle serve` on 127.0.0.1, a free port) and waited for (/healthz); then `--clients` asyncio
+clients each POST the same JPEG (a photo of the shared data, scaled to `--size` on its longer side) back to back,
+first for `--warmup` seconds (not counted: each batch size's first call compiles), then for `--duration` seconds
+or until `--max-requests` answers, whichever comes first, and the server is stopped. Reported per
+configuration: answers by status, errors (anything but 200), p50/p95/max latency (client-side, request sent to
+body received), images/s (200s over the measured wall time) and the mean batch size the server ran (its
+/metrics). The clients run in this process, on the same machine: their CPU time is part of what is measured.
+The load average before and after each run is recorded beside the figures. Writes results.json and results.md
+under --out.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ HOST = "127.0.0.1"  # loopback only, by design
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per configuration (default 60)")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds of the same load first, not counted: every batch size's first call (default 5)")
     p.add_argument("--max-requests", type=int, default=100_000, help="stop a configuration after this many answers")
     p.add_argument("--size", type=int, default=256, help="the photo's longer side in pixels (default 256)")
     p.add_argument("--style", default=None, help="style of the shipped model to ask for (default: its first)")
@@ -128,8 +131,9 @@ def run_config(args, body: bytes, max_batch: int) -> dict:
         with httpx.Client(base_url=url, timeout=120) as client:
             health = wait_healthy(client, server)
             params = {"style": args.style} if args.style else {}
-            for _ in range(3):  # warm: the first calls of a batch size, the style's baked network
-                client.post("/v1/stylize", content=body, params=params, headers={"content-type": "image/jpeg"})
+            client.post("/v1/stylize", content=body, params=params, headers={"content-type": "image/jpeg"})
+            if args.warmup > 0:  # the backends compile kernels at each new batch size's first call
+                asyncio.run(load(url, body, params, args.clients, args.warmup, args.max_requests))
             before = client.get("/metrics").text
             load_before = _loadavg()
             measured = asyncio.run(load(url, body, params, args.clients, args.duration, args.max_requests))
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m instyle.bench.serve", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.clients < 1 or not args.duration > 0 or args.max_batch < 1 or args.max_requests < 1:
-        parser.error("--clients, --duration, --max-batch and --max-requests must be positive")
+    if args.clients < 1 or not args.duration > 0 or args.max_batch < 1 or args.max_requests < 1 or args.warmup < 0:
+        parser.error("--clients, --duration, --max-batch and --max-requests must be positive, --warmup >= 0")
     from instyle.bench.devices import git_rev, now
     from instyle.paths import data_dir
 
@@ -204,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         image = f"{img.width}x{img.height}"
     rows = [run_config(args, body, n) for n in dict.fromkeys((args.max_batch, 1))]
     result = {"date": now(), "git_rev": git_rev(), "cpu": _cpu(), "cpus": os.cpu_count(), "clients": args.clients,
-              "duration_s": args.duration, "image": image, "photo": photo.name, "rows": rows}
+              "duration_s": args.duration, "warmup_s": args.warmup, "max_wait_ms": args.max_wait_ms, "image": image,
+              "photo": photo.name, "rows": rows}
     print(markdown(result))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

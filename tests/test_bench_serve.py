@@ -14,8 +14,8 @@ pytest.importorskip("httpx")
 def test_the_load_test_compares_batched_with_one_image_a_call(data, tmp_path):
     from instyle.bench import serve
 
-    rc = serve.main(["--clients", "4", "--duration", "2", "--size", "64", "--backend", "eager", "--precision",
-                     "fp32", "--max-batch", "4", "--max-wait-ms", "50", "--out", str(tmp_path)])
+    rc = serve.main(["--clients", "4", "--duration", "2", "--warmup", "0.5", "--size", "64", "--backend", "eager",
+                     "--precision", "fp32", "--max-batch", "4", "--max-wait-ms", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results.json").read_text())
     assert rc == 0
     batched, single = result["rows"]
