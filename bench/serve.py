@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or not args.duration > 0 or args.max_batch < 1 or args.max_requests < 1 or args.warmup < 0:
         parser.error("--clients, --duration, --max-batch and --max-requests must be positive, --warmup >= 0")
-    from instyle.bench.devices import git_rev, now
+    from instyle.bench.devices import _cpu_name, git_rev, now
     from instyle.paths import data_dir
 
     photo = Path(args.photo) if args.photo else data_dir() / "content" / "demo" / "chicago.jpg"
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(stdio.BytesIO(body)) as img:
         image = f"{img.width}x{img.height}"
     rows = [run_config(args, body, n) for n in dict.fromkeys((args.max_batch, 1))]
-    result = {"date": now(), "git_rev": git_rev(), "cpu": _cpu(), "cpus": os.cpu_count(), "clients": args.clients,
+    result = {"date": now(), "git_rev": git_rev(), "cpu": _cpu_name(), "cpus": os.cpu_count(), "clients": args.clients,
               "duration_s": args.duration, "warmup_s": args.warmup, "max_wait_ms": args.max_wait_ms, "image": image,
               "photo": photo.name, "rows": rows}
     print(markdown(result))
@@ -216,16 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out / "results.md").write_text(markdown(result))
     return 0 if all(r["errors"] == 0 for r in rows) else 1
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ INSTALL = {
     "fastapi": "pip install 'instyle[serve]'",
     "starlette": "pip install 'instyle[serve]'",
     "uvicorn": "pip install 'instyle[serve]'",
-    "multipart": "pip install 'instyle[serve]'",
+    "python_multipart": "pip install 'instyle[serve]'",
     "prometheus_client": "pip install 'instyle[serve]'",
 }
 

@@ -48,7 +48,7 @@ def _limits(args):
 def run(args) -> int:
     from instyle.errors import require
 
-    for package in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+    for package in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
         require(package, "instyle serve")
     limits = _limits(args)
     import uvicorn

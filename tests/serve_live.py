@@ -32,16 +32,21 @@ def live_server(app):
 
 
 class Gate:
-    """A Stylizer stand-in that waits for `opened` before each call: the tests hold the worker busy at will."""
+    """A Stylizer stand-in that waits for `opened` before each call: the tests hold the worker busy at will; with
+    `fail_next` set, the next call raises the way a backend running out of memory does."""
 
     def __init__(self, stylizer):
         self._stylizer = stylizer
         self.opened = threading.Event()
         self.opened.set()
+        self.fail_next = False
 
     def __getattr__(self, name):
         return getattr(self._stylizer, name)
 
     def __call__(self, *args, **kwargs):
         assert self.opened.wait(60), "the test never opened the gate"
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
         return self._stylizer(*args, **kwargs)

@@ -132,6 +132,7 @@ def _bad_inputs(data, photo):
         + (64).to_bytes(4, "big") + b"IDAT" + b"\x55" * 68
     return [
         ("too many bytes", dict(content=b"\xff" * ((1 << 20) + 1)), 413, "over the limit of 1048576 bytes"),
+        ("too many bytes, chunked", dict(content=iter([b"\xff" * (1 << 18)] * 5)), 413, "upload is over the limit"),
         ("too many pixels", dict(content=huge), 413, "1500x1000 = 1500000 pixels is over the limit"),
         ("pixels from the header", dict(content=bomb), 413, "4000x4000"),
         ("not an image", dict(content=b"hello, world"), 400, "upload: not an image file"),
@@ -155,7 +156,7 @@ def test_every_bad_input_is_one_line_and_the_server_goes_on(zoo_server, data, ph
         assert "/tmp" not in error, (what, error)  # the upload's name, never the server's temporary file
         _ok(zoo_server, photo)
     metrics = zoo_server.get("/metrics").text
-    assert 'instyle_errors_total{cause="too_large"} 3.0' in metrics
+    assert 'instyle_errors_total{cause="too_large"} 4.0' in metrics
     assert 'instyle_requests_total{code="400",route="/v1/stylize"} 9.0' in metrics
 
 
@@ -246,5 +247,23 @@ def test_a_request_past_its_timeout_is_504_then_serves(gated, photo):
     _ok(client, photo)
     one_style = client.get("/v1/styles").json()
     assert len(one_style["styles"]) == 1 and not one_style["multi_style"]
+    _ok(client, photo, style=one_style["styles"][0]["name"])  # the name it lists is one it accepts
     r = client.post("/v1/stylize", content=photo, params={"style": "candy"})
     assert r.status_code == 400 and "unknown style 'candy'" in r.json()["error"]
+
+
+def test_a_failing_stylizer_is_500_for_its_batch_then_serves(gated, photo):
+    gate, client = gated
+    gate.fail_next = True
+    r = client.post("/v1/stylize", content=photo, params={"max_side": 64})
+    assert r.status_code == 500 and "stylizing failed (RuntimeError: DefaultCPUAllocator" in r.json()["error"]
+    _ok(client, photo)
+
+
+@pytest.mark.parametrize("argv, text", [(["--max-batch", "0"], "--max-batch must be >= 1"),
+                                        (["--timeout-s", "0"], "--timeout-s must be > 0"),
+                                        (["--port", "70000"], "--port must be in 1..65535")])
+def test_serve_command_line_errors(capsys, argv, text):
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"instyle serve: error: {text}, got ") and "\n" not in err

@@ -104,8 +104,8 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
     @app.get("/v1/styles")
     async def styles():
         """The model's styles (the first is the default) with a thumbnail each, the controls and the limits."""
-        names = stylizer.style_names or ["style"]
-        default = next(iter(stylizer.mix), names[0]) if stylizer.mix else names[0]
+        names = options.style_names(stylizer)
+        default = next(iter(stylizer.mix), names[0]) if len(stylizer.mix) == 1 else names[0]
         return {"styles": [{"name": n, "index": i, "default": n == default,
                             "thumbnail": f"/v1/styles/{n}/thumbnail.png"} for i, n in enumerate(names)],
                 "multi_style": stylizer.source is not None, "controls": list(options.FIELDS),

@@ -21,6 +21,11 @@ class Controls:
     quality: int
 
 
+def style_names(stylizer) -> list[str]:
+    """The names the API lists and accepts: the model's, or "style" for the one style of an unnamed model."""
+    return list(stylizer.style_names) or ["style"]
+
+
 def _number(fields, name, kind, default, low, high):
     text = fields.get(name)
     if text is None or text == "":
@@ -46,16 +51,16 @@ def parse(fields: dict[str, str], stylizer) -> Controls:
     if style and mix:
         raise BadUpload(400, "give style or mix, not both")
     picked = _parse_mix(mix) if mix else style
-    names = stylizer.style_names
+    names = style_names(stylizer)
     try:
         if stylizer.source is not None:  # a multi-style model: every request its own mix
             weights = mix_weights(names, picked if picked is not None else stylizer.mix)
         else:
             weights = None
-            own = {"0", *names[:1]}
+            own = {"0", names[0]}
             chosen = list(picked) if isinstance(picked, dict) else [] if picked is None else [picked]
             if any(str(p) not in own for p in chosen):
-                raise StyleError(f"unknown style {chosen[0]!r} (known: {', '.join(names) or 'one unnamed style'})")
+                raise StyleError(f"unknown style {chosen[0]!r} (known: {names[0]})")
     except StyleError as e:
         raise BadUpload(400, str(e)) from None
     preserve = fields.get("preserve_color", "").strip().lower()

@@ -29,11 +29,12 @@ def render(stylizer) -> dict[str, bytes]:
     from PIL import Image
 
     from instyle.engine.stylizer import Stylizer
+    from instyle.serve.options import style_names
 
     source = stylizer.source if stylizer.source is not None else stylizer.model
     eager = Stylizer(copy.deepcopy(source).float().cpu(), backend="eager", precision="fp32", device="cpu",
                      metadata=stylizer.metadata, tile="off")
-    names = eager.style_names or ["style"]
+    names = style_names(eager)
     x = torch.from_numpy(swatch()).permute(2, 0, 1).float()[None].expand(len(names), -1, -1, -1)
     weights = torch.eye(len(names)) if eager.source is not None else None
     out = eager(x, style_weights=weights).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
