@@ -18,7 +18,7 @@ class Metrics:
                                 ("route", "code"), registry=r)
         self.errors = Counter("instyle_errors", "stylize requests refused or failed, by cause",
                               ("cause",), registry=r)
-        self.images = Counter("instyle_images", "images stylized", registry=r)
+        self.images = Counter("instyle_images", "images handed to the stylizer", registry=r)
         self.batch_size = Histogram("instyle_batch_size", "images per stylizer call", buckets=BATCH_BUCKETS,
                                     registry=r)
         self.latency = Histogram("instyle_request_latency_seconds", "POST /v1/stylize, body read to answer",
