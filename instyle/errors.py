@@ -19,6 +19,11 @@ INSTALL = {
     "av": "pip install av",
     "ray": "pip install 'instyle[ray]'",
     "openvino": "pip install openvino",
+    "fastapi": "pip install 'instyle[serve]'",
+    "starlette": "pip install 'instyle[serve]'",
+    "uvicorn": "pip install 'instyle[serve]'",
+    "python_multipart": "pip install 'instyle[serve]'",
+    "prometheus_client": "pip install 'instyle[serve]'",
 }
 
 

@@ -30,6 +30,7 @@ FOLDERS = {"instyle": "instyle", **{f: f"instyle.{f}" for f in SUBPACKAGES}}
 # and leaves (errors, specs, precision, paths, atomic, io, video, ...), which import nothing but other leaves, so
 # that every layer may use them.
 APP = {"instyle", "instyle.__main__", "instyle.cli", "instyle.distributed"}  # and every instyle/*_cli.py
+APP_PACKAGES = ("instyle.serve",)  # the server: an app over the public API, like the CLI
 
 ALLOWED = {  # layer -> the other layers it may import; bench and app may import anything
     "leaf": set(),
@@ -90,7 +91,8 @@ def layer(name: str) -> str:
     parts = name.split(".")
     if len(parts) > 1 and parts[1] in SUBPACKAGES:
         return parts[1]
-    if name in APP or name.endswith("_cli"):
+    if name in APP or name.endswith("_cli") or name.startswith(tuple(p + "." for p in APP_PACKAGES)) \
+            or name in APP_PACKAGES:
         return "app"
     return "checkpoint" if name == "instyle.checkpoint" else "leaf"
 

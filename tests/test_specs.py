@@ -31,9 +31,10 @@ def test_help_does_not_import_torch():
     import sys
 
     code = ("import sys, instyle.cli\n"
-            "for argv in (['--help'], ['stylize', '--help'], ['train', '--help'], ['bench', '--help']):\n"
+            "for argv in (['--help'], ['stylize', '--help'], ['train', '--help'], ['bench', '--help'],\n"
+            "             ['serve', '--help']):\n"
             "    try:\n        instyle.cli.main(argv)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'fastapi', 'uvicorn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-500:]
 

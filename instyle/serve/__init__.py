@@ -1,0 +1,7 @@
+"""`instyle serve`: a local web page and an HTTP API over one warm Stylizer (DESIGN.md, Serving).
+
+app.py builds the FastAPI app (routes, limits, status codes); batcher.py groups concurrent requests of one size
+into batches run in one worker thread; uploads.py turns request bodies into Pictures with the CLI's own per-file
+rules and encodes results with the CLI's writer; metrics.py is the Prometheus registry; thumbnails.py draws the
+style swatches; static/ is the page (no external assets).
+"""

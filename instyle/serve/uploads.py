@@ -1,0 +1,102 @@
+"""Request bodies in, encoded images out, with the CLI's own code: the upload is spooled to a temporary file and
+read by instyle.jobs (header first: the pixel limit holds before any decoding; then instyle.io's decoder with
+EXIF, ICC, alpha and 16-bit input); results are encoded by instyle.io.write_image, as `instyle stylize` writes
+them, so the bytes a client gets are the CLI's for the same settings.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BadUpload(ValueError):
+    """A request the server refuses; `status` is the HTTP status (400 or 413), the message one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit` bytes: a declared Content-Length is checked
+    before reading, a chunked body while it streams."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadUpload(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes (--max-upload-mb)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadUpload(413, f"upload is over the limit of {limit} bytes (--max-upload-mb)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def split_multipart(request, body: bytes) -> tuple[bytes, str, dict[str, str]]:
+    """(file bytes, file name, other form fields) of a multipart/form-data body already read by read_body."""
+    from starlette.requests import Request
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form()
+    files = [(k, v) for k, v in form.multi_items() if not isinstance(v, str)]
+    if len(files) != 1:
+        raise BadUpload(400, f"multipart body: expected one image file field, got {len(files)}")
+    upload = files[0][1]
+    data = await upload.read()
+    await form.close()
+    return data, upload.filename or "upload", {k: v for k, v in form.multi_items() if isinstance(v, str)}
+
+
+@dataclass
+class Decoded:
+    picture: object  # instyle.io.Picture, resized to the size to stylize at
+    name: str
+    warnings: list[str]
+
+
+def decode(data: bytes, name: str, *, max_pixels: int, max_side: int | None) -> Decoded:
+    """Decode one upload with the CLI's per-file rules; BadUpload(400 | 413) naming the upload otherwise."""
+    from instyle import io, jobs
+
+    if not data:
+        raise BadUpload(400, f"{name}: empty upload")
+    suffix = Path(name).suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="instyle-serve-") as folder:
+        src = Path(folder) / ("upload" + (suffix if suffix in io.IMAGE_EXTENSIONS else ""))
+        src.write_bytes(data)
+
+        def named(line: str) -> str:
+            return line.removeprefix("error: ").replace(str(src), name)
+
+        try:
+            w, h = io.image_size(src)
+        except io.ImageError as e:
+            raise BadUpload(400, named(str(e))) from None
+        if w * h > max_pixels:  # from the header alone: nothing is decoded
+            raise BadUpload(413, f"{name}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (--max-pixels)")
+        job = jobs.Job(src, src, jobs.target_size((w, h), max_side, None))
+        picture = jobs.read_job(job, jobs.ImageOptions(max_side=max_side, max_pixels=max_pixels))
+        lines = [named(line) for line in job.lines]
+        if picture is None:
+            raise BadUpload(400, next((line for line in lines if not line.startswith("warning: ")), f"{name}: "
+                                      "cannot read"))
+        return Decoded(picture, name, [line.removeprefix("warning: ") for line in lines])
+
+
+def encode(picture, y, fmt: str, *, quality: int) -> bytes:
+    """The stylized tensor `y` (3,H,W) with `picture`'s alpha and ICC profile, encoded as the CLI writes it."""
+    from instyle import io
+
+    with tempfile.TemporaryDirectory(prefix="instyle-serve-") as folder:
+        path = io.write_image(Path(folder) / f"out.{fmt}", io.Picture(io.rgb_from_tensor(y), picture.alpha,
+                                                                     picture.icc_profile), quality=quality)
+        return path.read_bytes()
+
+
+MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+               "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff", "gif": "image/gif",
+               "ppm": "image/x-portable-pixmap", "pgm": "image/x-portable-graymap",
+               "pnm": "image/x-portable-anymap", "tga": "image/x-tga"}
