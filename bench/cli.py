@@ -16,7 +16,7 @@ from pathlib import Path
 
 from instyle.errors import UsageError  # a leaf: no torch for --help
 
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
 GPU_SIZES, CPU_SIZES = "256,512,1024,1920x1080,3840x2160", "256,512,1024"
 
 

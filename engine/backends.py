@@ -42,7 +42,7 @@ class Backend:
     torch_memory: bool = False                   # allocates through torch (peak memory is measurable)
     requires: tuple[str, ...] = ()               # packages imported before the factory is
     hint: str = ""                               # how to install them
-    auto_precision: str | None = None            # "module:function(device) -> precision" for precision="auto"
+    auto_precision: str | None = None            # "module:function(device, model) -> precision" for "auto"
 
 
 def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner:
@@ -62,7 +62,7 @@ TABLE: dict[str, Backend] = {
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
                            requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
-    "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16"),
+    "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16", "int8"),
                         requires=("openvino",), hint="pip install openvino",
                         auto_precision="instyle.export.ov_runner:auto_precision"),
     "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",), precisions=("fp32", "fp16"),
@@ -150,9 +150,10 @@ def split_options(names: list[str], options: dict) -> dict[str, dict]:
     return {name: {k: v for k, v in options.items() if k in TABLE[name].options} for name in names}
 
 
-def auto_precision(name: str, device: torch.device) -> str:
-    """The precision `precision="auto"` means for backend `name` on `device`."""
+def auto_precision(name: str, device: torch.device, model: nn.Module | None = None) -> str:
+    """The precision `precision="auto"` means for backend `name` on `device` (for `model`, where it matters:
+    openvino picks int8 only for a model whose cached quantized form passed its quality gate)."""
     spec = TABLE.get(name)
     if spec is not None and spec.auto_precision:
-        return _resolve(spec.auto_precision)(torch.device(device))
+        return _resolve(spec.auto_precision)(torch.device(device), model)
     return "fp16" if torch.device(device).type == "cuda" else "fp32"

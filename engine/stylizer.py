@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from instyle.models.styles import StyleError, bake, mix_weights, style_count
-from instyle.precision import DTYPES
+from instyle.precision import DTYPES, module_dtype
 from instyle.specs import resolve_device
 
 from . import backends, controls, memory, plan, tiled
@@ -69,7 +69,8 @@ class Stylizer:
         backends.check_options(backend, self.options)
         self.backend = backend
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
+        self.dtype = module_dtype(precision)  # the module's (and tiling's) dtype; int8 keeps fp32
+        self._backend_dtype = PRECISIONS[precision]  # what the backend is asked to run
         self.metadata = dict(metadata or {})
         self.strength, self.preserve_color, self.style_scale = float(strength), bool(preserve_color), float(style_scale)
         self.source = model if style_count(model) > 1 else None  # the multi-style model, kept for set_style
@@ -112,7 +113,7 @@ class Stylizer:
             self.steps = None  # a module without a plan: whole-image runs only
         if self.steps is None and isinstance(self.tile, int):
             raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
-        self._run = backends.factory(self.backend)(self.model, self.device, self.dtype, **self.options)
+        self._run = backends.factory(self.backend)(self.model, self.device, self._backend_dtype, **self.options)
         # what the runner really does, where it differs from what was asked (e.g. bf16 on a CPU without BF16)
         self.precision = getattr(self._run, "precision", self.precision)
         self.notes: list[str] = list(getattr(self._run, "notes", ()))
@@ -279,7 +280,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
             style = named
     common = dict(device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
     if backend != "auto":
-        prec = backends.auto_precision(backend, dev) if precision == "auto" else precision
+        prec = backends.auto_precision(backend, dev, module) if precision == "auto" else precision
         return Stylizer(module, backend=backend, precision=prec, options=options, **common)
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
@@ -292,7 +293,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     skipped = []
     for i, name in enumerate(names):
         try:
-            prec = backends.auto_precision(name, dev) if precision == "auto" else precision
+            prec = backends.auto_precision(name, dev, module) if precision == "auto" else precision
             # every try but the last gets its own copy: a failed build may have cast or changed the module
             stylizer = Stylizer(module if i == len(names) - 1 else _copy(module), backend=name,
                                 precision=prec, options=per_backend[name], **common)

@@ -43,11 +43,13 @@ from instyle.errors import BackendUnavailable
 from instyle.precision import name_of
 
 from .cache import cache_dir, model_key, sha256_file, why
+from .int8_recipe import Recipe
 from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
 _TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spells them
+NO_INT8 = "no quantized model of this network in the cache (build it with `instyle quantize --model M`)"
 CACHE_FORMAT = "2"  # bump when the converted graph changes for the same weights (invalidates caches)
 HINT = "pip install openvino"
 
@@ -74,12 +76,22 @@ def bf16_supported() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-def auto_precision(device: torch.device) -> str:
-    """precision="auto" for this backend: bf16 where the CPU has BF16, else fp32."""
+def auto_precision(device: torch.device, model: nn.Module | None = None) -> str:
+    """precision="auto" for this backend: int8 where `model`'s cached quantized form passed its quality gate
+    (every style of a multi-style model), else bf16 where the CPU has BF16, else fp32. Never quantizes."""
     try:
+        if model is not None and int8_gate_passed(model):
+            return "int8"
         return "bf16" if bf16_supported() else "fp32"
     except Exception:  # noqa: BLE001 -- no openvino: the factory will say so with the install hint
         return "fp32"
+
+
+def _float_hint(precision: str) -> str:
+    """The plugin's precision for ops left unquantized: int8 graphs run those in bf16 where the CPU has it."""
+    if precision == "int8":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
 
 
 def threads() -> int:
@@ -89,7 +101,7 @@ def threads() -> int:
 
 
 def compile_config(precision: str, n_threads: int) -> dict:
-    return {"INFERENCE_PRECISION_HINT": _HINT[precision], "INFERENCE_NUM_THREADS": n_threads,
+    return {"INFERENCE_PRECISION_HINT": _HINT[_float_hint(precision)], "INFERENCE_NUM_THREADS": n_threads,
             "PERFORMANCE_HINT": "LATENCY"}
 
 
@@ -154,13 +166,15 @@ def convert(model: nn.Module, precision: str = "fp32"):
     return ov_model
 
 
-def blob_path(model: nn.Module, precision: str) -> Path:
+def blob_path(model: nn.Module, precision: str, recipe=None) -> Path:
+    """The cache entry; int8 entries are keyed by the calibration recipe (and the nncf version) too."""
     from instyle.version import __version__
 
     ov = _openvino()
     cpu = _core().get_property("CPU", "FULL_DEVICE_NAME")
+    extra = {"recipe": (recipe or Recipe()).key()} if precision == "int8" else {}
     key = model_key(model, precision=precision, openvino=ov.get_version(), cpu=cpu,
-                    capabilities=cpu_capabilities(), format=CACHE_FORMAT, instyle=__version__)
+                    capabilities=cpu_capabilities(), format=CACHE_FORMAT, instyle=__version__, **extra)
     return cache_dir("openvino") / f"{getattr(model, 'arch', 'model')}-{precision}-{key}.blob"
 
 
@@ -177,12 +191,12 @@ def _import_cached(blob: Path, precision: str, n_threads: int):
     # default precision (bf16 on a BF16 CPU), not the one it was compiled for
     compiled = _core().import_model(blob.read_bytes(), "CPU", compile_config(precision, n_threads))
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-    if _TYPE_NAME[precision] not in got:
+    if _TYPE_NAME[_float_hint(precision)] not in got:
         raise ValueError(f"imported model runs {got}, not {precision}")
     return compiled
 
 
-def _write_cache(compiled, blob: Path, precision: str) -> None:
+def _write_cache(compiled, blob: Path, precision: str, extra: dict | None = None) -> None:
     ov = _openvino()
     import io
 
@@ -191,7 +205,7 @@ def _write_cache(compiled, blob: Path, precision: str) -> None:
     with atomic_path(blob) as tmp:
         tmp.write_bytes(buffer.getbuffer())
     meta = {"bytes": blob.stat().st_size, "sha256": sha256_file(blob), "openvino": ov.get_version(),
-            "precision": precision}
+            "precision": precision, **(extra or {})}
     with atomic_path(_sidecar(blob)) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
 
@@ -202,9 +216,9 @@ def _forget(blob: Path) -> None:
             p.unlink()
 
 
-def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True):
-    """(CompiledModel, notes): from the disk cache when a valid entry exists, else converted and compiled
-    (and written to the cache when it is writable)."""
+def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True, build=None):
+    """(CompiledModel, notes): from the disk cache when a valid entry exists, else `build()` (an ov.Model; default:
+    the converted module) compiled (and written to the cache when it is writable)."""
     notes: list[str] = []
     blob = blob_path(model, precision) if use_cache else None
     if blob is not None:
@@ -220,7 +234,8 @@ def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cach
                 notes.append(f"cached {blob.name} was unusable ({why(e)}): rebuilt it")
                 _forget(blob)
     try:
-        compiled = _core().compile_model(convert(model, precision), "CPU", compile_config(precision, n_threads))
+        ov_model = build() if build is not None else convert(model, precision)
+        compiled = _core().compile_model(ov_model, "CPU", compile_config(precision, n_threads))
     except BackendUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 -- a failed conversion or compilation: the backend cannot run
@@ -232,6 +247,39 @@ def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cach
             _forget(blob)
             notes.append(f"cannot write the cache in {blob.parent} ({why(e)}): running without a cache")
     return compiled, notes
+
+
+def _no_int8():
+    raise BackendUnavailable(f"backend 'openvino' int8: {NO_INT8}")
+
+
+def int8_entry(model: nn.Module, recipe: Recipe | None = None) -> dict | None:
+    """The sidecar of `model`'s cached int8 entry (its quality report under "gate"), None when there is none."""
+    sidecar = _sidecar(blob_path(model, "int8", recipe))
+    try:
+        return json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def baked_styles(model: nn.Module, names: list[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """(style name, single-style network) for each style of `model`: what runs, so what is quantized."""
+    from instyle.models.styles import bake, style_count
+
+    count = style_count(model)
+    if count <= 1:
+        return [((names or [""])[0], model)]
+    names = names if names and len(names) == count else [f"style{i}" for i in range(count)]
+    return [(names[i], bake(model, torch.eye(count)[i])) for i in range(count)]
+
+
+def int8_gate_passed(model: nn.Module, recipe: Recipe | None = None) -> bool:
+    """True when every style of `model` has a cached int8 entry whose quality report passed the gate."""
+    for _, net in baked_styles(model):
+        entry = int8_entry(net, recipe)
+        if not entry or not entry.get("gate", {}).get("passed"):
+            return False
+    return True
 
 
 class OpenVINORunner:
@@ -259,7 +307,7 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
         raise BackendUnavailable("backend 'openvino' runs on the CPU (use triton or tensorrt on CUDA)")
     precision = name_of(dtype)
     if precision not in PRECISIONS:
-        raise BackendUnavailable(f"backend 'openvino' runs fp32 or bf16 on the CPU, not {precision or dtype} "
+        raise BackendUnavailable(f"backend 'openvino' runs fp32, bf16 or int8 on the CPU, not {precision or dtype} "
                                  "(fp16 is not a CPU inference precision there; use bf16 or fp32)")
     try:
         check_exportable(model)
@@ -269,5 +317,6 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
     if precision == "bf16" and not bf16_supported():
         precision = "fp32"
         notes.append("this CPU reports no BF16 capability: running fp32")
-    compiled, cache_notes = compiled_model(model, precision, threads())
+    build = _no_int8 if precision == "int8" else None  # int8 runs only what `instyle quantize` cached
+    compiled, cache_notes = compiled_model(model, precision, threads(), build=build)
     return OpenVINORunner(compiled, precision, notes + cache_notes)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "texture": ("instyle.train.texture_cli", "sample a texture of any size from a texture model"),
     "export": ("instyle.export.cli", "export to ONNX, TensorRT or a Triton-server repository"),
     "serve": ("instyle.serve_cli", "a local web page and HTTP API over one warm model"),
+    "quantize": ("instyle.export.quantize_cli", "build and check the int8 OpenVINO model (NNCF) ahead of time"),
     "bench": ("instyle.bench.cli", "latency benchmark across backends, precisions and sizes"),
 }
 

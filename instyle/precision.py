@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                                  "int8": torch.int8}
 NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
+# int8 is a quantized backend precision (openvino): the PyTorch module itself stays fp32
+_MODULE_DTYPES = {"int8": torch.float32}
+
+
+def module_dtype(name: str) -> torch.dtype:
+    """The dtype the PyTorch module is cast to for precision `name` (the backend may run lower)."""
+    return _MODULE_DTYPES.get(name, DTYPES[name])
 
 
 def dtype_of(name: str) -> torch.dtype:

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")
     p.add_argument("--model", help="shipped style name or model file (.safetensors, pytorch/examples .pth)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16", "int8"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend's own option, repeatable (e.g. prenorm=all for fused, graphs=off; "

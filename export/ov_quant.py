@@ -1,0 +1,131 @@
+"""int8 for the `openvino` backend: NNCF post-training quantization of the converted model, cached on disk.
+
+The recipe (`Recipe`, a small dataclass whose fields key the cache) names the calibration set: `crops`
+seeded random square crops of `side` pixels from the training photos (data/content/train), and the NNCF
+settings. Quality is checked on photos the calibration never saw (data/content/demo): PSNR and max |Δ|
+of the int8 output against the eager fp32 module; the gate (PSNR >= GATE_DB on every photo) is written
+into the cached model's sidecar, and `auto` picks int8 only for a model whose entry passed it.
+
+One cache entry per network that runs: a multi-style model is baked per style before it runs
+(models/styles.py), so each style is quantized and checked on its own, keyed by the baked model's hash.
+Nothing here quantizes implicitly: `instyle quantize` (export/quantize_cli.py) fills the cache, the
+runner only reads it.
+
+nncf is imported only to quantize (the `int8` extra); running a cached int8 model needs openvino alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from instyle.errors import BackendUnavailable
+from instyle.metrics import psnr_db
+
+from .int8_recipe import GATE_DB, Recipe
+
+HINT = "pip install 'instyle[int8]'"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise BackendUnavailable(f"int8 quantization needs the package nncf ({HINT})") from None
+    return nncf
+
+
+def photos(folder: Path) -> list[Path]:
+    found = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no photos (.jpg/.png) for int8 calibration or checking")
+    return found
+
+
+def _array(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def calibration_set(recipe: Recipe, folder: Path,
+                    progress: Callable[[Iterable], Iterable] = iter) -> list[np.ndarray]:
+    """`recipe.crops` seeded crops (1,3,side,side float32 0..255) of the photos in `folder`."""
+    rng = random.Random(recipe.seed)
+    files = photos(folder)
+    order = rng.sample(files, len(files))  # every photo once before any repeats
+    out = []
+    for i in progress(range(recipe.crops)):
+        im = _array(order[i % len(order)])
+        w, h = im.size
+        s = min(w, h, 2 * recipe.side)  # a crop up to 2x the side, scaled down: content at a few scales
+        s = rng.randint(min(s, recipe.side), s)
+        x0, y0 = rng.randint(0, w - s), rng.randint(0, h - s)
+        crop = im.crop((x0, y0, x0 + s, y0 + s)).resize((recipe.side, recipe.side))
+        out.append(np.ascontiguousarray(np.asarray(crop, np.float32).transpose(2, 0, 1)[None]))
+    return out
+
+
+def quantize(model: nn.Module, recipe: Recipe, folder: Path, progress: Callable[[Iterable], Iterable] = iter):
+    """The model converted (fp32 graph) and quantized by NNCF with `recipe`'s calibration set: an ov.Model."""
+    nncf = _nncf()
+    from .ov_runner import convert
+
+    ov_model = convert(model, "fp32")
+    data = calibration_set(recipe, folder, progress)
+    ignored = None
+    if recipe.ignore_last_conv:
+        convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        ignored = nncf.IgnoredScope(names=convs[-1:])
+    preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's own progress bars: stdout stays the report's
+        return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data), preset=preset,
+                             fast_bias_correction=recipe.fast_bias_correction, ignored_scope=ignored)
+
+
+def check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, files: list[Path],
+          max_side: int = 512) -> dict:
+    """PSNR and max |Δ| of `run` against the eager fp32 `model` on `files` (each scaled to <= max_side, padded to
+    the stride multiple): {"photos": [{"photo", "psnr_db", "max_abs"}], "min_psnr_db", "passed"}."""
+    m = int(model.stride_multiple)
+    rows = []
+    for path in files:
+        im = _array(path)
+        scale = min(1.0, max_side / max(im.size))
+        w, h = (max(m, round(d * scale) // m * m) for d in im.size)
+        x = torch.from_numpy(np.asarray(im.resize((w, h)), np.float32).transpose(2, 0, 1)[None].copy())
+        with torch.inference_mode():
+            ref = model.float()(x).clamp(0, 255)
+        got = run(x).clamp(0, 255)
+        rows.append({"photo": path.name, "psnr_db": round(psnr_db(got, ref), 2),
+                     "max_abs": round(float((got - ref).abs().max()), 2)})
+    low = min(r["psnr_db"] for r in rows)
+    return {"photos": rows, "min_psnr_db": low, "passed": bool(low >= GATE_DB), "gate_db": GATE_DB}
+
+
+def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Path], *,
+          progress: Callable[[Iterable], Iterable] = iter, force: bool = False,
+          max_side: int = 512) -> tuple[dict, bool]:
+    """Quantize `model` (one single-style network), check it and cache it with its report: (report, cache hit).
+
+    A valid cached entry with a report is a hit and is not rebuilt unless `force`."""
+    from . import ov_runner as ov
+
+    entry = None if force else ov.int8_entry(model, recipe)
+    if entry and "gate" in entry:
+        return entry["gate"], True
+    quantized = quantize(model, recipe, calibration, progress)
+    compiled = ov._core().compile_model(quantized, "CPU", ov.compile_config("int8", ov.threads()))
+    report = check(ov.OpenVINORunner(compiled, "int8", []), model, held_out, max_side)
+    blob = ov.blob_path(model, "int8", recipe)
+    ov._write_cache(compiled, blob, "int8", {"recipe": dataclasses.asdict(recipe), "gate": report})
+    return report, False

@@ -1,0 +1,80 @@
+"""`instyle quantize`: build and cache the int8 OpenVINO model of each style ahead of time and print its quality
+report (PSNR and max |Δ| vs eager fp32 on held-out photos). `auto` uses int8 only where that report passed the
+gate. Heavy imports happen inside run()."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="shipped style name or .safetensors/.pth path (default: the shipped styles)")
+    parser.add_argument("--style", action="append", metavar="NAME",
+                        help="only this style of a multi-style model (repeatable; default: every style)")
+    parser.add_argument("--crops", type=int, help="calibration crops (default: the recipe's, 300)")
+    parser.add_argument("--side", type=int, help="calibration crop side in pixels (default 256)")
+    parser.add_argument("--calibration", type=Path, help="calibration photos (default: DATA/content/train)")
+    parser.add_argument("--held-out", type=Path, help="photos for the quality report (default: DATA/content/demo)")
+    parser.add_argument("--check-side", type=int, default=512,
+                        help="held-out photos are scaled to this longest side (default 512)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when a cached entry exists")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, total=total, desc=desc, file=sys.stderr, leave=False,
+                              disable=not sys.stderr.isatty())
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from instyle import checkpoint
+    from instyle.errors import UsageError
+    from instyle.paths import data_dir
+
+    from . import ov_quant, ov_runner
+    from .int8_recipe import GATE_DB, Recipe
+
+    ov_quant._nncf()  # nncf missing: one line with the install command, before any slow work
+    fields = {k: v for k, v in (("crops", args.crops), ("side", args.side)) if v is not None}
+    if any(v < 1 for v in (*fields.values(), args.check_side)):
+        raise UsageError("--crops, --side and --check-side must be positive")
+    recipe = dataclasses.replace(Recipe(), **fields)
+    calibration = args.calibration or data_dir() / "content" / "train"
+    held_out = ov_quant.photos(args.held_out or data_dir() / "content" / "demo")
+    if calibration.resolve() in {p.parent.resolve() for p in held_out}:
+        raise UsageError(f"{calibration}: the held-out photos must not be calibration photos")
+    path, named = checkpoint.resolve_style(args.model)
+    model, meta = checkpoint.load(path)
+    nets = ov_runner.baked_styles(model.float().eval(), checkpoint.style_names(meta))
+    wanted = args.style or ([named] if named else None)
+    if wanted:
+        unknown = sorted(set(wanted) - {n for n, _ in nets})
+        if unknown:
+            raise UsageError(f"{path}: no style {', '.join(unknown)} (it holds {', '.join(n for n, _ in nets)})")
+        nets = [(n, m) for n, m in nets if n in wanted]
+    report = {}
+    for name, net in nets:
+        result, hit = ov_quant.build(net, recipe, calibration, held_out,
+                                     progress=_bar(recipe.crops, f"calibration crops {name or path.stem}"),
+                                     force=args.force, max_side=args.check_side)
+        report[name or path.stem] = dict(result, cached=hit)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, r in report.items():
+            worst = min(r["photos"], key=lambda p: p["psnr_db"])
+            delta = max(p["max_abs"] for p in r["photos"])
+            print(f"{name:16s} min PSNR {r['min_psnr_db']:6.2f} dB  max|Δ| {delta:6.1f}"
+                  f"  (worst: {worst['photo']})  {'pass' if r['passed'] else 'FAIL'}"
+                  f"{'  [cached]' if r['cached'] else ''}")
+    passed = all(r["passed"] for r in report.values())
+    print(f"gate (>= {GATE_DB:g} dB vs eager fp32 on {len(held_out)} held-out photos, every style): "
+          f"{'passed: auto picks int8' if passed else 'not passed: auto keeps bf16/fp32; --precision int8 still runs'}",
+          file=sys.stderr)
+    return 0

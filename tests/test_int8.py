@@ -1,0 +1,167 @@
+"""int8 for the openvino backend: NNCF quantization of a narrow generator on real photo crops, its cache entry
+and quality report, the gate `auto` reads, and the one-line refusals (nncf missing, nothing cached)."""
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instyle.cli import main
+from instyle.engine import BackendUnavailable, Stylizer, load
+from instyle.metrics import psnr_db
+from instyle.models import JohnsonNet
+from instyle.models.styles import restyle
+
+HAVE = all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf"))
+pytestmark = pytest.mark.skipif(not HAVE, reason="openvino and nncf are not installed (pip install 'instyle[int8]')")
+TINY = dict(crops=6, side=40)  # a calibration set that quantizes in a second or two
+MIN_PSNR = 25.0  # int8 of a narrow random net vs its fp32 self on photos: far above noise, far below identical
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTYLE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def narrow(seed=0):
+    torch.manual_seed(seed)
+    return JohnsonNet(width=8, blocks=1).eval()
+
+
+@pytest.fixture
+def dirs(data):
+    return data / "content" / "train", sorted((data / "content" / "demo").glob("*.jpg"))[:2]
+
+
+def photo(path, h, w):
+    with Image.open(path) as img:
+        a = np.asarray(img.convert("RGB"), dtype=np.float32)[:h, :w]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].contiguous()
+
+
+def test_calibration_set_is_seeded_real_crops(dirs):
+    from instyle.export.int8_recipe import Recipe
+    from instyle.export.ov_quant import calibration_set
+
+    a, b = calibration_set(Recipe(**TINY), dirs[0]), calibration_set(Recipe(**TINY), dirs[0])
+    c = calibration_set(Recipe(seed=1, **TINY), dirs[0])
+    assert len(a) == TINY["crops"] and a[0].shape == (1, 3, 40, 40) and a[0].dtype == np.float32
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert 0 <= min(x.min() for x in a) and max(x.max() for x in a) <= 255 and np.std(a[0]) > 1  # photo content
+
+
+def test_quantize_caches_reports_and_runs(dirs):
+    from instyle.export import ov_quant, ov_runner
+    from instyle.export.int8_recipe import Recipe
+
+    net, recipe = narrow(), Recipe(**TINY)
+    report, hit = ov_quant.build(net, recipe, dirs[0], dirs[1], max_side=96)
+    assert not hit and [r["photo"] for r in report["photos"]] == [p.name for p in dirs[1]]
+    assert report["passed"] == (report["min_psnr_db"] >= 40.0)
+    again, hit = ov_quant.build(net, recipe, dirs[0], dirs[1], max_side=96)
+    assert hit and again == report
+    assert ov_runner.int8_entry(net, recipe)["recipe"]["crops"] == TINY["crops"]
+
+
+def test_int8_stylizer_runs_the_cached_model(dirs, monkeypatch):
+    from instyle.export import int8_recipe, ov_quant
+
+    net = narrow()
+    ov_quant.build(net, int8_recipe.Recipe(**TINY), dirs[0], dirs[1][:1], max_side=64)
+    monkeypatch.setattr("instyle.export.ov_runner.Recipe", lambda: int8_recipe.Recipe(**TINY))
+    st = Stylizer(net, backend="openvino", precision="int8")
+    assert st.precision == "int8"
+    x = photo(dirs[1][0], 53, 71)  # odd: the engine pads to the stride multiple
+    ref = Stylizer(narrow(), backend="eager", precision="fp32")(x)
+    got = st(x)
+    assert got.shape == x.shape and 0 <= got.min() and got.max() <= 255
+    assert MIN_PSNR <= psnr_db(got, ref) < float("inf")
+
+
+def test_cache_key_follows_recipe_and_model():
+    from instyle.export.int8_recipe import Recipe
+    from instyle.export.ov_runner import blob_path
+
+    base = blob_path(narrow(), "int8", Recipe())
+    assert blob_path(narrow(), "int8", Recipe()) == base
+    assert blob_path(narrow(), "int8", Recipe(crops=299)) != base
+    assert blob_path(narrow(), "int8", Recipe(ignore_last_conv=True)) != base
+    assert blob_path(narrow(seed=1), "int8", Recipe()) != base
+    assert blob_path(narrow(), "bf16") != base
+
+
+def _set_gate(net, recipe, passed):
+    from instyle.export import ov_runner
+
+    sidecar = ov_runner.blob_path(net, "int8", recipe).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["gate"]["passed"] = passed
+    sidecar.write_text(json.dumps(meta))
+
+
+def test_auto_picks_int8_only_when_every_style_passed(dirs, monkeypatch):
+    from instyle.export import ov_quant, ov_runner
+    from instyle.export.int8_recipe import Recipe
+
+    recipe = Recipe(**TINY)
+    monkeypatch.setattr(ov_runner, "Recipe", lambda: recipe)
+    two = restyle(narrow(), 2, lambda old: torch.cat([old, old * 0.5]))
+    cpu = torch.device("cpu")
+    plain = "bf16" if ov_runner.bf16_supported() else "fp32"
+    assert ov_runner.auto_precision(cpu, two) == plain  # nothing cached: never quantizes
+    (_, first), (_, second) = ov_runner.baked_styles(two)
+    ov_quant.build(first, recipe, dirs[0], dirs[1][:1], max_side=64)
+    _set_gate(first, recipe, True)
+    assert ov_runner.auto_precision(cpu, two) == plain  # one style of two
+    ov_quant.build(second, recipe, dirs[0], dirs[1][:1], max_side=64)
+    _set_gate(second, recipe, True)
+    assert ov_runner.auto_precision(cpu, two) == "int8"
+    _set_gate(second, recipe, False)
+    assert ov_runner.auto_precision(cpu, two) == plain
+    _set_gate(second, recipe, True)
+    st = load(two, backend="auto", device="cpu", style=1, report=False)
+    assert (st.backend, st.precision) == ("openvino", "int8")
+
+
+def test_explicit_int8_without_a_cached_model_is_one_line():
+    with pytest.raises(BackendUnavailable, match="instyle quantize") as e:
+        Stylizer(narrow(), backend="openvino", precision="int8")
+    assert "\n" not in str(e.value)
+
+
+def test_nncf_missing_is_one_line_and_bf16_still_runs(monkeypatch, capsys, model_path):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
+    assert main(["quantize", "--model", str(model_path), "--crops", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nncf" in err and "pip install 'instyle[int8]'" in err
+    st = load(narrow(), backend="auto", device="cpu", report=False)
+    assert st.backend == "openvino" and st.precision in ("bf16", "fp32")
+
+
+def test_quantize_cli_prints_the_report(dirs, capsys, model_path, tmp_path):
+    demo = tmp_path / "held-out"
+    demo.mkdir()
+    (demo / dirs[1][0].name).symlink_to(dirs[1][0])
+    args = ["quantize", "--model", str(model_path), "--crops", "3", "--side", "32", "--held-out", str(demo),
+            "--check-side", "64"]
+    assert main(args + ["--json"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    (entry,) = report.values()
+    assert entry["photos"][0]["photo"] == dirs[1][0].name and not entry["cached"]
+    assert "gate (>= 40 dB" in out.err
+    assert main(args) == 0
+    assert "[cached]" in capsys.readouterr().out
+
+
+def test_quantize_cli_refuses_bad_arguments(capsys, model_path, data):
+    assert main(["quantize", "--model", str(model_path), "--crops", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+    train = data / "content" / "train"
+    assert main(["quantize", "--model", str(model_path), "--held-out", str(train)]) == 2
+    assert "held-out" in capsys.readouterr().err
