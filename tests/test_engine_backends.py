@@ -142,9 +142,7 @@ def test_compile_backend_marks_sizes_dynamic():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("INSTYLE_SLOW_TESTS"), reason="inductor codegen on CPU takes ~1.5 min; "
-                    "set INSTYLE_SLOW_TESTS=1")
+@pytest.mark.slow  # inductor codegen on CPU takes ~1.5 min
 def test_compile_backend_inductor_matches_eager():
     m = narrow()
     run = compiled.make_runner(m, CPU, torch.float32)
