@@ -207,7 +207,7 @@ def test_load_shipped_style_by_name():
     assert default.style == names[0]
 
 
-@pytest.mark.parametrize("backend", ["triton", "onnxruntime"])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.interpreter), "onnxruntime"])
 def test_backends_agree_with_eager_for_a_mix(data, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
@@ -221,7 +221,7 @@ def test_backends_agree_with_eager_for_a_mix(data, backend):
     assert (s(x) - ref).abs().max() <= 2e-2
 
 
-@pytest.mark.parametrize("backend", ["eager", "triton", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("triton", marks=pytest.mark.interpreter), "onnxruntime"])
 def test_mixed_batch_each_sample_its_own_weights(data, backend):
     """style_weights N x S: every backend matches the eager multi-style forward, sample by sample."""
     if backend == "onnxruntime":
