@@ -255,7 +255,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
          options: dict | None = None, **kwargs) -> Stylizer:
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see docs/architecture.md, Public API).
 
-    backend "auto" tries `backends.chain(device)` in order -- on CUDA triton then eager; on CPU openvino,
+    backend "auto" tries `backends.chain(device)` in order -- on CUDA fused, triton, eager; on CPU openvino,
     onnxruntime, eager -- and keeps the first that builds: any failure to build (a missing package, a
     failed conversion, an unusable cache) moves down the chain. It then writes one line to `report`
     (default: sys.stderr; False: nothing) naming the backend and precision that run and, where it moved

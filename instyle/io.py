@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from instyle.atomic import atomic_path
 from instyle.errors import ImageError, install_command
+from instyle.files import InputFileError, open_regular
 from instyle.specs import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = frozenset(
@@ -72,7 +73,7 @@ def picture_from_pil(img: Image.Image) -> Picture:
 
 def _is_png48(path: Path) -> bool:
     """A 16-bit-per-channel RGB(A) PNG (IHDR bit depth 16, colour type 2 or 6), which Pillow decodes to 8 bits."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(26)
     return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
 
@@ -84,7 +85,7 @@ def _read_rgb48(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     import png
 
-    with open(path, "rb") as f:  # pypng leaves a file it opened itself open when decoding fails
+    with open_regular(path) as f:  # pypng leaves a file it opened itself open when decoding fails
         return _decode_rgb48(png.Reader(file=f))
 
 
@@ -113,7 +114,7 @@ def _png_orientation(img: Image.Image, path: Path) -> int:
     """The EXIF orientation of a PNG without decoding it (Pillow's getexif decodes when eXIf follows IDAT)."""
     if "exif" in img.info:
         return img.getexif().get(0x0112, 1)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         f.seek(8)
         while True:
             head = f.read(8)
@@ -147,7 +148,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
@@ -170,6 +171,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
             return pic
     except ImageError:
         raise
+    except InputFileError as e:  # a FIFO, a device node, ...: never opened, let alone read
+        raise ImageError(str(e)) from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -208,11 +211,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             w, h = img.size
             # Pillow's PNG getexif() decodes the whole image when no eXIf precedes IDAT: never here
             orientation = _png_orientation(img, Path(path)) if img.format == "PNG" else img.getexif().get(0x0112, 1)
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except InputFileError as e:
+        raise ImageError(str(e)) from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:

@@ -1,10 +1,13 @@
 """The rules of `instyle stylize` for one input file, shared by the local loop and the Ray workers.
 
-collect() expands INPUTs into jobs (src -> dst inside -o: relative paths kept, nothing escapes -o, walking skips
-dot-files and -o itself); prepare_out_dir() proves -o usable before any work; pending() applies skip-existing;
-stylize_images() measures, groups equal sizes into batches, reads, stylizes and writes atomically. Per-file
-outcomes are recorded on the Job (`ok`, and `warning: PATH: ...` / `error: PATH: cause` lines), never raised:
-whatever goes wrong with one file is that file's error, and the caller prints the lines and sets the exit code.
+collect() expands INPUTs into jobs before any work: find_inputs() takes regular files only (each entry's stat is
+checked before anything opens it: a FIFO, socket or device node is one warning/error line, never a hang; relative
+paths kept; walking skips dot-files and -o itself), plan_outputs() maps them into -o (nothing escapes -o, no
+output overwrites an input, two inputs never share one output: both are errors). prepare_out_dir() proves -o
+usable; pending() applies skip-existing; stylize_images() measures, groups equal sizes into batches, reads,
+stylizes and writes atomically. Per-file outcomes are recorded on the Job (`ok`, and `warning: PATH: ...` /
+`error: PATH: cause` lines), never raised: whatever goes wrong with one file is that file's error, and the caller
+prints the lines and sets the exit code (1 when any line is an error).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import glob
 import os
 import sys
 import tempfile
+import unicodedata
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -62,11 +66,17 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
+def _real(path: Path) -> Path:
+    """The path with symlinks resolved; never raises (a symlink loop stays as it is)."""
+    return Path(os.path.realpath(path))
+
+
 def _walk(folder: Path, skip: Path) -> list[Path]:
-    """Image files under `folder`, sorted, without dot-files, dot-folders, symlinked folders or `skip`."""
+    """Entries with an image or video name under `folder`, sorted, without dot-files, dot-folders, symlinked
+    folders or `skip`. Names only: what each entry is gets checked by the caller, before anything opens it."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _real(Path(root, d)) != skip)
         found += [Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f))]
     return sorted(found)
 
@@ -75,48 +85,133 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def collect(inputs: list[str], out_dir: Path, fmt: str | None) -> tuple[list[Job], list[str]]:
-    """Expand inputs into jobs (src -> dst) and error lines for inputs that match nothing or would escape -o."""
-    found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
-    errors = []
-    out_real = out_dir.resolve()
+def input_line(path: Path, *, explicit: bool) -> str | None:
+    """None when `path` is a regular file this process can read (decided on its stat, before any open); else the
+    line to print: `error: PATH: cause`, or for an entry that is no file at all (a FIFO, a socket, a device node,
+    a broken symlink) found by walking a folder or matching a glob, `warning: PATH: cause; skipped`."""
+    from instyle import files
+
+    bad = files.problem(path)
+    if bad is None:
+        return None
+    return f"warning: {bad}; skipped" if bad.not_a_file and not explicit else f"error: {bad}"
+
+
+def find_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Expand INPUTs (files, folders walked recursively, globs) into (source, path relative to -o) pairs, and
+    warning/error lines for the entries that are not readable regular files and inputs that match nothing.
+    Only regular files become sources; a FIFO, a socket or a device node is never opened."""
+    found: list[tuple[Path, Path]] = []
+    lines: list[str] = []
+    out_real = _real(out_dir)
+
+    def take(path: Path, rel: Path, explicit: bool) -> bool:
+        line = input_line(path, explicit=explicit)
+        if line:
+            lines.append(line)
+        else:
+            found.append((path, rel))
+        return line is None
+
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in _walk(path, out_real)]
-        elif path.is_file():
-            found.append((path, Path(path.name)))
+            for f in _walk(path, out_real):
+                take(f, f.relative_to(path), explicit=False)
+        elif os.path.lexists(path):  # a file, or a FIFO, a device node, a broken symlink: take() tells them apart
+            take(path, Path(path.name), explicit=True)
         elif glob.has_magic(arg):
             base = _glob_base(arg)
             matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
-            files = [m for m in matches if m.is_file() and _is_image(m) and not _inside(m.resolve(), out_real)]
-            if not files:
-                errors.append(f"error: {arg}: no image files match")
-            found += [(f, f.relative_to(base)) for f in files]
+            entries = [m for m in matches if not m.is_dir() and _is_image(m) and not _inside(_real(m), out_real)]
+            if not [take(m, m.relative_to(base), explicit=False) for m in entries].count(True):
+                lines.append(f"error: {arg}: no image files match")
         else:
-            errors.append(f"error: {arg}: no such file or folder")
+            lines.append(f"error: {arg}: no such file or folder")
+    return found, list(dict.fromkeys(lines))  # an entry matched by two globs is one line
+
+
+def portable_key(path: Path) -> str:
+    """What names one file on every common file system: case-insensitive (macOS, Windows; simple lower case) and
+    insensitive to Unicode normalization (macOS), so a plan that holds here holds wherever the outputs go."""
+    return unicodedata.normalize("NFC", str(path)).lower()
+
+
+def output_path(rel: Path, fmt: str | None, keep_ext: bool = False) -> Path:
+    """An image's output path for --format EXT: the extension replaced (a.jpg -> a.png), or with keep_ext the new
+    one appended where it differs (a.jpg -> a.jpg.png), so that a.jpg and a.png can both be written."""
+    if not fmt:
+        return rel
+    ext = "." + fmt.lstrip(".")
+    return rel.with_name(rel.name + ext) if keep_ext and rel.suffix.lower() != ext.lower() else rel.with_suffix(ext)
+
+
+@dataclass
+class _Planned:
+    src: Path
+    dst: Path
+    kept: Path  # its output with --keep-ext (for the hint)
+
+
+def plan_outputs(found: list[tuple[Path, Path]], out_dir: Path, fmt: str | None,
+                 keep_ext: bool = False) -> tuple[list[Job], list[str]]:
+    """The output plan, made before any work: one Job per (source, relative path) pair, in order, and error lines.
+
+    An output must stay inside -o and must not be an input. Two sources whose outputs are one file by
+    portable_key (a.jpg and a.png with --format png, photo.JPG and photo.jpg) are both errors, each line naming the
+    other, and neither is written: which of them the user wanted is theirs to say. The same file found twice (two
+    globs, a glob and its path) is one job. Videos keep their names (--format is for images)."""
     from instyle.video import is_video
 
-    jobs, seen = [], {}
+    out_real = _real(out_dir)
+    inputs = {portable_key(_real(src)) for src, _ in found}
+    groups: dict[str, list[_Planned]] = {}
+    lines = []
     for src, rel in found:
         rel = Path(os.path.normpath(rel))
         if rel.is_absolute() or rel.parts[:1] == ("..",):
-            errors.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
-                          f"name the files without '..'")
+            lines.append(f"error: {src}: its output would land outside -o {out_dir} ({rel}); "
+                         f"name the files without '..'")
             continue
-        dst = out_dir / (rel.with_suffix("." + fmt.lstrip(".")) if fmt and not is_video(src) else rel)
-        key = dst.resolve()
+        video = is_video(src)
+        dst = out_dir / (rel if video else output_path(rel, fmt, keep_ext))
+        key = _real(dst)
         if not _inside(key, out_real):
-            errors.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
-        elif key == src.resolve():
-            errors.append(f"error: {src}: output would overwrite the input; choose another -o")
-        elif key in seen:
-            if seen[key] != src.resolve():
-                errors.append(f"error: {src}: output {dst} is also the output of {seen[key]}; use --format or -o")
+            lines.append(f"error: {src}: its output {dst} resolves to {key}, outside -o {out_dir} (a symlink?)")
+        elif portable_key(key) in inputs:
+            lines.append(f"error: {src}: output {dst} would overwrite an input; choose another -o")
         else:
-            seen[key] = src.resolve()
-            jobs.append(Job(src, dst))
-    return jobs, errors
+            group = groups.setdefault(portable_key(key), [])
+            if all(_real(p.src) != _real(src) for p in group):
+                group.append(_Planned(src, dst, out_dir / (rel if video else output_path(rel, fmt, True))))
+    jobs = []
+    for group in groups.values():
+        if len(group) == 1:
+            jobs.append(Job(group[0].src, group[0].dst))
+        else:
+            lines += _collision_lines(group, hint_keep_ext=bool(fmt) and not keep_ext)
+    return jobs, lines
+
+
+def _collision_lines(group: list[_Planned], hint_keep_ext: bool) -> list[str]:
+    """One error line per source of one output, naming the others."""
+    resolves = hint_keep_ext and len({portable_key(p.kept) for p in group}) == len(group)
+    hint = "rename one or use --keep-ext" if resolves else "rename one"
+    lines = []
+    for p in group:
+        others = [q for q in group if q is not p]
+        case = next((q.dst for q in others if str(q.dst) != str(p.dst)), None)
+        where = f"{p.dst}, one file with {case} on macOS and Windows" if case else str(p.dst)
+        lines.append(f"error: {p.src}: same output as {', '.join(str(q.src) for q in others)} ({where}); {hint}")
+    return lines
+
+
+def collect(inputs: list[str], out_dir: Path, fmt: str | None,
+            keep_ext: bool = False) -> tuple[list[Job], list[str]]:
+    """find_inputs then plan_outputs: the jobs (src -> dst) and every warning/error line, before any work."""
+    found, lines = find_inputs(inputs, out_dir)
+    jobs, planned = plan_outputs(found, out_dir, fmt, keep_ext)
+    return jobs, lines + planned
 
 
 def prepare_out_dir(out_dir: Path) -> None:

@@ -2,7 +2,9 @@
 
 Outputs keep their paths relative to the folder or glob base they were found under, and always land inside
 -o: a relative path that would climb out (a glob with `..`, a symlink inside -o) is that file's error.
-Walking a folder skips dot-files, dot-folders and -o itself. -o is checked (a folder, writable) before any
+Walking a folder skips dot-files, dot-folders and -o itself. Inputs are regular files only (a FIFO, socket or
+device node is one line, never opened); two inputs with one output are both errors (--keep-ext keeps them
+apart). The whole plan is made before any work. -o is checked (a folder, writable) before any
 work. Existing outputs are skipped unless --overwrite; every write is atomic; a bad file, whatever went
 wrong with it, prints `error: PATH: cause` and the batch goes on; warnings (only the first frame of an
 animated or multi-page file is stylized) print `warning: PATH: ...`. Exit code 0 when all succeeded, 1 when
@@ -41,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", default="auto", help="auto | off | tile side in pixels (exact tiled inference)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="stylize up to N equal-size images at once")
     p.add_argument("--format", metavar="EXT", help="output format (jpg, png, webp, ...); default: the input's")
+    p.add_argument("--keep-ext", action="store_true", help="with --format, append the new extension to the input's "
+                   "name (a.jpg -> a.jpg.png), so that a.jpg and a.png both get an output")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression-bomb guard, default {DEFAULT_MAX_PIXELS})")
@@ -140,10 +144,10 @@ def run(args) -> int:
     distributed.validate(args)
     kwargs = _stylizer_kwargs(args)
     prepare_out_dir(Path(args.out_dir))
-    jobs, errors = collect(args.inputs, Path(args.out_dir), args.format)
-    for line in errors:
+    jobs, lines = collect(args.inputs, Path(args.out_dir), args.format, args.keep_ext)
+    for line in lines:
         print(line, file=sys.stderr)
-    failed = len(errors)
+    failed = sum(line.startswith("error: ") for line in lines)
     todo, skipped = pending(jobs, args.overwrite)
     if not todo:
         if skipped:

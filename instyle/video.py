@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from instyle.atomic import atomic_path
+from instyle.files import InputFileError, check_regular, open_regular
 from instyle.video_encode import Writer, open_encoder, pick_codec
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})  # and .gif with > 1 frame
@@ -64,7 +65,7 @@ def is_video(path: str | os.PathLike) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             return getattr(img, "n_frames", 1) > 1
     except Exception:  # a damaged GIF may raise anything (IndexError from Pillow's frame count)
         return False  # the image path reports the error
@@ -90,9 +91,10 @@ def frame_count(path: str | os.PathLike) -> int | None:
     import av
 
     try:
+        check_regular(path)  # FFmpeg would wait on a FIFO for a writer
         with av.open(str(path)) as c:
             return c.streams.video[0].frames or None if c.streams.video else None
-    except (av.FFmpegError, OSError):
+    except (av.FFmpegError, OSError, InputFileError):
         return None
 
 
@@ -156,7 +158,10 @@ def stylize_video(stylizer, src: str | os.PathLike, dst: str | os.PathLike, *, b
 
     src, dst = Path(src), Path(dst)
     try:
+        check_regular(src)  # FFmpeg would wait on a FIFO for a writer; a device node would never end
         inp = av.open(str(src))
+    except InputFileError as e:
+        raise VideoError(str(e)) from None
     except (av.FFmpegError, OSError) as e:
         raise VideoError(f"{src}: cannot open ({_cause(e)})") from None
     try:

@@ -31,6 +31,9 @@ def _make_inputs(data: Path, folder: Path) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         crop.save(folder / name, quality=95)
     (folder / "broken.jpg").write_bytes((data / "content" / "demo" / "chicago.jpg").read_bytes()[:400])
+    os.mkfifo(folder / "sub" / "pipe.png")  # no file: one warning from the driver, never sent to a worker
+    for name in ("dup.jpg", "DUP.JPG"):  # one output on macOS and Windows: two errors, neither written
+        (folder / name).write_bytes((folder / "c.jpg").read_bytes())
     if importlib.util.find_spec("av"):  # an animated GIF is a video: one Ray task, the local video path
         with Image.open(data / "content" / "demo" / "amber.jpg") as img:
             frames = [img.convert("RGB").crop((i, 0, i + 24, 16)) for i in (0, 40, 80)]
@@ -74,10 +77,13 @@ def test_same_outputs_errors_and_skips_as_local(tmp_path, data):
 
     run = _ray_stylize(tmp_path / "cwd", "--style", style)
     assert run.returncode == 1, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [errors[0]] and errors[0].startswith("error: ../in/broken.jpg: "), run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith(("error:", "warning:"))]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert lines[0] == "warning: ../in/sub/pipe.png: not a regular file (a FIFO); skipped", run.stderr[-3000:]
+    assert [e.split(":")[1] for e in errors] == [" ../in/DUP.JPG", " ../in/dup.jpg", " ../in/broken.jpg"]
+    assert "same output as ../in/dup.jpg (../out_ray/DUP.JPG" in errors[0]
     names = _outputs(tmp_path / "in")
-    assert f"{len(names)} stylized, 0 skipped (exist), 1 failed -> ../out_ray" in run.stderr
+    assert f"{len(names)} stylized, 0 skipped (exist), 3 failed -> ../out_ray" in run.stderr
     for name in names:
         a, b = (_pixels(tmp_path / out / name) for out in ("out_local", "out_ray"))
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, f"{name}: max |Δ| {np.abs(a - b).max()}"
@@ -87,7 +93,7 @@ def test_same_outputs_errors_and_skips_as_local(tmp_path, data):
 
     again = _ray_stylize(tmp_path / "cwd", "--style", style)
     assert again.returncode == 1, again.stderr[-3000:]
-    assert f"0 stylized, {len(names)} skipped (exist), 1 failed -> ../out_ray" in again.stderr
+    assert f"0 stylized, {len(names)} skipped (exist), 3 failed -> ../out_ray" in again.stderr
     assert [line for line in again.stderr.splitlines() if line.startswith("error:")] == errors
     assert _tree(tmp_path / "out_ray", set()) == written
     assert _tree(tmp_path, {"out_ray", "out_local"}) == before

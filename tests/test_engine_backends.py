@@ -262,7 +262,7 @@ def test_gpu_compile_backend():
 
 def test_auto_chains_and_precisions_per_device():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert backends.chain(cuda) == ("triton", "eager")  # auto on CUDA stays triton + fp16
+    assert backends.chain(cuda) == ("fused", "triton", "eager")
     assert backends.chain(cpu) == ("openvino", "onnxruntime", "eager")
     assert backends.auto_precision("triton", cuda) == "fp16"
     assert backends.auto_precision("onnxruntime", cpu) == backends.auto_precision("eager", cpu) == "fp32"
@@ -272,6 +272,17 @@ def test_auto_chains_and_precisions_per_device():
     with pytest.raises(BackendUnavailable, match="runs on cpu, not cuda"):
         backends.check_device("openvino", cuda)
 
+
+def test_auto_moves_past_fused_for_a_generator_it_cannot_run(monkeypatch):
+    """auto's CUDA chain starts at fused; a pyramid net is refused by fused's own check and runs on the next
+    backend, with the reason in the report line. The chain logic is device-independent, so CPU shows it."""
+    monkeypatch.setitem(backends._CHAINS, "cpu", ("fused", "eager"))
+    m = PyramidNet(ratios=(2, 1), channels=4).eval()
+    s = load(m, device="cpu", precision="fp32", tile="off", report=False)
+    assert s.backend == "eager"
+    assert "skipped fused: backend 'fused' runs only the Johnson generator, not PyramidNet" in s.choice
+    x = image(1, 24, 40)
+    assert torch.equal(s(x), load(m, backend="eager", device="cpu", precision="fp32", tile="off")(x))
 
 def test_missing_package_is_unavailable_with_install_hint(monkeypatch):
     import sys
