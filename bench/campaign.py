@@ -5,7 +5,7 @@
     bash .bundle/run.sh verify                                # GPU machine, call 2
     python -m instyle.bench.campaign --dry-run --out DIR      # here: both stages on the CPU, tiny sizes
 
-Stages (DESIGN.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (campaign_zoo.py);
+Stages (docs/architecture.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (campaign_zoo.py);
 `verify` runs the GPU tests, 4K parity, the headline benchmark, training throughput and the fused
 chain's per-layer profile (campaign_verify.py). Every step writes its files as it finishes and the stage's
 `summary.json` is rewritten after each step: {"stages": [{"name", "status": ok|failed|skipped|timeout,

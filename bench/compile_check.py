@@ -20,10 +20,11 @@ import hashlib
 import importlib
 import itertools
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from instyle.interpreter import interpreting
 
 MODULES = ("instyle.kernels.instance_norm_forward", "instyle.kernels.instance_norm_backward",
            "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize")
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100/H200)")
     p.add_argument("--dump", type=Path, help="write each binary's PTX and TTGIR (comparable forms) here")
     a = p.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         p.error("unset TRITON_INTERPRET: this compiles for a GPU")
     import triton
 

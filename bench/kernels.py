@@ -24,6 +24,8 @@ import os
 import sys
 from pathlib import Path
 
+from instyle.interpreter import interpreting
+
 SHAPES = [(1, 32, 2160, 3840), (1, 64, 1080, 1920), (1, 128, 540, 960), (8, 32, 512, 512)]
 SMOKE_SHAPES = [(1, 8, 24, 40)]
 OPS = {  # op name -> (activation, has residual)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print("instyle.bench.kernels needs CUDA; no CUDA device here. (--smoke runs a tiny shape through "
                   "the Triton interpreter to check the script, with no meaningful timings.)", file=sys.stderr)
             return 1
-        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        if "triton" in sys.modules and not interpreting():
             print("--smoke needs TRITON_INTERPRET=1 set before triton is imported", file=sys.stderr)
             return 2
         os.environ["TRITON_INTERPRET"] = "1"  # before instyle.kernels imports triton

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from instyle.specs import check_control
+
 # RGB -> YCbCr (BT.601 full range, 0..255, chroma centred on 128)
 _TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
                           [-0.168736, -0.331264, 0.5],
@@ -49,10 +51,8 @@ def blend(stylized: torch.Tensor, original: torch.Tensor, strength: float) -> to
 
 
 def check(strength: float, style_scale: float) -> None:
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    if not 0.1 <= style_scale <= 10:
-        raise ValueError(f"style_scale must be between 0.1 and 10, got {style_scale}")
+    check_control("strength", strength)
+    check_control("style_scale", style_scale)
 
 
 def scaled_size(h: int, w: int, style_scale: float) -> tuple[int, int]:

@@ -48,7 +48,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class Stylizer:
-    """Style controls (DESIGN.md, Public API): `style` (name or index) or `mix` ({name or index: weight})
+    """Style controls (docs/architecture.md, Public API): `style` (name or index) or `mix` ({name or index: weight})
     pick the style of a multi-style model, baked into a single-style copy that the backend runs;
     `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
     `set_style` changes the style later; the controls can also be passed per call. `options` are the
@@ -254,7 +254,7 @@ def _first_line(e: BaseException, limit: int = 240) -> str:
 def load(model=None, backend: str = "auto", precision: str = "auto", device: str = "auto", *,
          tile="auto", report=None, style: str | int | None = None, mix: dict | None = None,
          options: dict | None = None, **kwargs) -> Stylizer:
-    """A Stylizer for a shipped style name, a model file, or an nn.Module (see DESIGN.md, Public API).
+    """A Stylizer for a shipped style name, a model file, or an nn.Module (see docs/architecture.md, Public API).
 
     backend "auto" tries `backends.chain(device)` in order -- on CUDA fused, triton, eager; on CPU openvino,
     onnxruntime, eager -- and keeps the first that builds: any failure to build (a missing package, a

@@ -10,13 +10,13 @@ LRU-bounded. Without CUDA the kernels run in the Triton interpreter (TRITON_INTE
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from instyle.errors import BackendUnavailable
+from instyle.interpreter import interpreting
 
 from . import plan
 from .graphs import GraphCache
@@ -41,7 +41,7 @@ def fused_post(step: plan.Step, y: torch.Tensor, residual: torch.Tensor | None) 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
                 cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fused forward; with `graphs` (default: on CUDA) behind a CUDA-graph LRU of `cache_size` shapes."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type != "cuda" and not interpreting():
         raise BackendUnavailable("backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run the "
                                  "kernels in the Triton interpreter, for tests)")
     _kernel()

@@ -1,5 +1,5 @@
 """`instyle export onnx|tensorrt|triton-repo`: the generator as an ONNX file, a TensorRT engine, or a
-Triton-server model repository (DESIGN.md, Export contract). Heavy imports happen inside run()."""
+Triton-server model repository (docs/architecture.md, Image and export contracts). Heavy imports happen inside run()."""
 from __future__ import annotations
 
 import argparse

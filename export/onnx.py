@@ -1,4 +1,4 @@
-"""Export a generator to ONNX under the image contract (DESIGN.md, Export contract).
+"""Export a generator to ONNX under the image contract (docs/architecture.md, Image and export contracts).
 
 The graph takes `image` (float32 N,3,H,W, RGB 0..255, dynamic N/H/W) and returns `stylized` (same shape,
 float32, clamped 0..255). A multi-style generator's graph also takes `style_weights` (float32 N x S, each

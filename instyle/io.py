@@ -1,4 +1,4 @@
-"""Image files in and out (Pillow), per the tensor/image contract in DESIGN.md.
+"""Image files in and out (Pillow), per the image contract (docs/architecture.md).
 
 Read: EXIF orientation applied; ICC profile kept; alpha split off and re-attached; L/LA/P/CMYK/I;16 ->
 RGB; 16-bit PNGs (grayscale via Pillow, RGB/RGBA via pypng) and 16-bit grayscale TIFFs read at full

@@ -10,6 +10,8 @@ _SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
 BACKEND_NAMES = ("eager", "triton", "fused", "compile", "onnxruntime", "openvino", "tensorrt")
 # Images larger than this are refused from their header (decompression bombs); --max-pixels changes it.
 DEFAULT_MAX_PIXELS = 2**28
+# The style controls' ranges, inclusive (engine/controls.py and the command line's flags check against them).
+CONTROL_RANGES = {"strength": (0.0, 1.0), "style_scale": (0.1, 10.0)}
 
 
 def resolve_device(device="auto"):
@@ -22,6 +24,14 @@ def resolve_device(device="auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available")
     return dev
+
+
+def check_control(name: str, value: float, label: str | None = None) -> None:
+    """ValueError unless style control `name` (a CONTROL_RANGES key) is in its range; `label` names it in the
+    message (a flag such as --style-scale), default the name itself."""
+    low, high = CONTROL_RANGES[name]
+    if not low <= value <= high:
+        raise ValueError(f"{label or name} must be between {low:g} and {high:g}, got {value}")
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -86,15 +86,17 @@ def _validate(args) -> None:
 
 def _stylizer_kwargs(args) -> dict:
     from instyle.engine.stylizer import parse_tile
+    from instyle.specs import check_control
 
     try:
         tile = parse_tile(args.tile)
     except ValueError as e:
         raise UsageError(f"--{e}") from None
-    if not 0 <= args.strength <= 1:
-        raise UsageError(f"--strength must be between 0 and 1, got {args.strength}")
-    if not 0.1 <= args.style_scale <= 10:
-        raise UsageError(f"--style-scale must be between 0.1 and 10, got {args.style_scale}")
+    try:
+        check_control("strength", args.strength, "--strength")
+        check_control("style_scale", args.style_scale, "--style-scale")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile,
                 style=args.style, mix=parse_mix(args.mix) if args.mix else None, strength=args.strength,
                 preserve_color=args.preserve_color, style_scale=args.style_scale,

@@ -61,6 +61,8 @@ import torch
 import triton
 import triton.language as tl
 
+from instyle.interpreter import interpreting
+
 from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (statistics side, re-exported)
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (
 #   stat_m: rows per statistics partial; it must divide every BLOCK_M, and fixes the partials' layout
 #     whatever autotune picks. 128 rows cost 8 B of fp32 (mean, M2) per 128 pixels and channel (~3%).
 #   flat_max_cin: layers with Cin <= this use the flat K order (GPU: the RGB input layer only).
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = interpreting()
 GPU_STAT_M = 128
 WINDOW_C: tl.constexpr = tl.constexpr(4)  # channels per pixel of window_input's copy (RGB + a zero channel)
 TUNING = (dict(block_m=256, block_n=128, block_k=256, stat_m=64, flat_max_cin=1 << 30, num_warps=1)

@@ -18,15 +18,16 @@ one: [BLOCK_HW, BLOCK_C] tiles whose rows are contiguous channel runs). norm is 
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from instyle.interpreter import interpreting
+
 # Tuning: one config (elementwise; no sweep needed). The interpreter prefers big tiles (cost per op).
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = interpreting()
 TUNING = dict(block_hw=256, block_c=64, num_warps=1) if _INTERPRET else dict(block_hw=64, block_c=64, num_warps=4)
 
 

@@ -26,12 +26,13 @@ tiles whose rows are contiguous channel runs. The output takes x's memory format
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from instyle.interpreter import interpreting
 
 # ----------------------------------------------------------------------------------------------------
 # Tuning configs. One deterministic config per run mode (no autotune: the first call may happen under
@@ -41,7 +42,7 @@ import triton.language as tl
 #   split_min_hw  planes with H*W >= this use the split (multi-program) reduction
 #   chunk_elems   elements of one (n, channel block) one split program covers
 # Tests override entries (e.g. TUNING["split_min_hw"] = 1) to force the split path on small shapes.
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = interpreting()
 _GPU_TUNING = dict(tile=2048, max_block_c=64, split_min_hw=32768, chunk_elems=16384, num_warps=4)
 _INTERPRETER_TUNING = dict(tile=4096, max_block_c=64, split_min_hw=32768, chunk_elems=16384, num_warps=1)
 TUNING = dict(_INTERPRETER_TUNING if _INTERPRET else _GPU_TUNING)

@@ -95,9 +95,8 @@ def test_bundle_refuses_missing_data(tmp_path):
         campaign_bundle.build(tmp_path / "b", tmp_path / "nothing", campaign_bundle.Path(ROOT), wheels=False)
 
 
+@pytest.mark.interpreter  # the census records interpreted launches
 def test_census_counts_distinct_specializations():
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the census records interpreted launches")
     from instyle.kernels import instance_norm
     from instyle.kernels import instance_norm_forward as IN
 

@@ -22,3 +22,14 @@ def test_ci_runs_the_readme_first_command_first():
     script = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert script.index('bash -c "$first"') < script.index('bash -c "$second"')
     assert "Traceback" in script and "stylized/chicago.jpg" in script
+
+
+def test_ci_runs_the_slow_tests_the_readme_command_leaves_out_last():
+    """The default selection leaves `slow` out (pyproject addopts); CI runs those after it, once, so every test
+    runs exactly once and the last pytest summary ends the log."""
+    assert 'addopts = "-ra -m \'not slow\'"' in (PROJECT_ROOT / "pyproject.toml").read_text()
+    script = (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert 'slow="python3 -m pytest -q -m slow"' in script
+    assert script.rstrip().endswith('bash -c "$slow"')
+    assert script.index('bash -c "$second"') < script.index('bash -c "$slow"')
+    assert "-m" not in readme_command(2).split("pytest", 1)[1]  # the README's run is the default selection

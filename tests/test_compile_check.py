@@ -1,6 +1,5 @@
 """bench/compile_check: GPU-style specialization of recorded launches, and dumps that compare with diff -r."""
 import json
-import os
 
 import pytest
 import torch
@@ -68,10 +67,9 @@ def test_spec_id_names_the_kernel_and_its_key():
     assert compile_check.spec_id(SPEC) != compile_check.spec_id(other)
 
 
+@pytest.mark.interpreter  # the census records interpreted launches
 def test_dump_of_a_recorded_launch(tmp_path):
     """Record one instance-norm launch, compile it for sm_90 with --dump (a fresh process, no interpreter)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the census records interpreted launches")
     from instyle.kernels import instance_norm
 
     with census.recording() as c:

@@ -1,6 +1,5 @@
 """Backends of the engine: triton (fused instance norm, Triton interpreter on CPU) and compile against
 eager, the CUDA-graph LRU cache, load() defaults; GPU-only checks are marked `gpu`."""
-import os
 
 import pytest
 import torch
@@ -33,9 +32,7 @@ def image(n, h, w, seed=1):
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
 
 
-needs_interpreter = pytest.mark.skipif(
-    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
+needs_interpreter = pytest.mark.interpreter  # the Triton kernels on CPU tensors
 
 
 @needs_interpreter
@@ -70,12 +67,12 @@ def test_triton_backend_pyramid():
     assert_close(y, ref, ATOL[torch.float32] * (1 + ref.abs().max().item()))
 
 
+@needs_interpreter
 def test_triton_reference_module_untouched():
     m = narrow()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     names = [n for n, _ in m.named_modules()]
-    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available():
-        fused.make_runner(m, CPU if not torch.cuda.is_available() else torch.device("cuda"), torch.float32)
+    fused.make_runner(m, CPU, torch.float32)
     assert [n for n, _ in m.named_modules()] == names
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
@@ -118,9 +115,8 @@ def test_graph_cache_lru_evicts_least_recently_used():
         GraphCache(lambda x: x, capacity=0)
 
 
+@needs_interpreter
 def test_triton_runner_uses_graph_cache_when_asked():
-    if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
-        pytest.skip("the Triton kernels need CUDA or TRITON_INTERPRET=1")
     run = fused.make_runner(narrow(), CPU, torch.float32, graphs=True, cache_size=3)
     assert isinstance(run, GraphCache) and run.capacity == 3
 
@@ -142,9 +138,7 @@ def test_compile_backend_marks_sizes_dynamic():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("INSTYLE_SLOW_TESTS"), reason="inductor codegen on CPU takes ~1.5 min; "
-                    "set INSTYLE_SLOW_TESTS=1")
+@pytest.mark.slow  # inductor codegen on CPU takes ~1.5 min
 def test_compile_backend_inductor_matches_eager():
     m = narrow()
     run = compiled.make_runner(m, CPU, torch.float32)

@@ -57,6 +57,7 @@ def assert_chain_close(fused, model, x):
     assert_derived_close("fused chain vs eager float64", fused, ref64, eager32, torch.float32, factor=4, cap=1e-2)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("first_layer", FC.FIRST_LAYER_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
 def test_pretrained_generator_on_a_photo(data, pretrained, dtype, first_layer):
@@ -92,6 +93,7 @@ def test_first_layer_option_picks_the_rgb_layer_only(pretrained):
     (torch.float32, "interpreter", "auto"), (torch.float16, "interpreter", "auto"),
     (torch.float32, "gpu", "none"), (torch.float32, "interpreter", "all")],
     ids=["float32", "float16", "float32-gpu-order-all-prologue", "float32-all-prenorm"])
+@pytest.mark.interpreter
 def test_narrow_generator_batch2(monkeypatch, dtype, k_order, prenorm):
     """Batch 2 (different images, so per-image statistics), width 8, 2 blocks, 16x20. "gpu" runs every
     layer but the RGB input one on the tap-outer K order, as a GPU does (the interpreter's default
@@ -112,6 +114,7 @@ def test_narrow_generator_batch2(monkeypatch, dtype, k_order, prenorm):
         assert psnr_db(y, y32, peak=y32.abs().max().item()) >= 45  # random init: outputs ~1, not 255
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("blocks", [0, 1])
 def test_backend_registry_and_stylizer_padding(blocks):
     """Stylizer(backend="fused") resolves through the registry; odd sizes are padded and cropped; with

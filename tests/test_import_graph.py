@@ -1,5 +1,5 @@
 """The project's import graph, read from the source: no cycle, and every layer imports only what the house rules
-of DESIGN.md allow.
+of docs/architecture.md (Layers) allow.
 
 The scan is static (ast: no project code is imported). It reads every module of the seven package folders,
 instyle/ models/ kernels/ engine/ export/ train/ bench/, named instyle.* as pyproject's package-dir maps them
@@ -35,14 +35,15 @@ APP_PACKAGES = ("instyle.serve",)  # the server: an app over the public API, lik
 ALLOWED = {  # layer -> the other layers it may import; bench and app may import anything
     "leaf": set(),
     "models": set(),
-    "kernels": set(),
+    "kernels": {"leaf"},  # instyle.interpreter: whether TRITON_INTERPRET is on, read in one place
     "checkpoint": {"models", "leaf"},
     "engine": {"models", "kernels", "checkpoint", "leaf"},
     "export": {"models", "engine", "checkpoint", "leaf"},  # engine: parity compares a graph with the Stylizer
     "train": {"models", "kernels", "checkpoint", "leaf"},
 }
-# The backend table is one table (DESIGN: Engine): it names export's runners, loaded on first use. Allowed as
-# registry strings only, never as import statements; the cycle test keeps those runners from importing engine.
+# The backend table is one table (docs/architecture.md, The backend table): it names export's runners, loaded on
+# first use. Allowed as registry strings only, never as import statements; the cycle test keeps those runners
+# from importing engine.
 REGISTRY_ROWS = {("instyle.engine.backends", f"instyle.export.{m}") for m in ("ort_runner", "ov_runner", "trt_runner")}
 
 MODULE_STRING = re.compile(r"(instyle(?:\.\w+)*)(?::(\w+(?:\.\w+)*))?")
@@ -194,4 +195,4 @@ def test_no_import_cycle():
 def test_layers_import_only_what_the_house_rules_allow():
     _, graph = project_graph()
     found = violations(graph)
-    assert not found, "imports the house rules (DESIGN.md) do not allow:\n  " + "\n  ".join(found)
+    assert not found, "imports the house rules (docs/architecture.md, Layers) do not allow:\n  " + "\n  ".join(found)

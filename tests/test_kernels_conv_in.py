@@ -150,6 +150,7 @@ def check_layer(name, dtype, device="cpu", window=False):
     torch.testing.assert_close(got, CI.norm_params_ref(y.cpu(), gamma, beta), rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("name,path,dtype", list(_combos()), ids=lambda v: _id(v) or str(v))
 def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
     if name == "rgb9x9_wide":  # 16-pixel tiles inside one row: rows 4..7, columns 16..31 are interior
@@ -159,6 +160,7 @@ def test_layer_vs_functional_and_ref(monkeypatch, name, path, dtype):
     check_layer(name, dtype, window=path == "window")
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=_id)
 @pytest.mark.parametrize("relu,skip", [(True, False), (False, True)], ids=["relu", "skip"])
 def test_in_apply_vs_instance_norm(monkeypatch, dtype, relu, skip):
@@ -179,6 +181,7 @@ def test_in_apply_vs_instance_norm(monkeypatch, dtype, relu, skip):
                                atol=2 * torch.finfo(dtype).eps * ref.abs().max().item())
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype,offset", [(torch.float32, 3e4), (torch.float16, 6e4)], ids=["float32", "float16"])
 def test_statistics_are_shift_safe(monkeypatch, dtype, offset):
     """Channels with |mean| >> std (fp16: near its 65504 limit): the Chan-merged per-tile M2 keeps the
@@ -198,6 +201,7 @@ def test_statistics_are_shift_safe(monkeypatch, dtype, offset):
     torch.testing.assert_close(got, want, rtol=2e-3, atol=0)  # fp32 rounding of values near the offset
 
 
+@pytest.mark.interpreter
 def test_constant_output_gives_eps_rstd():
     """A constant conv output has M2 == 0 exactly: rstd = 1/sqrt(eps), as F.instance_norm."""
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
@@ -208,12 +212,14 @@ def test_constant_output_gives_eps_rstd():
     torch.testing.assert_close(p[:, 1], torch.full((2, 16), 1e-5 ** -0.5))
 
 
+@pytest.mark.interpreter
 def test_rejects_inputs_smaller_than_the_padding():
     x = torch.randn(1, 3, 4, 9)
     with pytest.raises(ValueError, match="reflection padding 4"):
         conv_in(x, CI.pack_weight(torch.randn(8, 3, 9, 9), torch.float32), kernel=9)
 
 
+@pytest.mark.interpreter
 def test_torch_library_op_checks_and_compiles():
     """instyle::conv_in_ passes opcheck (schema, fake tensors, mutation) and torch.compile(fullgraph)."""
     g = torch.Generator().manual_seed(5)
@@ -245,6 +251,7 @@ def test_gpu_configs_fit_the_statistics_layout():
     assert len(CI._prune(CI._GPU_CONFIGS, dict(Cin=128, Cout=128), FLAT_K=False, PIX=1)) == len(CI._GPU_CONFIGS)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("name", ["res_first", "out9x9_px5"])
 def test_autotuned_launch_runs_every_gpu_config(monkeypatch, name):
     """The GPU launch path (triton.autotune over the pruned _GPU_CONFIGS, keyed, grid from META) under

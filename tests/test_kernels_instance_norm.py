@@ -121,6 +121,7 @@ def check_against_refs(shape, dtype, layout, flags, seed=0, per_sample=False):
     return y
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("flags", FLAGS, ids=_id)
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -129,6 +130,7 @@ def test_forward_backward_vs_refs(dtype, layout, shape, flags):
     check_against_refs(shape, dtype, layout, flags)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("flags", [(False, False, False, False), (True, True, True, True)], ids=_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -141,6 +143,7 @@ def test_large_plane_takes_split_path(dtype, layout, flags):
     check_against_refs(SPLIT_SHAPE, dtype, layout, flags)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
 @pytest.mark.parametrize("flags", [(True, True, True, True), (True, True, False, False)], ids=_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -170,6 +173,7 @@ def force_split(monkeypatch):
     monkeypatch.setitem(IN.TUNING, "tile", 128)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("flags", [(True, True, True, True), (True, False, False, True)], ids=_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -180,6 +184,7 @@ def test_forced_split_path(force_split, dtype, layout, flags):
     check_against_refs(shape, dtype, layout, flags)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -204,6 +209,7 @@ def test_constant_planes_give_bias_exactly(monkeypatch, dtype, layout, split):
     assert dx.isfinite().all()
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fp16_large_magnitude_stays_finite(layout):
     g = torch.Generator().manual_seed(0)
@@ -221,6 +227,7 @@ def test_fp16_large_magnitude_stays_finite(layout):
     assert dx.isfinite().all()
 
 
+@pytest.mark.interpreter
 def test_non_dense_views():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(2, 6, 12, 20, generator=g)
@@ -261,6 +268,7 @@ def test_bad_arguments_raise_one_clear_line():
         instance_norm(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("flags", [(True, True, True, True), (False, True, False, False)], ids=_id)
 def test_opcheck(layout, flags):
@@ -279,6 +287,7 @@ def _residual_block_tail(x, w, b, r):
     return instance_norm(x, w, b, activation="relu", residual=r) * 2.0
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()

@@ -207,7 +207,7 @@ def test_load_shipped_style_by_name():
     assert default.style == names[0]
 
 
-@pytest.mark.parametrize("backend", ["triton", "onnxruntime"])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.interpreter), "onnxruntime"])
 def test_backends_agree_with_eager_for_a_mix(data, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
@@ -221,7 +221,7 @@ def test_backends_agree_with_eager_for_a_mix(data, backend):
     assert (s(x) - ref).abs().max() <= 2e-2
 
 
-@pytest.mark.parametrize("backend", ["eager", "triton", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("triton", marks=pytest.mark.interpreter), "onnxruntime"])
 def test_mixed_batch_each_sample_its_own_weights(data, backend):
     """style_weights N x S: every backend matches the eager multi-style forward, sample by sample."""
     if backend == "onnxruntime":
@@ -238,3 +238,23 @@ def test_mixed_batch_each_sample_its_own_weights(data, backend):
     assert len(s._mix_cache) == 3
     with pytest.raises(StyleError, match="N x S"):
         s(x, style_weights=torch.ones(4, 2))
+
+
+@pytest.mark.parametrize("control,flag", [("strength", "--strength"), ("style_scale", "--style-scale")])
+def test_control_ranges_are_the_same_for_the_cli_and_the_library(tmp_path, capsys, control, flag, data):
+    """Each end of the range is accepted by Stylizer and by `instyle stylize`; just past it both refuse, the CLI
+    with one usage line (exit 2) before any work."""
+    from instyle.cli import main
+    from instyle.specs import CONTROL_RANGES
+
+    low, high = CONTROL_RANGES[control]
+    for value in (low, high):
+        Stylizer(multi(), backend="eager", tile="off", **{control: value})
+    src = data / "content" / "demo" / "chicago.jpg"
+    for value in (low - 0.01, high + 0.01, float("nan")):
+        with pytest.raises(ValueError, match=f"{control} must be between {low:g} and {high:g}"):
+            Stylizer(multi(), backend="eager", tile="off", **{control: value})
+        assert main(["stylize", str(src), "-o", str(tmp_path), flag, str(value)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"instyle stylize: error: {flag} must be between {low:g} and {high:g}, got {value}", err
+        assert not any(tmp_path.iterdir())

@@ -277,6 +277,7 @@ def test_fused_swap_shares_parameters_and_matches():
     assert torch.allclose(fused(x), ref(x), atol=1e-4) and len(calls) == 7
 
 
+@pytest.mark.interpreter
 def test_fused_kernel_trains_like_reference():
     """The real instyle.kernels op (Triton interpreter on CPU) in a generator: same output and gradients."""
     from instyle.train.fused_norm import find_op

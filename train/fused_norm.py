@@ -8,13 +8,13 @@ the state dict (and the saved checkpoint) keeps the reference names and values. 
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from instyle.interpreter import interpreting
 from instyle.models.norm import ConditionalInstanceNorm2d
 
 
@@ -91,7 +91,7 @@ def maybe_fuse(model: nn.Module, device: torch.device, mode: str = "auto") -> in
     if mode == "off":
         return 0
     # off CUDA only when asked for explicitly, under the Triton interpreter (tests, campaign dry runs)
-    interpreted = mode == "on" and os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = mode == "on" and interpreting()
     fn = find_op() if device.type == "cuda" or interpreted else None
     if fn is None or not _agrees(fn, device):
         if mode == "on":
