@@ -51,9 +51,13 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
     return train_dir, held
 
 
-def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
+def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch: int, model_config: dict,
           styles: list[Path], workers: int, device: str, fused: str = "off", style_size: int = 512,
-          init: Path | None = None) -> dict:
+          init: Path | None = None, iterations: int = 10**9, style_weight: float | None = None,
+          multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500) -> dict:
+    """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
+    magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
+    (default: the balanced default of the VGG file's convention)."""
     from instyle.checkpoint import read_metadata
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
@@ -62,24 +66,29 @@ def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, 
 
     vgg_path = resolve_path(data / "vgg")
     convention = infer_convention(read_metadata(vgg_path), vgg_path)
-    weights = default_weights(convention)
-    spec = LossSpec(content_weight=weights["content"], style_weight=weights["style"], tv_weight=weights["tv"])
+    weights = default_weights(convention, balance)
+    unknown = sorted(set(multipliers or {}) - {p.stem for p in styles})
+    if unknown:
+        raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
+    spec = LossSpec(content_weight=weights["content"], tv_weight=weights["tv"], style_balance=balance,
+                    style_weight=weights["style"] if style_weight is None else style_weight,
+                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles])
     dev = torch.device(device)
     loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
     loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
     train_dir, _ = split_photos(data / "content" / "train", out)
     model_out = out / "train" / "styles.safetensors"
     cfg = TrainConfig(style=[str(p) for p in styles], out=str(model_out), data=str(train_dir),
-                      model_config=model_config, image_size=image_size, batch_size=batch, iterations=10**9,
-                      workers=workers, checkpoint_every=500, sample_every=500, log_every=25, device=device,
-                      save_dtype="fp16", progress=False, time_budget=budget, overwrite=True,
-                      vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
+                      model_config=model_config, image_size=image_size, batch_size=batch, iterations=iterations,
+                      workers=workers, checkpoint_every=checkpoint_every, sample_every=checkpoint_every,
+                      log_every=25, device=device, save_dtype="fp16", progress=False, time_budget=budget,
+                      overwrite=True, vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
                       init=str(init) if init else None)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
-            "final_losses": trainer.final_losses, "init": trainer.init_record}
+            "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": spec.as_dict()}
 
 
 @torch.no_grad()
