@@ -28,7 +28,7 @@ from pathlib import Path
 # and the fixed costs of a zoo call (imports, VGG and style Grams, data loader start).
 COMPILE_S_PER_KERNEL = 1.5
 ZOO_FIXED_S = 45
-GATE_S, PICTURES_S = 20, 15
+GATE_S, PICTURES_S = 20, 15  # the gate runs twice: the new zoo and the shipped one (the baseline)
 # the dry run's steps run in the Triton interpreter: their time limits are the GPU's times this
 DRY_RUN_SLOWDOWN = 20
 
@@ -88,7 +88,8 @@ def _step(summary: Summary, name: str, fn, dry: bool) -> object:
 def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Summary:
     import torch
 
-    from instyle.paths import data_dir
+    from instyle.paths import ZOO_DIR, data_dir
+    from instyle.train.style_metric import GATE_RATIO
 
     from . import campaign_zoo as Z
 
@@ -115,16 +116,22 @@ def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Su
     _, held = Z.split_photos(data / "content" / "train", out)
     demo = sorted((data / "content" / "demo").glob("*.jpg"))
     photos = demo if dry else held + demo
-    verdict = _step(summary, "zoo.gate", lambda: Z.gate(model, data, photos, side=64 if dry else 384,
-                                                           device=device, style_size=128 if dry else 512), dry)
+    gate_opts = dict(side=64 if dry else 384, device=device, style_size=128 if dry else 512)
+    verdict = _step(summary, "zoo.gate", lambda: Z.gate(model, data, photos, **gate_opts), dry)
     if verdict is None:
         return summary
     (out / "gate.json").write_text(json.dumps(verdict, indent=2))
-    passed = [n for n, r in verdict["styles"].items() if r["passed"]]
-    keep = list(verdict["styles"]) if dry else passed  # a dry run ships everything to exercise the path
-    summary.data["gate"] = {n: r for n, r in verdict["styles"].items()}
+    summary.data["gate"] = verdict["styles"]
+    baseline, shipped_zoo = None, ZOO_DIR / "styles.safetensors"
+    if shipped_zoo.is_file():
+        baseline = _step(summary, "zoo.baseline", lambda: Z.gate(shipped_zoo, data, photos, **gate_opts), dry)
+        if baseline is not None:
+            (out / "gate-shipped.json").write_text(json.dumps(baseline, indent=2))
+    wins, why = Z.better(verdict, baseline)
+    summary.data["decision"] = {"ship": wins, "why": why, "retrain": Z.retrain_multipliers(verdict, GATE_RATIO)}
+    keep = list(verdict["styles"]) if wins or dry else []  # a dry run ships anyway to exercise the path
     shipped = _step(summary, "zoo.ship", lambda: Z.keep_styles(model, keep, out / "zoo" / "styles.safetensors"),
-                    dry)
+                    dry) if keep else None
     if shipped is not None:
         demo_photo = data / "content" / "demo" / "chicago.jpg"
         _step(summary, "zoo.pictures", lambda: Z.pictures(shipped, demo_photo, out / "pictures",
@@ -213,7 +220,7 @@ def plan(zoo: Summary, verify: Summary, budget: float) -> list[dict]:
         return sum(s.get("kernels", 0) for s in summary.data["stages"])
 
     k_zoo, k_verify = kernels(zoo), kernels(verify)
-    zoo_s = ZOO_FIXED_S + budget + GATE_S + PICTURES_S + COMPILE_S_PER_KERNEL * k_zoo
+    zoo_s = ZOO_FIXED_S + budget + 2 * GATE_S + PICTURES_S + COMPILE_S_PER_KERNEL * k_zoo
     verify_s = sum(max(V.LIMITS[n] for n in group) for group in V.GROUPS)
     return [{"stage": "zoo", "kernels": k_zoo, "estimate_s": round(zoo_s)},
             {"stage": "verify", "kernels": k_verify, "estimate_s": verify_s,

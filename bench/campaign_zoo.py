@@ -5,14 +5,14 @@ Steps, each writing its files as it finishes:
             wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model. With
             --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
             training instead of starting over
-  gate      on photos it never trained on (held-out training photos and the demo photos), per style:
-            gram_ratio = Gram distance(stylized, style) / Gram distance(photo, style), VGG style layers,
-            the training loss's own distance -- the style must close at least half the gap (<= 0.5);
-            content_id = how often a stylized photo's relu3_3 features are nearest (cosine) to its own
-            photo's among all gate photos -- the content must stay recognisable (>= 0.9).
-            Styles that pass are kept (their rows of the conditional IN), the rest dropped.
-  ship      the kept styles as fp16 safetensors (zoo/styles.safetensors) + one picture per style and a
-            crop of a 4K stylization (pictures/)
+  gate      on photos it never trained on (held-out training photos and the demo photos, 384 px), per style,
+            the metric of train/style_metric.py: median gram_ratio <= 0.35 (VGG-16 relu1_2..relu4_3 Grams)
+            and median relative relu3_3 content distance <= 3.0. The shipped zoo is gated the same way on
+            the same photos (`baseline`)
+  ship      only when the new zoo gates better than the shipped one (`better`): every style, fp16 safetensors
+            (zoo/styles.safetensors) + one picture per style and a crop of a 4K stylization (pictures/). A
+            style that failed keeps its row; `retrain` in the summary gives its style-weight multiplier for
+            the next run
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import torch.nn.functional as F
 # Shipping order: the first is the default style. Others found in the styles folder follow, sorted.
 PREFERRED = ["candy", "mosaic", "starry_night", "udnie", "la_muse", "the_scream", "wave", "rain-princess-cropped",
              "composition_vii", "feathers", "rain-princess"]
-GATE_RATIO, GATE_CONTENT = 0.5, 0.9
 HELD_OUT = 20  # training photos kept out of training for the gate
 
 
@@ -52,9 +51,13 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
     return train_dir, held
 
 
-def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, model_config: dict,
+def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch: int, model_config: dict,
           styles: list[Path], workers: int, device: str, fused: str = "off", style_size: int = 512,
-          init: Path | None = None) -> dict:
+          init: Path | None = None, iterations: int = 10**9, style_weight: float | None = None,
+          multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500) -> dict:
+    """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
+    magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
+    (default: the balanced default of the VGG file's convention)."""
     from instyle.checkpoint import read_metadata
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
@@ -63,24 +66,29 @@ def train(out: Path, data: Path, *, budget: float, image_size: int, batch: int, 
 
     vgg_path = resolve_path(data / "vgg")
     convention = infer_convention(read_metadata(vgg_path), vgg_path)
-    weights = default_weights(convention)
-    spec = LossSpec(content_weight=weights["content"], style_weight=weights["style"], tv_weight=weights["tv"])
+    weights = default_weights(convention, balance)
+    unknown = sorted(set(multipliers or {}) - {p.stem for p in styles})
+    if unknown:
+        raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
+    spec = LossSpec(content_weight=weights["content"], tv_weight=weights["tv"], style_balance=balance,
+                    style_weight=weights["style"] if style_weight is None else style_weight,
+                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles])
     dev = torch.device(device)
     loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
     loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
     train_dir, _ = split_photos(data / "content" / "train", out)
     model_out = out / "train" / "styles.safetensors"
     cfg = TrainConfig(style=[str(p) for p in styles], out=str(model_out), data=str(train_dir),
-                      model_config=model_config, image_size=image_size, batch_size=batch, iterations=10**9,
-                      workers=workers, checkpoint_every=500, sample_every=500, log_every=25, device=device,
-                      save_dtype="fp16", progress=False, time_budget=budget, overwrite=True,
-                      vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
+                      model_config=model_config, image_size=image_size, batch_size=batch, iterations=iterations,
+                      workers=workers, checkpoint_every=checkpoint_every, sample_every=checkpoint_every,
+                      log_every=25, device=device, save_dtype="fp16", progress=False, time_budget=budget,
+                      overwrite=True, vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
                       init=str(init) if init else None)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
-            "final_losses": trainer.final_losses, "init": trainer.init_record}
+            "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": spec.as_dict()}
 
 
 @torch.no_grad()
@@ -100,10 +108,10 @@ def _photo_batch(paths: list[Path], side: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device: str, style_size: int = 512) -> dict:
-    """Per-style gram_ratio (median over photos) and content_id; `passed` per style."""
+    """Per style, the gate metric (train/style_metric.py) over `photos`: median gram_ratio and content, passed."""
     from instyle import checkpoint
+    from instyle.train import style_metric as M
     from instyle.train.common import load_image
-    from instyle.train.losses import DEFAULT_STYLE_LAYERS, gram
     from instyle.train.vgg import load_vgg, resolve_path
 
     dev = torch.device(device)
@@ -111,33 +119,50 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
     model.float()
     names = checkpoint.style_names(meta)
     sources = checkpoint.style_entries(meta)
-    layers = list(DEFAULT_STYLE_LAYERS)
-    vgg = load_vgg(layers + ["relu3_3"], resolve_path(data / "vgg"), device=dev).float()
+    vgg = load_vgg(M.METRIC_LAYERS, resolve_path(data / "vgg"), device=dev).float()
     x = _photo_batch(photos, side, dev)
     fx = vgg(x)
-    own = torch.nn.functional.normalize(fx["relu3_3"].flatten(1), dim=1)
-
-    def gram_dist(f: dict, target: dict) -> torch.Tensor:
-        return sum((gram(f[n].float()) - target[n]).square().mean(dim=(1, 2)) for n in layers)
-
     result = {}
     for s, name in enumerate(names):
-        style = load_image(data / "styles" / sources[s]["source"], style_size).to(dev)
-        target = {n: gram(v.float()) for n, v in vgg(style).items()}
+        target = M.style_grams(vgg, load_image(data / "styles" / sources[s]["source"], style_size).to(dev))
         weights = torch.zeros(x.shape[0], len(names), device=dev)
         weights[:, s] = 1
         y = torch.cat([model(x[i:i + 4], weights[i:i + 4] if len(names) > 1 else None)
                        for i in range(0, x.shape[0], 4)]).clamp(0, 255)
-        fy = vgg(y)
-        ratio = gram_dist(fy, target) / gram_dist(fx, target)
-        sim = torch.nn.functional.normalize(fy["relu3_3"].flatten(1), dim=1) @ own.T  # [stylized, photo]
-        content_id = (sim.argmax(dim=1) == torch.arange(len(photos), device=dev)).float().mean()
-        r, c = float(ratio.median()), float(content_id)
-        result[name] = {"gram_ratio_median": round(r, 4), "gram_ratio_max": round(float(ratio.max()), 4),
-                        "content_id": round(c, 4), "self_cosine": round(float(sim.diagonal().mean()), 4),
-                        "passed": r <= GATE_RATIO and c >= GATE_CONTENT}
-    return {"photos": [p.name for p in photos], "side": side, "thresholds": {
-        "gram_ratio_median_max": GATE_RATIO, "content_id_min": GATE_CONTENT}, "styles": result}
+        scores = M.score(vgg, x, y, target, photo_feats=fx)
+        result[name] = M.verdict(scores["gram_ratio"], scores["content"])
+    return {"photos": [p.name for p in photos], "side": side, "metric": "instyle.train.style_metric",
+            "thresholds": {"gram_ratio_median_max": M.GATE_RATIO, "content_median_max": M.GATE_CONTENT},
+            "styles": result}
+
+
+def better(new: dict, old: dict | None) -> tuple[bool, str]:
+    """Whether the `new` gate beats the `old` (the shipped zoo's, same photos and metric; None: nothing shipped).
+    Compared on the styles both hold: more of them pass, or as many and a lower median of their gram ratios;
+    and the new one must hold every style the old one does (a style is retrained, never dropped)."""
+    import statistics
+
+    if old is None:
+        return True, "no shipped zoo to beat"
+    a, b = new["styles"], old["styles"]
+    lost = sorted(set(b) - set(a))
+    if lost:
+        return False, f"lacks shipped styles {', '.join(lost)}"
+    common = [n for n in a if n in b]
+    passes = [sum(g[n]["passed"] for n in common) for g in (a, b)]
+    medians = [statistics.median(g[n]["gram_ratio_median"] for n in common) for g in (a, b)]
+    why = f"{passes[0]} vs {passes[1]} of {len(common)} shared styles pass; median ratio {medians[0]:.4f} vs " \
+          f"{medians[1]:.4f}"
+    return passes[0] > passes[1] or (passes[0] == passes[1] and medians[0] < medians[1]), why
+
+
+def retrain_multipliers(verdict: dict, ratio: float) -> dict[str, float]:
+    """For the styles that failed on style (gram ratio above `ratio`): the style-weight multiplier a next run
+    starts from, ratio_median / ratio rounded up to a quarter (a style is retrained harder, not dropped)."""
+    import math
+
+    return {n: math.ceil(4 * r["gram_ratio_median"] / ratio) / 4 for n, r in verdict["styles"].items()
+            if r["gram_ratio_median"] > ratio}
 
 
 def keep_styles(model_path: Path, keep: list[str], out_path: Path) -> Path | None:

@@ -27,7 +27,7 @@ def test_dry_run_every_stage_ok(dry_run):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     names = [s["name"] for s in summary["stages"]]
-    assert names[:4] == ["zoo.train", "zoo.gate", "zoo.ship", "zoo.pictures"]
+    assert names[:5] == ["zoo.train", "zoo.gate", "zoo.baseline", "zoo.ship", "zoo.pictures"]
     assert {"verify.env", "verify.tests", "verify.parity", "verify.bench", "verify.throughput", "verify.layers",
             "verify.bench_compile"} <= set(names)
     assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
@@ -47,8 +47,13 @@ def test_dry_run_files(dry_run):
     assert all(v.dtype == torch.float16 for v in _tensors(out / "zoo" / "zoo" / "styles.safetensors"))
     gate = json.loads((out / "zoo" / "gate.json").read_text())
     assert set(gate["styles"]) == {"candy", "mosaic"}
+    shipped_gate = json.loads((out / "zoo" / "gate-shipped.json").read_text())  # the baseline: same photos
+    assert shipped_gate["photos"] == gate["photos"] and "udnie" not in shipped_gate["styles"]
     for r in gate["styles"].values():  # figures, not flags only
-        assert r["gram_ratio_median"] > 0 and 0 <= r["content_id"] <= 1
+        assert r["gram_ratio_median"] > 0 and r["content_median"] > 0
+    decision = json.loads((out / "zoo" / "summary.json").read_text())["decision"]
+    # two tiny styles cannot beat the shipped ten: no ship decision (the dry run ships anyway, to run the path)
+    assert decision["ship"] is False and decision["why"].startswith("lacks shipped styles")
     assert (out / "zoo" / "pictures" / "candy.jpg").is_file()
     assert (out / "zoo" / "train" / "styles.log.csv").read_text().splitlines()[0].endswith("style_candy,style_mosaic")
     parity = json.loads((out / "verify" / "parity.json").read_text())
@@ -69,6 +74,24 @@ def test_dry_run_files(dry_run):
     assert {s["kernel"] for s in specs} >= {"_conv_in_kernel", "_in_fwd_fused_kernel", "_in_bwd_fused_kernel"}
     # the row-window conv1 is among the kernels compile_check builds for sm_90 (its shared memory checked)
     assert any(s["constexprs"].get("PADDED") and s["constexprs"]["KH"] == 9 for s in specs)
+
+
+def _row(ratio, content=1.0):
+    return {"gram_ratio_median": ratio, "content_median": content, "passed": ratio <= 0.35 and content <= 3.0}
+
+
+def test_zoo_ships_only_when_it_gates_better():
+    from instyle.bench.campaign_zoo import better, retrain_multipliers
+
+    old = {"styles": {"a": _row(0.3), "b": _row(0.5)}}
+    assert better({"styles": {"a": _row(0.3), "b": _row(0.34), "c": _row(0.9)}}, old)[0]  # one more passes
+    assert not better({"styles": {"a": _row(0.5), "b": _row(0.34)}}, old)[0]  # as many pass, higher median
+    assert better({"styles": {"a": _row(0.2), "b": _row(0.45)}}, old)[0]  # as many pass, lower median
+    assert not better({"styles": {"a": _row(0.1)}}, old)[0]  # a shipped style lost
+    assert not better({"styles": {"a": _row(0.3), "b": _row(0.5)}}, old)[0]  # a tie is no better
+    assert better({"styles": {"a": _row(0.9)}}, None)[0]
+    assert retrain_multipliers({"styles": {"a": _row(0.3), "b": _row(0.5), "c": _row(0.71)}}, 0.35) == \
+        {"b": 1.5, "c": 2.25}
 
 
 def _tensors(path):

@@ -178,7 +178,7 @@ def test_two_style_model_end_to_end(tmp_path, data, capsys):
     """train 2 styles -> checkpoint lists them -> stylize --style/--mix -> ONNX export -> onnxruntime parity."""
     styles = [need(data / "styles" / "candy.jpg"), need(data / "styles" / "udnie.jpg")]
     out = tmp_path / "two.safetensors"
-    args = ["train", "--style", str(styles[0]), "--style", str(styles[1]), "--data", str(data / "content" / "demo"),
+    args = ["train", "--style", str(styles[0]), "--style", f"{styles[1]}:2.5", "--data", str(data / "content" / "demo"),
             "--out", str(out), "--iterations", "3", "--batch-size", "2", "--image-size", "32", "--workers", "0",
             "--width", "4", "--blocks", "1", "--style-size", "64", "--log-every", "1", "--sample-every", "3",
             "--no-progress", "--vgg", str(need(data / "vgg" / "vgg16-features.safetensors"))]
@@ -186,6 +186,10 @@ def test_two_style_model_end_to_end(tmp_path, data, capsys):
     meta = checkpoint.read_metadata(out)
     assert checkpoint.style_names(meta) == ["candy", "udnie"]
     assert json.loads(meta["styles"])[1]["source"] == "udnie.jpg"
+    losses = json.loads(meta["training"])["losses"]  # several styles: balanced by Gram magnitude, udnie x2.5
+    assert losses["style_balance"] == "gram" and losses["style_multipliers"] == [1.0, 2.5]
+    assert main([*args[:4], f"{styles[1]}:-1", *args[5:]]) == 2
+    assert "the weight multiplier must be a positive number, got '-1'" in capsys.readouterr().err
     header = (tmp_path / "two.log.csv").read_text().splitlines()[0]
     assert header.endswith("style_candy,style_udnie")
     assert (tmp_path / "two.samples" / "00000003.png").is_file()

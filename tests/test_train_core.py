@@ -82,6 +82,38 @@ def test_gram_normalised_and_fp32():
     assert total_variation(torch.zeros(1, 3, 4, 4)) == 0
 
 
+def test_style_balance_divides_each_style_by_its_gram_magnitude():
+    spec = LossSpec(content_layers=["relu2_2"], style_layers=["relu1_1", "relu2_1"], style_layer_weights=[1.0, 0.5],
+                    content_weight=0.0, style_weight=7.0, tv_weight=0.0, style_balance="gram",
+                    style_multipliers=[1.0, 2.5])
+    torch.manual_seed(1)
+    vgg = VGGFeatures(spec.layers(), widths=SMALL)
+    loss = PerceptualLoss(vgg, spec)
+    styles = [stripes(48), stripes(40) * 0.2]  # Gram magnitudes ~25x apart
+    loss.set_styles(styles)
+    y = torch.rand(3, 3, 32, 32) * 255
+    got = loss(y, None, torch.tensor([1, 0, 1]))["style_per_sample"]
+    with torch.no_grad():  # by hand: raw weighted Gram error / raw weighted Gram magnitude, per style
+        fy = vgg(y)
+        want = []
+        for i, s in enumerate([1, 0, 1]):
+            fs = vgg(styles[s])
+            err = mag = 0.0
+            for n, w in (("relu1_1", 1.0), ("relu2_1", 0.5)):
+                gy = torch.einsum("chw,dhw->cd", fy[n][i], fy[n][i]) / fy[n][i].numel()
+                gs = torch.einsum("chw,dhw->cd", fs[n][0], fs[n][0]) / fs[n][0].numel()
+                err, mag = err + w * (gy - gs).square().mean(), mag + w * gs.square().mean()
+            want.append(7.0 * [1.0, 2.5][s] * err / mag)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-4, atol=0)
+    assert float(loss.gram_magnitudes()[0] / loss.gram_magnitudes()[1]) > 10
+    off = PerceptualLoss(vgg, LossSpec(**{**spec.__dict__, "style_balance": "off", "style_multipliers": None}))
+    off.set_styles(styles)
+    raw = off(y, None, torch.tensor([1, 0, 1]))["style_per_sample"]
+    torch.testing.assert_close(got, raw * torch.tensor([2.5, 1.0, 2.5]) / loss.gram_magnitudes()[[1, 0, 1]])
+    with pytest.raises(ValueError, match="2 style weight multipliers for 1 styles"):
+        loss.set_styles(styles[:1])
+
+
 def test_vgg_layers_by_name_and_depth():
     idx = layer_indices("vgg16")
     assert (idx["relu1_2"], idx["relu2_2"], idx["relu3_3"], idx["relu4_3"]) == (3, 8, 15, 22)

@@ -10,9 +10,10 @@ from instyle.errors import UsageError  # a leaf: no torch for --help
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .common import add_loss_arguments
 
-    p.add_argument("--style", action="append", default=[], metavar="IMG",
+    p.add_argument("--style", action="append", default=[], metavar="IMG[:W]",
                    help="style image (texture mode: the texture to reproduce); repeat it to train one network on "
-                        "several styles (conditional instance norm; style names = file names without extension)")
+                        "several styles (conditional instance norm; style names = file names without extension). "
+                        "IMG:W multiplies this style's --style-weight by W (e.g. the_scream.jpg:2)")
     p.add_argument("--styles-dir", metavar="DIR", help="every image in DIR is a style (sorted by name)")
     p.add_argument("--finetune", metavar="MODEL", help="add the --style images as new styles to this trained "
                    "generator, training only their instance-norm gamma/beta rows (the rest stays as it is)")
@@ -69,13 +70,30 @@ def model_config(args) -> dict:
     return config
 
 
+def split_multiplier(text: str) -> tuple[str, float]:
+    """'IMG:W' -> (IMG, W); 'IMG' (or a path whose last ':' part is no number) -> (IMG, 1.0)."""
+    path, sep, tail = text.rpartition(":")
+    if not sep or not path:
+        return text, 1.0
+    try:
+        w = float(tail)
+    except ValueError:
+        return text, 1.0
+    if not w > 0 or w == float("inf"):
+        raise UsageError(f"--style {text}: the weight multiplier must be a positive number, got {tail!r}")
+    return path, w
+
+
 def style_paths(args) -> list[str]:
-    """--style files then --styles-dir images; checked to exist with distinct names."""
+    """--style files (IMG[:W]) then --styles-dir images; checked to exist with distinct names. Sets
+    args.style_multipliers (one per style; None when all are 1)."""
     from pathlib import Path
 
     from instyle.io import IMAGE_EXTENSIONS
 
-    paths = list(args.style)
+    split = [split_multiplier(s) for s in args.style]
+    paths = [p for p, _ in split]
+    mult = [w for _, w in split]
     if args.styles_dir:
         folder = Path(args.styles_dir)
         if not folder.is_dir():
@@ -84,6 +102,8 @@ def style_paths(args) -> list[str]:
         if not found:
             raise UsageError(f"--styles-dir {folder}: no images")
         paths += found
+        mult += [1.0] * len(found)
+    args.style_multipliers = mult if any(w != 1.0 for w in mult) else None
     if not paths:
         raise UsageError("give at least one --style IMG (or --styles-dir DIR)")
     for p in paths:

@@ -53,6 +53,9 @@ def add_loss_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--style-weight", type=float, help="default: tuned for the file's input convention")
     g.add_argument("--tv-weight", type=float, help="total variation weight (default: tuned)")
     g.add_argument("--style-size", type=int, default=512, help="longer side of the style image (default 512)")
+    g.add_argument("--style-balance", choices=("auto", "gram", "off"), default="auto",
+                   help="gram: each style's loss relative to its own Gram magnitude, so styles train to comparable "
+                        "strength under one --style-weight; off: raw Gram error (auto: gram with several styles)")
 
 
 def loss_from_args(args, device: torch.device, *, texture: bool = False):
@@ -67,7 +70,11 @@ def loss_from_args(args, device: torch.device, *, texture: bool = False):
     if convention == "auto":
         meta = read_metadata(path) if path.suffix == ".safetensors" else {}
         convention = infer_convention(meta, path)
-    weights = default_weights(convention)
+    paths = [args.style] if isinstance(args.style, (str, Path)) else list(args.style)
+    balance = getattr(args, "style_balance", "auto")
+    if balance == "auto":
+        balance = "gram" if len(paths) > 1 else "off"
+    weights = default_weights(convention, balance)
     spec = LossSpec(
         content_layers=[] if texture else parse_layers(args.content_layers),
         style_layers=parse_layers(args.style_layers),
@@ -77,10 +84,10 @@ def loss_from_args(args, device: torch.device, *, texture: bool = False):
                                             else args.content_weight),
         style_weight=weights["style"] if args.style_weight is None else args.style_weight,
         tv_weight=weights["tv"] if args.tv_weight is None else args.tv_weight,
+        style_balance=balance, style_multipliers=getattr(args, "style_multipliers", None),
     )
     spec.layer_weights()  # validates the count
     vgg = load_vgg(spec.layers(), path, convention=convention, device=device)
     loss = PerceptualLoss(vgg, spec)
-    paths = [args.style] if isinstance(args.style, (str, Path)) else list(args.style)
     loss.set_styles([load_image(p, args.style_size).to(device) for p in paths])
     return loss, spec

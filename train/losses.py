@@ -38,8 +38,17 @@ TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,
                        "style": CAFFE_WEIGHTS["style"] * _TV_SCALE**2, "tv": CAFFE_WEIGHTS["tv"]}
 
 
-def default_weights(convention: str) -> dict[str, float]:
-    return dict(CAFFE_WEIGHTS if convention == "caffe" else TORCHVISION_WEIGHTS)
+# With the per-style balance (`style_balance="gram"`) a style's loss is its squared Gram error relative to its
+# own Grams' magnitude, the same units for every style and either VGG convention; the one global weight,
+# in content-loss units, was chosen from short CPU runs (README, Styles; bench/results/*-style-balance).
+BALANCED_STYLE_WEIGHT = {"caffe": 3e5, "torchvision": 3e5 / _TV_SCALE}
+
+
+def default_weights(convention: str, balance: str = "off") -> dict[str, float]:
+    weights = dict(CAFFE_WEIGHTS if convention == "caffe" else TORCHVISION_WEIGHTS)
+    if balance == "gram":
+        weights["style"] = BALANCED_STYLE_WEIGHT[convention]
+    return weights
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
@@ -69,6 +78,10 @@ class LossSpec:
     content_weight: float = CAFFE_WEIGHTS["content"]
     style_weight: float = CAFFE_WEIGHTS["style"]
     tv_weight: float = CAFFE_WEIGHTS["tv"]
+    # "gram": each style's loss divided by its target Grams' magnitude (sum over style layers of the layer
+    # weight times mean(G^2)), so styles of very different Gram scale train to comparable ratios; "off": raw
+    style_balance: str = "off"
+    style_multipliers: list[float] | None = None  # per style, times style_weight (None: 1 each)
 
     def layers(self) -> list[str]:
         return list(dict.fromkeys([*self.content_layers, *self.style_layers]))
@@ -76,7 +89,8 @@ class LossSpec:
     def as_dict(self) -> dict:
         return dict(content_layers=self.content_layers, style_layers=self.style_layers,
                     style_layer_weights=self.layer_weights(), content_weight=self.content_weight,
-                    style_weight=self.style_weight, tv_weight=self.tv_weight)
+                    style_weight=self.style_weight, tv_weight=self.tv_weight, style_balance=self.style_balance,
+                    style_multipliers=self.style_multipliers)
 
     def layer_weights(self) -> list[float]:
         w = self.style_layer_weights or [1.0] * len(self.style_layers)
@@ -95,6 +109,8 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         missing = [n for n in spec.layers() if n not in vgg.layers]
         assert not missing, f"VGG was built without layers {missing}"
+        if spec.style_balance not in ("off", "gram"):
+            raise ValueError(f"style_balance must be off or gram, got {spec.style_balance!r}")
         self.vgg, self.spec = vgg, spec
         self.style_layer_weights = spec.layer_weights()
 
@@ -115,6 +131,17 @@ class PerceptualLoss(nn.Module):
         for n in self.spec.style_layers:  # buffers: .to(device) moves them with the module
             self.register_buffer(f"target_{n}", torch.cat(grams[n]), persistent=False)
         self.num_styles = len(styles)
+        mult = self.spec.style_multipliers or [1.0] * len(styles)
+        if len(mult) != len(styles):
+            raise ValueError(f"{len(mult)} style weight multipliers for {len(styles)} styles")
+        scale = torch.tensor(mult, dtype=torch.float32, device=styles[0].device)
+        if self.spec.style_balance == "gram":
+            scale = scale / self.gram_magnitudes()
+        self.register_buffer("style_scale", scale, persistent=False)
+
+    def gram_magnitudes(self) -> torch.Tensor:
+        """Per style (S,): sum over style layers of layer weight * mean(target Gram^2), in loss units."""
+        return sum(w * t.square().mean(dim=(1, 2)) for w, t in zip(self.style_layer_weights, self.targets.values()))
 
     @property
     def targets(self) -> dict[str, torch.Tensor]:
@@ -147,7 +174,8 @@ class PerceptualLoss(nn.Module):
                     target = getattr(self, f"target_{n}")
                     target = target[:1].expand_as(g) if style_index is None else target[style_index]
                     per_sample = per_sample + w * (g - target).square().mean(dim=(1, 2))
-            per_sample = spec.style_weight * per_sample
+            scale = self.style_scale[:1] if style_index is None else self.style_scale[style_index]
+            per_sample = spec.style_weight * scale * per_sample
         s_loss = per_sample.mean()
         tv = spec.tv_weight * total_variation(y) if spec.tv_weight else zero
         return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv,
