@@ -12,6 +12,8 @@
   throughput  training images/s at 256x256 batch 16: fp32 eager baseline, bf16+channels_last, +fused IN
   layers      the fused chain's per-layer table at 4K (where the time goes)
   window      the same bench rows and table with the RGB layer in row windows (first_layer=window)
+  modes       per layer and whole chain at 4K: first_layer flat vs window, upsample direct vs phase
+              (do_bench medians; campaign_modes.py)
 Each step writes `<step>.json` (and its own files) into the stage folder as it finishes.
 """
 from __future__ import annotations
@@ -202,13 +204,20 @@ def window(out: Path, dry: bool) -> dict:
     return {"bench": bench_rows, "layers": layers(out, dry, "fused_layers-window.txt", ("--first-layer", "window"))}
 
 
+def modes(out: Path, dry: bool) -> dict:
+    from .campaign_modes import modes as run
+
+    return run(out, dry)
+
+
 # in priority order: the stage deadline cuts from the end (torch.compile's max-autotune last: its compile
 # time is the least predictable)
 STEPS = {"env": env, "tests": tests, "parity": parity, "bench": bench, "throughput": throughput, "layers": layers,
-         "window": window, "bench_compile": bench_compile}
+         "window": window, "modes": modes, "bench_compile": bench_compile}
 # seconds each step may take on the GPU machine (a step still running then is stopped, its status "timeout")
 LIMITS = {"env": 30, "tests": 240, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "window": 60,
-          "bench_compile": 150}
+          "modes": 75, "bench_compile": 150}
 # the order steps run in: the steps of one group start together (none of them times anything)
-GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("window",), ("bench_compile",)]
+GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("window",), ("modes",),
+          ("bench_compile",)]
 assert [n for g in GROUPS for n in g] == list(STEPS)

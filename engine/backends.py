@@ -57,7 +57,7 @@ TABLE: dict[str, Backend] = {
     "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size"),
                       runs_module=True, torch_memory=True),
     "fused": Backend("instyle.engine.fused_chain:make_runner",
-                     options=("graphs", "cache_size", "prenorm", "first_layer"), torch_memory=True),
+                     options=("graphs", "cache_size", "prenorm", "first_layer", "upsample"), torch_memory=True),
     "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "mode", "graphs", "cache_size"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),

@@ -47,6 +47,11 @@ PRENORM_MODES = ("auto", "all", "none")
 # the image in place; "window" first copies the image padded, NHWC, in the run dtype and reads contiguous
 # rows. Flat stays the default until a GPU profile (bench/fused_layers --first-layer) says otherwise.
 FIRST_LAYER_MODES = ("flat", "window")
+# The upsampling 3x3 convs (deconv1/deconv2): "direct" runs the 3x3 over the upsampled grid in the index
+# math; "phase" as four 2x2 convs of the stored input, one per output pixel phase (kernels/upsample_phase.py,
+# 2.25x fewer MMA FLOPs, four launches). Direct stays the default until a GPU run (bench/campaign_verify's
+# upsample step) times both.
+UPSAMPLE_MODES = ("direct", "phase")
 
 GRAPH_CACHE_SIZE = 4
 
@@ -69,6 +74,7 @@ class Layer(NamedTuple):
     stores_input: bool                 # the prologue also stores the normalized input (a later residual)
     adds_skip: bool                    # the input's pending value includes a residual
     window: bool = False               # reads a padded NHWC copy of its input in row windows (RGB layer)
+    phase: bool = False                # an upsampling 3x3 run as four 2x2 phase convs (weight [4, 4*Cin, Cout])
 
 
 def check_supported(model: nn.Module) -> None:
@@ -83,11 +89,13 @@ def check_supported(model: nn.Module) -> None:
                                      "(use backend 'eager' or 'triton')")
 
 
-def _check_modes(prenorm: str, first_layer: str) -> None:
+def _check_modes(prenorm: str, first_layer: str, upsample: str = "direct") -> None:
     if prenorm not in PRENORM_MODES:
         raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
     if first_layer not in FIRST_LAYER_MODES:
         raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
 
 
 def _check_chain(steps: list[Step]) -> None:
@@ -101,22 +109,26 @@ def _check_chain(steps: list[Step]) -> None:
 
 
 def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, adds_skip: bool,
-           first_layer: str = "flat") -> Layer:
+           first_layer: str = "flat", upsample_mode: str = "direct") -> Layer:
     conv, norm = step.conv, step.norm
     upsample = step.kind == "upconv"
     cout, cin, k, _ = conv.weight.shape
     window = (first_layer == "window" and step.srcs == (0,) and cin <= ci.WINDOW_C.value and step.stride == 1
               and not upsample)
-    reuse = k * k * (4 if upsample else 1) / (step.stride * step.stride)
+    phase = upsample_mode == "phase" and upsample and k == 3
+    # loads per stored input element: taps x upsampling area (a phase conv: 4 phases x 4 taps)
+    reuse = 16 if phase else k * k * (4 if upsample else 1) / (step.stride * step.stride)
     pre = step.srcs != (0,) and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
     # deconv3 (Cout 3): 5 adjacent pixels x 3 channels fill a 16-wide MMA instead of 3 of 8 columns
     pix = 16 // cout if cout < 8 and norm is None and step.stride == 1 and not upsample else 1
-    return Layer(step.name, ci.pack_weight(conv.weight.float(), dtype, pix, window=window),
+    packed = (ci.pack_phase_weights(conv.weight, dtype) if phase
+              else ci.pack_weight(conv.weight.float(), dtype, pix, window=window))
+    return Layer(step.name, packed,
                  None if norm is not None else conv.bias.detach().float().contiguous(),
                  k, step.stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip, window)
+                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip, window, phase)
 
 
 class FusedChain:
@@ -127,15 +139,17 @@ class FusedChain:
     conv's prologue computes it while loading. Where a later step adds it as a residual, that prologue
     also stores it (the Johnson blocks' x_k, written by each block's conv1 from its center tap)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto", first_layer: str = "flat"):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto", first_layer: str = "flat",
+                 upsample: str = "direct"):
         check_supported(model)
-        _check_modes(prenorm, first_layer)
+        _check_modes(prenorm, first_layer, upsample)
         self.dtype = dtype
         self.steps = model.steps()
         _check_chain(self.steps)
         self.residuals = {s.residual for s in self.steps if s.residual is not None}
         self._layers = [_layer(s, dtype, prenorm, stores_input=i - 1 in self.residuals,
-                               adds_skip=i > 1 and self.steps[i - 2].residual is not None, first_layer=first_layer)
+                               adds_skip=i > 1 and self.steps[i - 2].residual is not None, first_layer=first_layer,
+                               upsample_mode=upsample)
                         for i, s in enumerate(self.steps, 1)]
 
     def layers(self) -> list[Layer]:
@@ -149,10 +163,16 @@ class FusedChain:
         if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
             x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
             norm, relu, skip, skip_out = None, False, None, None
-        y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
-                              upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
-                              stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
-        nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+        if layer.phase:  # four phase launches; their statistics merge as four equal groups
+            assert skip_out is None
+            y, groups = ci.conv_in_phases(x, layer.weight, layer.bias, norm=norm, relu=relu, skip=skip,
+                                          stats=layer.in_weight is not None, out=out)
+            nxt = None if groups is None else cn.finalize_groups(groups, layer.in_weight, layer.in_bias, layer.eps)
+        else:
+            y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
+                                  upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
+                                  stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
+            nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
@@ -184,17 +204,18 @@ class FusedChain:
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
-                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto", first_layer: str = "flat"):
+                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto", first_layer: str = "flat",
+                upsample: str = "direct"):
     """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
     check_supported(model)
-    _check_modes(prenorm, first_layer)  # argument errors first: they are the caller's on any device
+    _check_modes(prenorm, first_layer, upsample)  # argument errors first: they are the caller's on any device
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise BackendUnavailable(f"backend 'fused' supports fp32, fp16 and bf16, not {dtype}")
     device = torch.device(device)
     if device.type != "cuda" and not ci._INTERPRET:
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
-    chain = FusedChain(model, dtype, prenorm, first_layer)
+    chain = FusedChain(model, dtype, prenorm, first_layer, upsample)
     if graphs is None:
         graphs = device.type == "cuda"
     if graphs:

@@ -63,7 +63,8 @@ import triton.language as tl
 
 from instyle.interpreter import interpreting
 
-from .conv_in_normalize import Stats, finalize, norm_params_ref  # noqa: F401  (statistics side, re-exported)
+from .conv_in_normalize import Stats, finalize, finalize_groups, norm_params_ref  # noqa: F401  (re-exported)
+from .upsample_phase import phase_weights
 
 # ----------------------------------------------------------------------------------------------------
 # Tuning configs.
@@ -114,8 +115,8 @@ def _prune(configs, nargs, **kw):
 #   x_size = (Cin, Hin, Win): the stored input's channels and size;
 #   rows = (n, oh, ow, m_mask): this program's image, its GEMM rows' output pixel and which rows exist;
 #   cols = (j, co, j_mask): its GEMM columns, their output channel and which columns exist;
-#   CONV = (KH, KWE, STRIDE, PAD, UPSAMPLE): the taps one GEMM row reads and how a tap maps an output
-#     coordinate to a stored input coordinate;
+#   CONV = (KH, KWE, STRIDE, PAD, UPSAMPLE, PHASE): the taps one GEMM row reads and how a tap maps an
+#     output coordinate to a stored input coordinate (PHASE: see _phase_src);
 #   PROLOGUE = (NORM, RELU, HAS_SKIP): what the prologue applies to a loaded input tile.
 
 
@@ -133,6 +134,16 @@ def _src(o, k, size_in, STRIDE: tl.constexpr, PAD: tl.constexpr, UPSAMPLE: tl.co
         return _reflect(o * STRIDE + k - PAD, 2 * size_in) // 2
     else:
         return _reflect(o * STRIDE + k - PAD, size_in)
+
+
+@triton.jit
+def _phase_src(o, k, size_in, PHASE: tl.constexpr, AXIS: tl.constexpr):
+    """Stored input coordinate for phase PHASE = 1 + 2a + b of an upsampling 3x3 conv (kernels/
+    upsample_phase.py): the 2x2 kernel's tap k of phase a (AXIS 0, rows) or b (AXIS 1, columns) reads
+    stored pixel o - 1 + a + k, clamped (replicate padding = reflect padding of the upsampled grid)."""
+    PH: tl.constexpr = (PHASE - 1) // 2 if AXIS == 0 else (PHASE - 1) % 2
+    p = o + k + (PH - 1)
+    return tl.minimum(tl.maximum(p, 0), size_in - 1)
 
 
 @triton.jit
@@ -210,7 +221,7 @@ def _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CO
     n, oh, ow, m_mask = rows
     j, co, j_mask = cols
     Cin, Hin, Win = x_size
-    KH, KW, STRIDE, PAD, UPSAMPLE = CONV
+    KH, KW, STRIDE, PAD, UPSAMPLE, _ = CONV  # PHASE: never flat (the launcher)
     K = KH * KW * Cin
     if not REFLECT:
         x_row = n * sxn + (oh - PAD).to(tl.int64) * sxh + (ow - PAD) * sxw    # pixel (oh - PAD, ow - PAD)
@@ -269,13 +280,17 @@ def _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout,
     n, oh, ow, m_mask = rows
     j, co, j_mask = cols
     Cin, Hin, Win = x_size
-    KH, KWE, STRIDE, PAD, UPSAMPLE = CONV
+    KH, KWE, STRIDE, PAD, UPSAMPLE, PHASE = CONV
     NUM_CB = tl.cdiv(Cin, BLOCK_K)
     for step in range(0, KH * KWE * NUM_CB):
         tap = step // NUM_CB
         ci = (step - tap * NUM_CB) * BLOCK_K + kr
-        ih = _src(oh, tap // KWE, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
-        iw = _src(ow, tap % KWE, Win, STRIDE, PAD, UPSAMPLE)
+        if PHASE:
+            ih = _phase_src(oh, tap // KWE, Hin, PHASE, 0).to(tl.int64)
+            iw = _phase_src(ow, tap % KWE, Win, PHASE, 1)
+        else:
+            ih = _src(oh, tap // KWE, Hin, STRIDE, PAD, UPSAMPLE).to(tl.int64)
+            iw = _src(ow, tap % KWE, Win, STRIDE, PAD, UPSAMPLE)
         if PIX > 1:  # columns only pixels past the right edge need: keep the address in range
             iw = tl.minimum(tl.maximum(iw, 0), Win - 1)
         iw = iw.to(tl.int64)
@@ -355,7 +370,7 @@ def _conv_in_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr,
     NORM: tl.constexpr, RELU: tl.constexpr, HAS_SKIP: tl.constexpr, WRITE_SKIP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATS: tl.constexpr, FLAT_K: tl.constexpr, DOT_IEEE: tl.constexpr,
-    PIX: tl.constexpr, PADDED: tl.constexpr,
+    PIX: tl.constexpr, PADDED: tl.constexpr, PHASE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAT_M: tl.constexpr,
 ):
     """One program: BLOCK_M GEMM rows of image n x BLOCK_N GEMM columns. A row is one output pixel, or
@@ -365,7 +380,7 @@ def _conv_in_kernel(
     n = tl.program_id(2).to(tl.int64)  # every offset below is n * stride + ...: 64-bit from here on
     PAD: tl.constexpr = 0 if PADDED else KH // 2        # PADDED: x is window_input's padded view
     KWE: tl.constexpr = KW + PIX - 1                       # kernel columns one GEMM row reads
-    CONV: tl.constexpr = (KH, KWE, STRIDE, PAD, UPSAMPLE)
+    CONV: tl.constexpr = (KH, KWE, STRIDE, PAD, UPSAMPLE, PHASE)
     PROLOGUE: tl.constexpr = (NORM, RELU, HAS_SKIP)
     # window_input's pixels are WINDOW_C = 4 elements apart (a constant the compiler can see) and its rows
     # start 16-element aligned: a K run starts on 4 elements, so it loads as vectors
@@ -408,7 +423,7 @@ def _conv_in_kernel(
 
 _AUTOTUNE = not _INTERPRET and os.environ.get("INSTYLE_AUTOTUNE") == "1"  # tests switch it on (stub bench)
 _PINNED = not _INTERPRET  # tests switch it on under the interpreter to run the pinned tiles
-_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX", "PADDED"]
+_TUNE_KEY = ["Cin", "Cout", "M_BUCKET", "KH", "STRIDE", "UPSAMPLE", "FLAT_K", "PIX", "PADDED", "PHASE"]
 _conv_in_tuned = _conv_in_kernel if _INTERPRET else triton.autotune(
     configs=_GPU_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(_conv_in_kernel)
 
@@ -552,7 +567,7 @@ def conv_in(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor
 
 
 def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix,
-            window=False):
+            window=False, phase=0):
     """Pick the K order and grid, launch once. Buffers are allocated and checked by `conv_in` (window: x is
     window_input's view, a KW*C4-channel input of a KH x 1 conv without padding)."""
     N, Cin, H, W = x.shape
@@ -562,7 +577,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     stat_m = TUNING["stat_m"]
     T = triton.cdiv(hw, stat_m)
     assert pmean is None or pmean.shape == (N, T, Cout)
-    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1 and not window
+    flat = Cin <= TUNING["flat_max_cin"] and skip_out is None and pix == 1 and not window and not phase
     assert not window or x.stride(3) == WINDOW_C.value, "the kernel takes window_input's pixel stride as given"
     s = skip if skip is not None else skip_out
     dummy = out  # never read or written when its flag is off
@@ -574,7 +589,7 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
     flags = dict(KH=kernel, KW=1 if window else kernel, STRIDE=stride, UPSAMPLE=upsample, NORM=norm is not None,
                  RELU=relu, HAS_SKIP=skip is not None, WRITE_SKIP=skip_out is not None, HAS_BIAS=bias is not None,
                  HAS_STATS=pmean is not None, FLAT_K=flat, DOT_IEEE=w_packed.dtype == torch.float32, PIX=pix,
-                 PADDED=window, STAT_M=stat_m)
+                 PADDED=window, PHASE=phase, STAT_M=stat_m)
     if _AUTOTUNE:
         # same grid as below; the autotuner picks BLOCK_M/N/K, warps and stages per (channels, kernel, size)
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
@@ -603,13 +618,56 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
 def conv_in_op(x: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tensor], norm: Optional[torch.Tensor],
                skip: Optional[torch.Tensor], skip_out: Optional[torch.Tensor], out: torch.Tensor,
                pmean: Optional[torch.Tensor], pm2: Optional[torch.Tensor], kernel: int, stride: int,
-               upsample: bool, relu: bool, pix: int = 1, window: bool = False) -> None:
-    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix, window)
+               upsample: bool, relu: bool, pix: int = 1, window: bool = False, phase: int = 0) -> None:
+    _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix, window,
+            phase)
 
 
 @conv_in_op.register_fake
-def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix=1, window=False):
+def _(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, stride, upsample, relu, pix=1, window=False,
+      phase=0):
     return None
+
+
+def pack_phase_weights(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """3x3 Conv2d weight [Cout, Cin, 3, 3] -> [4, 2*2*Cin, Cout]: phase 2a + b's summed 2x2 kernel
+    (kernels/upsample_phase.py) in the GEMM layout, for conv_in_phases."""
+    pw = phase_weights(weight.detach().float())
+    return torch.stack([pack_weight(pw[a, b], dtype) for a in range(2) for b in range(2)])
+
+
+def conv_in_phases(x: torch.Tensor, w_phases: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                   norm: Optional[torch.Tensor] = None, relu: bool = False, skip: Optional[torch.Tensor] = None,
+                   stats: bool = True, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[list]]:
+    """conv_in(x, ..., kernel=3, upsample=True) as four 2x2 launches on the stored input, one per output
+    phase (a, b), each writing the strided view out[:, :, a::2, b::2]: 2.25x fewer MMA FLOPs, no upsampled
+    or reflected addressing. w_phases from pack_phase_weights. Returns (y, the four phases' Stats, to
+    merge with finalize_groups, or None)."""
+    if not x.is_cuda and not _INTERPRET:
+        raise ValueError(f"conv_in_phases: x is on {x.device}; the Triton kernels need a CUDA tensor "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    N, Cin, H, W = x.shape
+    Cout = w_phases.shape[2]
+    assert w_phases.shape == (4, 4 * Cin, Cout) and w_phases.is_contiguous(), tuple(w_phases.shape)
+    if out is None:
+        out = torch.empty((N, Cout, 2 * H, 2 * W), device=x.device, dtype=w_phases.dtype,
+                          memory_format=torch.channels_last)
+    assert out.shape == (N, Cout, 2 * H, 2 * W), tuple(out.shape)
+    if norm is not None:
+        assert norm.shape == (N, 3, Cin) and norm.dtype == torch.float32
+        norm = norm.contiguous()
+    assert skip is None or skip.shape == x.shape
+    stat_m = TUNING["stat_m"]
+    T = triton.cdiv(H * W, stat_m)
+    b = bias.float().contiguous() if bias is not None else None
+    groups = []
+    for p in range(4):
+        pmean = torch.empty((N, T, Cout), device=x.device, dtype=torch.float32) if stats else None
+        pm2 = torch.empty_like(pmean) if stats else None
+        conv_in_op(x, w_phases[p], b, norm, skip, None, out[:, :, p // 2::2, p % 2::2], pmean, pm2, 2, 1, False,
+                   relu, 1, False, p + 1)
+        groups.append(Stats(pmean, pm2, H * W, stat_m))
+    return out, (groups if stats else None)
 
 
 # ----------------------------------------------------------------------------------------------------

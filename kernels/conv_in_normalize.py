@@ -51,19 +51,39 @@ def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float 
     Chan's two-group formula. Two reads of the [N, T, C] partials and a few [N, C] ops, all capturable
     in a CUDA graph.
     """
+    mean, m2 = _merge(stats)
+    return _params(mean, m2, stats.hw, weight, bias, eps)
+
+
+def _merge(stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, C] mean and M2 of all stats.hw pixels from the per-tile partials (see finalize)."""
     pmean, pm2, hw, stat_m = stats
     T = pmean.shape[1]
     m2 = pm2.sum(1)
     if T == 1:
-        mean = pmean[:, 0]
-    else:
-        n_a, n_b = stat_m * (T - 1), hw - stat_m * (T - 1)
-        var_a, mean_a = torch.var_mean(pmean[:, :-1], dim=1, correction=0)
-        delta = pmean[:, -1] - mean_a
-        mean = mean_a + delta * (n_b / hw)
-        m2 = m2 + var_a * n_a + delta.square() * (n_a * n_b / hw)
-    scale = torch.rsqrt(m2 / hw + eps) * weight.float()
+        return pmean[:, 0], m2
+    n_a, n_b = stat_m * (T - 1), hw - stat_m * (T - 1)
+    var_a, mean_a = torch.var_mean(pmean[:, :-1], dim=1, correction=0)
+    delta = pmean[:, -1] - mean_a
+    return mean_a + delta * (n_b / hw), m2 + var_a * n_a + delta.square() * (n_a * n_b / hw)
+
+
+def _params(mean, m2, count, weight, bias, eps):
+    scale = torch.rsqrt(m2 / count + eps) * weight.float()
     return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
+
+
+def finalize_groups(groups: list[Stats], weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """finalize for one output written by several launches of equal pixel counts (the four phases of
+    kernels/conv_in_gemm.conv_in_phases): each group merged as in finalize, then the groups' means and M2s
+    with the equal-count form of Chan's formula, M2 = sum(M2_g) + hw * sum((mean_g - mean)^2)."""
+    hw = groups[0].hw
+    assert all(g.hw == hw for g in groups)
+    means, m2s = zip(*(_merge(g) for g in groups))
+    gm = torch.stack(means)
+    mean = gm.mean(0)
+    m2 = torch.stack(m2s).sum(0) + hw * (gm - mean).square().sum(0)
+    return _params(mean, m2, hw * len(groups), weight, bias, eps)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_dry_run_every_stage_ok(dry_run):
     names = [s["name"] for s in summary["stages"]]
     assert names[:5] == ["zoo.train", "zoo.gate", "zoo.baseline", "zoo.ship", "zoo.pictures"]
     assert {"verify.env", "verify.tests", "verify.parity", "verify.bench", "verify.throughput", "verify.layers",
-            "verify.bench_compile"} <= set(names)
+            "verify.modes", "verify.bench_compile"} <= set(names)
     assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
     plan = {p["stage"]: p for p in summary["device_plan"]}
     # the zoo trains with the fused IN (forward + backward kernels); verify runs the triton and fused backends
@@ -68,6 +68,11 @@ def test_dry_run_files(dry_run):
     assert window["matrix"]["options"] == {"fused": {"first_layer": "window"}}
     assert window["rows"] and all(r["skipped"] is None for r in window["rows"])
     assert "conv1+win" in (out / "verify" / "fused_layers-window.txt").read_text()
+    modes = json.loads((out / "verify" / "modes.json").read_text())  # the layer variants, timed per layer
+    assert {(r["layer"], r.get("first_layer"), r.get("upsample")) for r in modes["layers"]} == {
+        ("conv1", "flat", None), ("conv1", "window", None), ("deconv1", None, "direct"), ("deconv1", None, "phase"),
+        ("deconv2", None, "direct"), ("deconv2", None, "phase")}
+    assert len(modes["whole"]) == 4 and all(r["median_ms"] > 0 for r in modes["layers"] + modes["whole"])
     compiled = json.loads((out / "verify" / "bench-compile-default" / "results.json").read_text())
     assert compiled["matrix"]["options"] == {"compile": {"mode": "default"}}
     specs = json.loads((out / "kernels.json").read_text())

@@ -89,6 +89,35 @@ def test_first_layer_option_picks_the_rgb_layer_only(pretrained):
         FC.make_runner(pretrained, torch.device("meta"), torch.float16, first_layer="rows")
 
 
+def test_upsample_option_picks_the_upsampling_convs_only(pretrained):
+    chain = FC.FusedChain(pretrained, torch.float16, upsample="phase")
+    assert [layer.name for layer in chain.layers() if layer.phase] == ["deconv1", "deconv2"]
+    assert all(layer.weight.shape == (4, 4 * layer.cin, layer.cout) for layer in chain.layers() if layer.phase)
+    assert not any(layer.phase for layer in FC.FusedChain(pretrained, torch.float16).layers())
+    with pytest.raises(ValueError, match="upsample must be one of"):  # before any device check
+        FC.make_runner(pretrained, torch.device("meta"), torch.float16, upsample="bilinear")
+
+
+@pytest.mark.parametrize("dtype,prenorm", [(torch.float32, "auto"), (torch.float16, "auto"), (torch.float32, "all")],
+                         ids=["float32", "float16", "float32-all-prenorm"])
+def test_narrow_generator_batch2_phase_upsampling(monkeypatch, dtype, prenorm):
+    """upsample=phase (deconv1/deconv2 as four 2x2 phase launches each), batch 2, 12x20 (the deconvs read 3x5,
+    then 6x10), tap-outer order as on a GPU: the bounds of the direct chain. auto: the phase launches apply the
+    pending IN (+ skip for deconv1) in their prologue; all: in a separate pass."""
+    monkeypatch.setitem(FC.ci.TUNING, "flat_max_cin", 3)
+    model = narrow_net(seed=2)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 12, 20, generator=g) * 255
+    y = FC.make_runner(model, torch.device("cpu"), dtype, prenorm=prenorm, upsample="phase")(x)
+    if dtype == torch.float32:
+        assert_chain_close(y, model, x)
+        assert not torch.equal(y[0], y[1])
+    else:
+        with torch.no_grad():
+            y32 = model(x)
+        assert psnr_db(y, y32, peak=y32.abs().max().item()) >= 45
+
+
 @pytest.mark.parametrize("dtype,k_order,prenorm", [
     (torch.float32, "interpreter", "auto"), (torch.float16, "interpreter", "auto"),
     (torch.float32, "gpu", "none"), (torch.float32, "interpreter", "all")],

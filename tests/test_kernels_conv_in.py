@@ -292,10 +292,11 @@ from instyle.kernels import conv_in_gemm as CI
 k = CI._conv_in_kernel
 base = dict(KH=3, KW=3, STRIDE=1, UPSAMPLE=False, NORM=True, RELU=False, HAS_SKIP=True, WRITE_SKIP=True,
             HAS_BIAS=False, HAS_STATS=True, FLAT_K=False, DOT_IEEE=False, PIX=1, PADDED=False,
-            STAT_M=CI.GPU_STAT_M)
+            PHASE=0, STAT_M=CI.GPU_STAT_M)
 variants = [  # (pointer dtype, flags, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     ("fp16", base, 128, 128, 32, 8, 3),                                                  # res conv1, x_k store
     ("bf16", dict(base, UPSAMPLE=True, WRITE_SKIP=False), 256, 64, 32, 8, 4),            # deconv1
+    ("fp16", dict(base, KH=2, KW=2, HAS_SKIP=False, WRITE_SKIP=False, PHASE=4), 256, 64, 32, 8, 4),  # deconv phase
     ("fp16", dict(base, KH=9, KW=9, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, FLAT_K=True), 128, 32, 64, 4, 3),
     ("fp16", dict(base, KH=9, KW=1, NORM=False, HAS_SKIP=False, WRITE_SKIP=False, PADDED=True), 256, 32, 64, 8, 3),
     ("fp16", dict(base, KH=9, KW=9, RELU=True, HAS_SKIP=False, WRITE_SKIP=False, HAS_BIAS=True, HAS_STATS=False),

@@ -1,0 +1,88 @@
+"""`campaign --stage verify`, step `modes`: the fused chain's layer variants timed against each other at 4K.
+
+Per layer: conv1 with first_layer=flat vs window, deconv1/deconv2 with upsample=direct vs phase, each the
+whole launch sequence of that layer as the chain runs it (separate normalize pass, conv launch(es),
+statistics finalize) on the input the chain hands it; then the whole chain (CUDA-graph replay, as the
+Stylizer runs it) for every combination. GPU: triton.testing.do_bench medians (ms; it flushes L2 between
+calls). Dry run (CPU, interpreter, tiny size): one wall-clock call each, only to exercise the path.
+Written to <stage>/modes.json and returned as the step's result.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+# the layer each option changes; the options' values, the default first
+VARIANTS = {"first_layer": ("conv1",), "upsample": ("deconv1", "deconv2")}
+DRY_SIZE, FULL_SIZE = (32, 24), (3840, 2160)
+
+
+def _median_ms(fn, dry: bool) -> float:
+    if dry:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+
+def _recorded_calls(chain, x) -> dict:
+    """Run the chain once, keeping each layer's _conv arguments (its input as the chain hands it)."""
+    calls, conv = {}, chain._conv
+
+    def record(layer, *args, **kwargs):
+        calls[layer.name] = (layer, args, kwargs)
+        return conv(layer, *args, **kwargs)
+
+    chain._conv = record
+    try:
+        chain(x)
+    finally:
+        del chain._conv  # back to the class's method
+    return {name: (lambda c=c: conv(c[0], *c[1], **c[2])) for name, c in calls.items()}
+
+
+@torch.no_grad()
+def modes(out: Path, dry: bool, model=None, x=None) -> dict:
+    from instyle.engine import fused_chain as FC
+
+    from . import campaign_verify as V
+
+    device = V._device()
+    name = "given"
+    if model is None:
+        model, name = V._model(out)
+    model = model.to(device).eval()
+    if x is None:
+        w, h = DRY_SIZE if dry else FULL_SIZE
+        x = V._photo((w, h)).to(device)
+    dtype = torch.float16
+    layers, whole = [], []
+    options = {"first_layer": FC.FIRST_LAYER_MODES, "upsample": FC.UPSAMPLE_MODES}
+    for option, values in options.items():
+        for value in values:
+            chain = FC.FusedChain(model, dtype, **{option: value})
+            calls = _recorded_calls(chain, x)
+            for layer in VARIANTS[option]:
+                layers.append({"layer": layer, option: value, "median_ms": round(_median_ms(calls[layer], dry), 4)})
+            del chain, calls
+    for combo in itertools.product(*options.values()):
+        kwargs = dict(zip(options, combo))
+        run = FC.make_runner(model, device, dtype, **kwargs)
+        if not dry:  # compile and capture outside the timing (the dry run's one call is the path's check)
+            run(x)
+        whole.append({**kwargs, "median_ms": round(_median_ms(lambda: run(x), dry), 4)})
+        run = None  # the next combination's graphs replace these
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result = {"size": [int(x.shape[3]), int(x.shape[2])], "batch": int(x.shape[0]), "precision": "fp16",
+              "device": str(device), "timer": "wall, one call (dry run)" if dry else "triton.testing.do_bench median",
+              "model": name,
+              "layers": layers, "whole": whole}
+    (out / "modes.json").write_text(json.dumps(result, indent=2))
+    return result
