@@ -329,3 +329,57 @@ def test_fused_kernel_trains_like_reference():
     y.square().mean().backward()
     for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-3, msg=name)
+
+
+# ----------------------------------------------------------------------------------- continuation
+
+
+def test_init_continues_with_saved_adam_moments_rows_by_name_and_warms_up(tmp_path, photos):
+    from safetensors.torch import load_file
+
+    from instyle.models.norm import ConditionalInstanceNorm2d
+    from instyle.train.adam_state import adam_path
+
+    loss = tiny_loss()
+    loss.set_styles([stripes(), stripes(48).flip(-1)])
+    base = Trainer(config(tmp_path, photos, style=["a.png", "b.png"], iterations=3), loss)
+    base.fit()
+    assert base.warmup == 0 and base.optimizer.param_groups[0]["lr"] == 3e-3
+    saved = load_file(str(adam_path(base.out)))
+    names = dict(base.model.named_parameters())
+    assert {t.dtype for k, t in saved.items() if not k.endswith(".step")} == {torch.bfloat16}
+    for name, p in names.items():
+        st = base.optimizer.state[p]
+        assert float(saved[f"{name}.step"]) == 3
+        assert torch.equal(saved[f"{name}.exp_avg"], st["exp_avg"].bfloat16()), name
+
+    # b keeps its rows' moments, c (new) starts from the mean row; every other tensor as saved
+    cont = Trainer(config(tmp_path, photos, style=["b.png", "c.png"], iterations=1, init=str(base.out),
+                   out=str(tmp_path / "more.safetensors")), loss)
+    record = cont.init_record["optimizer"]
+    assert record["file"] == "g.adam.safetensors" and record["restored"] == record["parameters"] == len(names)
+    for name, p in cont.model.named_parameters():
+        st, want = cont.optimizer.state[p], saved[f"{name}.exp_avg_sq"].float()
+        if isinstance(cont.model.get_submodule(name.rpartition(".")[0]), ConditionalInstanceNorm2d):
+            want = torch.stack([want[1], want.mean(0)])
+        assert torch.equal(st["exp_avg_sq"], want) and float(st["step"]) == 3, name
+    cont.fit()
+    assert cont.warmup == 200 and cont.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 / 200)
+    fresh = Trainer(config(tmp_path, photos, style=["b.png", "c.png"], iterations=1, init=str(base.out),
+                           init_optimizer=None, out=str(tmp_path / "fresh.safetensors")), loss)
+    assert fresh.init_record["optimizer"] is None and not fresh.optimizer.state
+
+
+def test_adam_moments_of_the_full_zoo_generator_fit_a_returned_file(tmp_path):
+    from instyle.train.adam_state import MAX_BYTES, save_moments
+    from instyle.train.trainer import build_generator
+
+    cfg = TrainConfig(style=[f"s{i}.jpg" for i in range(11)], out=str(tmp_path / "z.safetensors"))
+    model = build_generator(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    path = save_moments(opt, model, tmp_path / "z.adam.safetensors", cfg.style_names)
+    assert path.stat().st_size < MAX_BYTES
+    assert path.stat().st_size > 4 * sum(p.numel() for p in model.parameters())  # two bf16 moments each

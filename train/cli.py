@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "generator, training only their instance-norm gamma/beta rows (the rest stays as it is)")
     p.add_argument("--init", metavar="MODEL", help="start from this trained generator's weights and train all of "
                    "them (its styles matched by name; a style it lacks starts from the mean of its rows)")
+    p.add_argument("--init-optimizer", metavar="FILE", help="with --init: Adam's moments to continue with (default: "
+                   "MODEL's .adam.safetensors when it exists, which every run writes beside its output; 'none': fresh)")
     p.add_argument("--data", help="folder of content images, searched recursively (style mode)")
     p.add_argument("--out", required=True, help="output generator .safetensors (state, log, samples go beside it)")
     g = p.add_argument_group("generator")
@@ -37,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--iterations", type=int, default=40000)
     t.add_argument("--batch-size", type=int, default=4, help="per GPU (default 4)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3; texture mode 1e-2)")
+    t.add_argument("--warmup", type=int, help="steps of linear learning-rate warm-up (default 200 with --init, else 0)")
     t.add_argument("--image-size", type=int, default=256, help="training crop size (default 256)")
     t.add_argument("--max-images", type=int, help="use a seeded random subset of N content images")
     t.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
@@ -117,6 +120,12 @@ def style_paths(args) -> list[str]:
         raise UsageError(f"--finetune {args.finetune}: no such model file")
     if args.init and not Path(args.init).is_file():
         raise UsageError(f"--init {args.init}: no such model file")
+    if args.init_optimizer and not args.init:
+        raise UsageError("--init-optimizer goes with --init MODEL")
+    if args.init_optimizer not in (None, "none") and not Path(args.init_optimizer).is_file():
+        raise UsageError(f"--init-optimizer {args.init_optimizer}: no such file")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError("--warmup must be >= 0")
     if args.init and args.finetune:
         raise UsageError("--init and --finetune exclude each other (--init trains every weight, --finetune only "
                          "the new styles' rows)")
@@ -171,7 +180,8 @@ def run(args) -> int:
         compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
         resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
-        finetune=args.finetune, init=args.init,
+        finetune=args.finetune, init=args.init, warmup=args.warmup,
+        init_optimizer=None if args.init_optimizer == "none" else (args.init_optimizer or "auto"),
         progress=not args.no_progress,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )

@@ -48,6 +48,16 @@ def trainable_rows(model: nn.Module, first_new: int) -> list[nn.Parameter]:
     return params
 
 
+def row_map(base_names: list[str], names: list[str]):
+    """[len(base_names), C] -> [len(names), C]: each name's row from the base, a new name the base rows' mean."""
+
+    def rows(old: torch.Tensor) -> torch.Tensor:
+        mean = old.mean(0)
+        return torch.stack([old[base_names.index(n)] if n in base_names else mean for n in names])
+
+    return rows
+
+
 def warm_start(base_path: str | os.PathLike, arch: str, config: dict, names: list[str]) -> tuple[nn.Module, dict]:
     """A generator for `names` starting from the trained one at base_path: each style found there by name keeps
     its rows, a new style starts from the mean of the base's rows; every weight is trainable. Returns
@@ -66,10 +76,7 @@ def warm_start(base_path: str | os.PathLike, arch: str, config: dict, names: lis
         raise ValueError(f"--init {base_path}: several styles need an instance-norm generator, "
                          f"this one has norm {base.config.get('norm')!r}")
 
-    def rows(old: torch.Tensor) -> torch.Tensor:
-        mean = old.mean(0)
-        return torch.stack([old[base_names.index(n)] if n in base_names else mean for n in names])
-
+    rows = row_map(base_names, names)
     model = restyle(base, len(names), rows)
     training = json.loads(meta.get("training") or "{}")
     record = {"file": os.path.basename(base_path), "styles": base_names,

@@ -31,7 +31,8 @@ from .state import git_rev, load_state, rng_state, save_state, set_rng_state, st
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "off": None}
 # settings that must match for --resume to continue the same run
 _RESUME_KEYS = ("arch", "model_config", "mode", "image_size", "batch_size", "seed", "lr", "style", "finetune",
-                "init")
+                "init", "warmup")
+INIT_WARMUP = 200  # steps: a continued run's first updates otherwise move every weight by ~lr at once
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training (this process) after which to stop and save
     finetune: str | None = None  # a trained generator: add `style` as new styles, train only their gamma/beta
     init: str | None = None  # a trained generator to start from (styles matched by name); every weight trains
+    init_optimizer: str | None = "auto"  # with init: Adam moments file (auto: init's .adam.safetensors if any)
+    warmup: int | None = None  # steps of linear LR warm-up (None: 200 with init, else 0)
     vgg_info: dict = field(default_factory=dict)  # recorded in the checkpoint metadata
 
     @property
@@ -148,6 +151,9 @@ class Trainer:
 
             params = trainable_rows(self.model, len(self.base_entries))
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.warmup = cfg.warmup if cfg.warmup is not None else (INIT_WARMUP if cfg.init else 0)
+        if cfg.init:
+            self._restore_moments()
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
         self.n_fused = fused_norm.maybe_fuse(self.model, dev, cfg.fused)
 
@@ -181,6 +187,21 @@ class Trainer:
         self.net = net
 
     # ------------------------------------------------------------------------------------ pieces
+
+    def _restore_moments(self) -> None:
+        """--init: Adam's moments from the base's moments file (rows matched by style name), when there is one."""
+        from . import adam_state
+        from .finetune import row_map
+
+        cfg = self.cfg
+        path = adam_state.adam_path(cfg.init) if cfg.init_optimizer == "auto" else cfg.init_optimizer
+        if path is None or (cfg.init_optimizer == "auto" and not Path(path).is_file()):
+            self.init_record["optimizer"] = None
+            return
+        if not Path(path).is_file():
+            raise ValueError(f"--init-optimizer {path}: no such file")
+        rows = row_map(self.init_record["styles"], cfg.style_names)
+        self.init_record["optimizer"] = adam_state.load_moments(self.optimizer, self.model, path, rows)
 
     def _sibling(self, suffix: str) -> Path:
         stem = self.out.stem if self.out.suffix == ".safetensors" else self.out.name
@@ -243,6 +264,9 @@ class Trainer:
                               None if index is None else index - len(self.base_entries))
         self.last_styles = (index, terms.pop("style_per_sample").detach())
         self.optimizer.zero_grad(set_to_none=True)
+        if self.warmup:  # a pure function of the step: exact resume keeps it
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / self.warmup)
         self.scaler.scale(terms["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -359,6 +383,10 @@ class Trainer:
             {"name": n, "source": Path(p).name} for n, p in zip(cfg.style_names, cfg.style_paths)]
         checkpoint.save(self.model, self.out, style=self.names[0], styles=styles,
                         training=self.training_metadata(losses), dtype=dtype)
+        if not cfg.finetune:  # the moments a later --init run continues with
+            from .adam_state import adam_path, save_moments
+
+            save_moments(self.optimizer, self.model, adam_path(self.out), self.names)
         self.log.flush()
 
     def _resume(self) -> None:
