@@ -205,9 +205,12 @@ def window(out: Path, dry: bool) -> dict:
 
 
 def modes(out: Path, dry: bool) -> dict:
+    from .campaign_modes import DRY_SIZE, FULL_SIZE
     from .campaign_modes import modes as run
 
-    return run(out, dry)
+    model, name = _model(out)
+    x = _photo(DRY_SIZE if dry else FULL_SIZE).to(_device())
+    return run(out, dry, model, x, name)
 
 
 # in priority order: the stage deadline cuts from the end (torch.compile's max-autotune last: its compile

@@ -328,7 +328,7 @@ def test_runners_refuse_what_the_table_leaves_out(name):
 
 
 def test_precisions_outside_the_table_are_one_clear_line():
-    with pytest.raises(BackendUnavailable, match="backend 'openvino' runs fp32 or bf16, not fp16"):
+    with pytest.raises(BackendUnavailable, match="backend 'openvino' runs fp32 or bf16 or int8, not fp16"):
         Stylizer(narrow(), backend="openvino", precision="fp16")
 
 

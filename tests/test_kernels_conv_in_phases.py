@@ -14,6 +14,8 @@ from tolerances import assert_derived_close
 
 from instyle.kernels import conv_in_gemm as CI
 
+pytestmark = pytest.mark.interpreter  # Triton kernels on CPU tensors
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=_id)
 @pytest.mark.parametrize("name,size", [("up_skip", (3, 5)), ("up", (5, 3)), ("up", (1, 4)), ("up_skip", (2, 1))])

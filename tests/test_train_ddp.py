@@ -62,7 +62,8 @@ def test_ddp_two_ranks_match_single_process(tmp_path, photos):  # noqa: F811
         total += diff.numel()
     assert close >= 0.95 * total, f"{total - close} of {total} weights differ by more than rounding"
     names = sorted(p.name for p in ddp_dir.iterdir())
-    assert names == ["g.log.csv", "g.loss.png", "g.safetensors", "g.state.pt", "rank0.pt", "rank1.pt"]
+    assert names == ["g.adam.safetensors", "g.log.csv", "g.loss.png", "g.safetensors", "g.state.pt",
+                     "rank0.pt", "rank1.pt"]
     from instyle.train.state import load_state
 
     assert load_state(ddp_dir / "g.state.pt")["position"] == 6  # global samples: 3 steps x 2 ranks x 1
