@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="shipped style name or .safetensors/.pth path (default: the shipped styles)")
     parser.add_argument("--style", action="append", metavar="NAME",
                         help="only this style of a multi-style model (repeatable; default: every style)")
-    parser.add_argument("--crops", type=int, help="calibration crops (default: the recipe's, 300)")
+    parser.add_argument("--crops", type=int, help="calibration crops (default: the recipe's, 128)")
     parser.add_argument("--side", type=int, help="calibration crop side in pixels (default 256)")
     parser.add_argument("--calibration", type=Path, help="calibration photos (default: DATA/content/train)")
     parser.add_argument("--held-out", type=Path, help="photos for the quality report (default: DATA/content/demo)")

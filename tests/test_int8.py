@@ -68,6 +68,40 @@ def test_quantize_caches_reports_and_runs(dirs):
     assert ov_runner.int8_entry(net, recipe)["recipe"]["crops"] == TINY["crops"]
 
 
+def _quantized_inputs(q):
+    """{op type: how many of its inputs a FakeQuantize feeds} and, per conv (in order), whether its data input
+    is quantized (directly or through the Pad before it)."""
+    from collections import Counter
+
+    fed, convs = Counter(), []
+    for op in q.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize":
+            for t in op.output(0).get_target_inputs():
+                fed[t.get_node().get_type_name()] += 1
+        if op.get_type_name() == "Convolution":
+            src = op.input_value(0).get_node()
+            if src.get_type_name() == "Pad":
+                src = src.input_value(0).get_node()
+            convs.append(src.get_type_name() == "FakeQuantize")
+    return fed, convs
+
+
+def test_recipe_decides_what_stays_float(dirs):
+    """Default: the RGB conv reads float, every other conv int8, and nothing of the instance norms is quantized
+    (NNCF's own default quantizes the norms' inputs, which cost candy ~8 dB); each switch does what it says."""
+    from instyle.export import ov_quant
+    from instyle.export.int8_recipe import Recipe
+
+    fed, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(**TINY), dirs[0]))
+    assert not convs[0] and all(convs[1:]), convs
+    assert set(fed) <= {"Pad", "Convolution", "Interpolate"}, fed  # nearest x2 of int8 is exact
+    fed, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(float_norms=False, **TINY), dirs[0]))
+    assert {"MVN", "Multiply"} & set(fed), fed  # the recipe's switch is what keeps them out
+    _, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(ignore_first_conv=False, ignore_last_conv=True,
+                                                                    **TINY), dirs[0]))
+    assert convs[0] and not convs[-1] and all(convs[1:-1]), convs
+
+
 def test_int8_stylizer_runs_the_cached_model(dirs, monkeypatch):
     from instyle.export import int8_recipe, ov_quant
 
@@ -165,3 +199,16 @@ def test_quantize_cli_refuses_bad_arguments(capsys, model_path, data):
     train = data / "content" / "train"
     assert main(["quantize", "--model", str(model_path), "--held-out", str(train)]) == 2
     assert "held-out" in capsys.readouterr().err
+
+
+def test_int8_picture_panels_are_bf16_int8_and_the_amplified_difference():
+    from instyle.bench.int8_picture import DIFF_GAIN, panels
+
+    a = torch.full((1, 3, 5, 7), 100.0)
+    b = a.clone()
+    b[0, 1, 2, 3] = 110.4  # rounds to 110: |Δ| 10
+    im = np.asarray(panels(a, b))
+    assert im.shape == (5, 21, 3)
+    assert (im[:, :7] == 100).all() and im[2, 7 + 3, 1] == 110
+    diff = im[:, 14:].astype(int)
+    assert diff[2, 3, 1] == 10 * DIFF_GAIN and diff.sum() == 10 * DIFF_GAIN
