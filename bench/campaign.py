@@ -5,13 +5,13 @@
     bash .bundle/run.sh verify                                # GPU machine, call 2
     python -m instyle.bench.campaign --dry-run --out DIR      # here: both stages on the CPU, tiny sizes
 
-Stages (docs/architecture.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (campaign_zoo.py);
-`verify` runs the GPU tests, 4K parity, the headline benchmark, training throughput and the fused
-chain's per-layer profile (campaign_verify.py). Every step writes its files as it finishes and the stage's
-`summary.json` is rewritten after each step: {"stages": [{"name", "status": ok|failed|skipped|timeout,
-"seconds", ...}]}, so a call cut short still returns what it measured. `--dry-run` runs the same steps on
-the CPU under the Triton interpreter, counts the Triton kernels each GPU stage will compile
-(bench/census.py) and estimates each stage's device time.
+Stages (docs/architecture.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (train/zoo.py;
+its pictures: zoo_pictures.py); `verify` runs the GPU tests, 4K parity, the headline benchmark, training
+throughput and the fused chain's per-layer profile (campaign_verify.py). Every step writes its files as it
+finishes and the stage's `summary.json` is rewritten after each step: {"stages": [{"name", "status":
+ok|failed|skipped|timeout, "seconds", ...}]}, so a call cut short still returns what it measured. `--dry-run`
+runs the same steps on the CPU under the Triton interpreter, counts the Triton kernels each GPU stage will
+compile (bench/census.py) and estimates each stage's device time.
 """
 from __future__ import annotations
 
@@ -89,9 +89,10 @@ def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Su
     import torch
 
     from instyle.paths import ZOO_DIR, data_dir
+    from instyle.train import zoo as Z
     from instyle.train.style_metric import GATE_RATIO
 
-    from . import campaign_zoo as Z
+    from .zoo_pictures import pictures
 
     data = data_dir()
     summary = Summary(out, "dry-run" if dry else "gpu")
@@ -134,7 +135,7 @@ def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Su
                     dry) if keep else None
     if shipped is not None:
         demo_photo = data / "content" / "demo" / "chicago.jpg"
-        _step(summary, "zoo.pictures", lambda: Z.pictures(shipped, demo_photo, out / "pictures",
+        _step(summary, "zoo.pictures", lambda: pictures(shipped, demo_photo, out / "pictures",
                                                            side=64 if dry else 640, crop_4k=not dry,
                                                            device=device), dry)
     summary.data["shipped"] = keep if shipped is not None else []

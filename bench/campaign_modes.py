@@ -50,7 +50,8 @@ def _recorded_calls(chain, x) -> dict:
 @torch.no_grad()
 def modes(out: Path, dry: bool, model: torch.nn.Module, x: torch.Tensor, name: str = "given") -> dict:
     """Times every mode of `model` on the photo batch `x` (both on the device to measure) into out/modes.json."""
-    from instyle.engine import fused_chain as FC
+    from instyle.engine import backends
+    from instyle.engine.backends import fused_gemm as FC
 
     device = x.device
     model = model.to(device).eval()
@@ -66,7 +67,7 @@ def modes(out: Path, dry: bool, model: torch.nn.Module, x: torch.Tensor, name: s
             del chain, calls
     for combo in itertools.product(*options.values()):
         kwargs = dict(zip(options, combo))
-        run = FC.make_runner(model, device, dtype, **kwargs)
+        run = backends.factory("fused")(model, device, dtype, **kwargs)  # graphed on CUDA
         if not dry:  # compile and capture outside the timing (the dry run's one call is the path's check)
             run(x)
         whole.append({**kwargs, "median_ms": round(_median_ms(lambda: run(x), dry), 4)})

@@ -174,13 +174,13 @@ def bench_compile(out: Path, dry: bool) -> dict:
 
 
 def throughput(out: Path, dry: bool) -> dict:
-    from instyle.train import bench_throughput
+    from instyle.bench import train_throughput
 
     rows = "baseline,bf16+cl,bf16+cl+fused"
     argv = ["--rows", rows, "--json", str(out / "throughput-rows.json"), "--vgg", str(_data() / "vgg")]
     argv += ["--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1", "--cpu-smoke"] if dry else \
         ["--size", "256", "--batch", "16", "--steps", "15", "--warmup", "5"]
-    bench_throughput.main(argv)
+    train_throughput.main(argv)
     return json.loads((out / "throughput-rows.json").read_text())
 
 

@@ -2,11 +2,11 @@
 
     python -m instyle.bench.fused_layers --size 3840x2160 [--batch 1] [--precision fp16] [--iters 20]
 
-Prints, for every launch of engine/fused_chain.py at the given size, its conv FLOPs (2 x MACs, as
+Prints, for every launch of engine/backends/fused_gemm.py at the given size, its conv FLOPs (2 x MACs, as
 bench/flops.py counts them) and the minimum bytes that launch must move in the fused design: its raw
 input once, the skip read/write of residual blocks, its raw output once, weights, and the IN partial
 statistics (written by the epilogue, read back by `finalize`). Halo re-reads are cache hits and not
-counted. Layers marked +pre normalize their input in a separate pass first (engine/fused_chain.py
+counted. Layers marked +pre normalize their input in a separate pass first (engine/backends/fused_gemm.py
 PRENORM_MIN_REUSE; --prenorm all|none forces either way). --first-layer window reads the RGB layer's
 input in row windows of a padded NHWC copy (conv1+win; the copy's write and read are counted). On CUDA it
 then times each layer (normalize pass + conv + statistics finalize) with CUDA events after a warm-up
@@ -21,7 +21,8 @@ import argparse
 import torch
 
 from instyle import timing
-from instyle.engine import fused_chain as FC
+from instyle.engine import backends
+from instyle.engine.backends import fused_gemm as FC
 from instyle.kernels import conv_in_gemm as CI
 from instyle.models.johnson import JohnsonNet
 from instyle.precision import DTYPES
@@ -86,7 +87,7 @@ def time_whole(model, x: torch.Tensor, precision: str, iters: int, prenorm: str 
     """The backend as the Stylizer runs it (CUDA graph replay), timed as `instyle bench` times a row:
     first-call (compile + autotune + capture) time, steady-state median/p10/p90 ms per batch, and peak
     memory."""
-    run = FC.make_runner(model, x.device, DTYPES[precision], prenorm=prenorm, first_layer=first_layer)
+    run = backends.factory("fused")(model, x.device, DTYPES[precision], prenorm=prenorm, first_layer=first_layer)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     first_s = timing.wall(run, x, device=x.device)[1]

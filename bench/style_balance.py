@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from instyle.paths import data_dir
-
-    from . import campaign_zoo as Z
+    from instyle.train import zoo as Z
 
     data = data_dir()
     styles = [data / "styles" / f"{n}.jpg" for n in STYLES]

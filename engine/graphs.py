@@ -1,4 +1,4 @@
-"""CUDA graphs per input shape, in a bounded LRU cache (backends "triton" and "compile").
+"""CUDA graphs per input shape, in a bounded LRU cache (the backends table's rows with `graphs`).
 
 A graph replays a whole generator forward with one launch, which removes the per-kernel launch
 overhead that dominates small images. Graphs are shape-specific, so the cache is keyed by the input's
@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+GRAPH_CACHE_SIZE = 4  # shapes kept captured per runner by default (backend option cache_size)
 
 
 def capture_cuda_graph(fn: Fn, x: torch.Tensor) -> Fn:
@@ -50,7 +51,7 @@ def shape_key(x: torch.Tensor) -> tuple:
 class GraphCache:
     """fn, with one captured graph per input shape for the `capacity` most recently used shapes."""
 
-    def __init__(self, fn: Fn, capacity: int = 4, *, warmup_calls: int = 1,
+    def __init__(self, fn: Fn, capacity: int = GRAPH_CACHE_SIZE, *, warmup_calls: int = 1,
                  capture: Callable[[Fn, torch.Tensor], Fn] = capture_cuda_graph):
         if capacity < 1:
             raise ValueError(f"graph cache capacity must be >= 1, got {capacity}")

@@ -52,7 +52,7 @@ class Stylizer:
     pick the style of a multi-style model, baked into a single-style copy that the backend runs;
     `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
     `set_style` changes the style later; the controls can also be passed per call. `options` are the
-    backend's own keyword options (engine/backends.TABLE, e.g. {"prenorm": "all"} for "fused")."""
+    backend's own keyword options (engine/backends TABLE, e.g. {"prenorm": "all"} for "fused")."""
 
     def __init__(self, model: nn.Module, *, backend: str = "eager", precision: str = "fp32",
                  device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto",
@@ -265,7 +265,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer).
     A shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style
     file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
-    options: the backend's own keyword options (engine/backends.TABLE); with backend "auto" each tried
+    options: the backend's own keyword options (engine/backends TABLE); with backend "auto" each tried
     backend gets those it takes, and an option no backend of the chain takes is a ValueError.
     """
     from instyle import checkpoint

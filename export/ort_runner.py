@@ -149,7 +149,7 @@ def cached_session(model: nn.Module, precision: str, device: torch.device):
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
-    """Backend factory (engine/backends.py): padded N,3,H,W float 0..255 -> stylized float32 0..255."""
+    """Backend factory (engine/backends/): padded N,3,H,W float 0..255 -> stylized float32 0..255."""
     if name_of(dtype) not in _RUNS:
         raise BackendUnavailable(f"the onnxruntime backend runs fp32 or fp16, not {dtype}")
     try:

@@ -301,7 +301,7 @@ class OpenVINORunner:
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> OpenVINORunner:
-    """Backend factory (engine/backends.py)."""
+    """Backend factory (engine/backends/)."""
     _openvino()
     if torch.device(device).type != "cpu":
         raise BackendUnavailable("backend 'openvino' runs on the CPU (use triton or tensorrt on CUDA)")

@@ -77,7 +77,7 @@ class EngineRunner:
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
-    """Backend factory (engine/backends.py)."""
+    """Backend factory (engine/backends/)."""
     device = torch.device(device)
     if device.type != "cuda":
         raise BackendUnavailable("the tensorrt backend needs a CUDA device")

@@ -6,7 +6,7 @@ import re
 _SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
 
 # The engine's backends by name, here so that command lines can offer them without importing torch
-# (engine/backends.py holds the table itself and checks it against this list).
+# (engine/backends/ holds the table itself and checks it against this list).
 BACKEND_NAMES = ("eager", "triton", "fused", "compile", "onnxruntime", "openvino", "tensorrt")
 # Images larger than this are refused from their header (decompression bombs); --max-pixels changes it.
 DEFAULT_MAX_PIXELS = 2**28

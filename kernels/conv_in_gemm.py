@@ -32,7 +32,7 @@ size touches memory, about 0.9 KB per pixel:
     generator's output), and IN statistics of exactly the stored (rounded) values.
 The prologue re-normalizes an input element each time it is loaded (KH*KW times, x4 behind an
 upsampling): free next to the MMA for the 3x3 convs at 64-128 output channels, not for the deconvs,
-whose inputs engine/fused_chain.py normalizes once with kernels/conv_in_normalize.py instead (that
+whose inputs engine/backends/fused_gemm.py normalizes once with kernels/conv_in_normalize.py instead (that
 file's docstring has the numbers); the 0.9 KB/pixel above is the all-prologue figure, ~1.2 KB with it.
 
 Statistics (numerically safe, deterministic, no atomics). The epilogue splits its BLOCK_M rows into

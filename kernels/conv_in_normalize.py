@@ -9,7 +9,7 @@ CUDA-core ops per loaded element against BLOCK_N tensor-core FMAs; on an H100 (1
 3x3 convs at 64-128 output channels it hides behind the MMA; for deconv1/deconv2 (reuse 36, Cout 64/32)
 and the 9x9 deconv3 (reuse 81, Cout 3) it would dominate the layer (at 3840x2160 roughly 0.5, 0.9 and
 4 ms of CUDA-core work), while normalizing their stored inputs once costs one read and one write of
-133, 265 and 530 MB (~0.05-0.3 ms). engine/fused_chain.py picks per layer (a modeled choice, to be
+133, 265 and 530 MB (~0.05-0.3 ms). engine/backends/fused_gemm.py picks per layer (a modeled choice, to be
 confirmed with bench/fused_layers on a GPU).
 
 Layout: x, skip and y are logical N x C x H x W tensors with any strides (channels_last is the fast

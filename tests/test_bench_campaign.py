@@ -86,7 +86,7 @@ def _row(ratio, content=1.0):
 
 
 def test_zoo_ships_only_when_it_gates_better():
-    from instyle.bench.campaign_zoo import better, retrain_multipliers
+    from instyle.train.zoo import better, retrain_multipliers
 
     old = {"styles": {"a": _row(0.3), "b": _row(0.5)}}
     assert better({"styles": {"a": _row(0.3), "b": _row(0.34), "c": _row(0.9)}}, old)[0]  # one more passes

@@ -7,8 +7,8 @@ from conftest import need
 from tolerances import assert_close
 
 from instyle import checkpoint, io
-from instyle.engine import BackendUnavailable, Stylizer, backends, compiled, load, plan
-from instyle.engine import triton_backend as fused  # the backend "triton": IN tails fused into one op
+from instyle.engine import BackendUnavailable, Stylizer, backends, load, plan
+from instyle.engine.backends import torch_compile, triton_norms
 from instyle.engine.graphs import GraphCache
 from instyle.metrics import psnr_db
 from instyle.models import JohnsonNet, PyramidNet
@@ -40,7 +40,7 @@ needs_interpreter = pytest.mark.interpreter  # the Triton kernels on CPU tensors
 def test_triton_runner_matches_eager(shape):
     m = narrow()
     x = image(*shape[:1], *shape[2:])
-    run = fused.make_runner(m, CPU, torch.float32, graphs=False)
+    run = triton_norms.make_runner(m, CPU, torch.float32)
     with torch.inference_mode():
         ref = m(x)
         y = run(x)
@@ -63,7 +63,7 @@ def test_triton_backend_pyramid():
     x = image(1, 8, 12)
     with torch.inference_mode():
         ref = m(x)
-        y = fused.make_runner(m, CPU, torch.float32, graphs=False)(x)
+        y = triton_norms.make_runner(m, CPU, torch.float32)(x)
     assert_close(y, ref, ATOL[torch.float32] * (1 + ref.abs().max().item()))
 
 
@@ -72,7 +72,7 @@ def test_triton_reference_module_untouched():
     m = narrow()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     names = [n for n, _ in m.named_modules()]
-    fused.make_runner(m, CPU, torch.float32)
+    triton_norms.make_runner(m, CPU, torch.float32)
     assert [n for n, _ in m.named_modules()] == names
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
@@ -80,7 +80,7 @@ def test_triton_reference_module_untouched():
 def test_triton_unavailable_without_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailable, match="CUDA"):
-        fused.make_runner(narrow(), CPU, torch.float32)
+        triton_norms.make_runner(narrow(), CPU, torch.float32)
 
 
 class FakeCapture:
@@ -117,8 +117,11 @@ def test_graph_cache_lru_evicts_least_recently_used():
 
 @needs_interpreter
 def test_triton_runner_uses_graph_cache_when_asked():
-    run = fused.make_runner(narrow(), CPU, torch.float32, graphs=True, cache_size=3)
+    run = backends.factory("triton")(narrow(), CPU, torch.float32, graphs=True, cache_size=3)
     assert isinstance(run, GraphCache) and run.capacity == 3
+    assert not isinstance(backends.factory("triton")(narrow(), CPU, torch.float32), GraphCache)  # CPU: off
+    with pytest.raises(ValueError, match="cache_size must be >= 1"):
+        backends.factory("compile")(narrow(), CPU, torch.float32, compiler="eager", cache_size=0)
 
 
 def test_compile_backend_marks_sizes_dynamic():
@@ -128,7 +131,7 @@ def test_compile_backend_marks_sizes_dynamic():
     torch._dynamo.reset()
     counters.clear()
     m = JohnsonNet(width=4, blocks=1).eval()
-    run = compiled.make_runner(m, CPU, torch.float32, compiler="eager")
+    run = torch_compile.make_runner(m, CPU, torch.float32, compiler="eager")
     with torch.inference_mode():
         for i, (h, w) in enumerate([(20, 28), (24, 32), (40, 44), (32, 20)]):
             x = image(1, h, w)
@@ -141,7 +144,7 @@ def test_compile_backend_marks_sizes_dynamic():
 @pytest.mark.slow  # inductor codegen on CPU takes ~1.5 min
 def test_compile_backend_inductor_matches_eager():
     m = narrow()
-    run = compiled.make_runner(m, CPU, torch.float32)
+    run = torch_compile.make_runner(m, CPU, torch.float32)
     with torch.inference_mode():
         for h, w in [(20, 28), (24, 32)]:
             x = image(1, h, w)
@@ -211,7 +214,7 @@ def test_gpu_graph_replay_across_sizes():
     """Replays stay correct across sizes, through captures, evictions and re-captures."""
     cuda = torch.device("cuda")
     m = narrow().cuda()
-    run = fused.make_runner(m, cuda, torch.float32, cache_size=2)
+    run = backends.factory("triton")(m, cuda, torch.float32, cache_size=2)
     shapes = [(1, 64, 96), (1, 64, 96), (1, 72, 64), (1, 72, 64), (1, 64, 96), (1, 40, 40), (1, 40, 40),
               (1, 72, 64), (1, 72, 64), (1, 64, 96), (2, 40, 40)]
     with torch.inference_mode():
@@ -308,7 +311,10 @@ def test_table_options_are_the_factorys_keywords(name):
         fn = backends.factory(name)
     except BackendUnavailable as e:
         pytest.skip(f"{name}: {e}")
-    assert set(backends.TABLE[name].options) == _keyword_options(fn)
+    spec = backends.TABLE[name]
+    graph_options = {"graphs", "cache_size"} if spec.graphs else set()  # taken by the table's graph wrap
+    assert set(spec.options) == _keyword_options(spec.factory) | graph_options
+    assert graph_options <= _keyword_options(fn) and not graph_options & _keyword_options(spec.factory)
 
 
 @pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
@@ -335,13 +341,15 @@ def test_precisions_outside_the_table_are_one_clear_line():
 def test_options_reach_the_factory_from_load(monkeypatch):
     seen = []
 
-    def fake(model, device, dtype, *, graphs=None, cache_size=4, prenorm="auto"):
-        seen.append(dict(graphs=graphs, cache_size=cache_size, prenorm=prenorm))
+    def fake(model, device, dtype, *, prenorm="auto"):
+        seen.append(dict(prenorm=prenorm))
         return lambda x: model(x.to(dtype))
 
     monkeypatch.setattr(backends.TABLE["fused"], "factory", fake)
-    s = load(narrow(), backend="fused", precision="fp32", device="cpu", options={"prenorm": "all", "cache_size": 2})
-    assert seen == [dict(graphs=None, cache_size=2, prenorm="all")] and s.options == {"prenorm": "all", "cache_size": 2}
+    s = load(narrow(), backend="fused", precision="fp32", device="cpu",
+             options={"prenorm": "all", "cache_size": 2, "graphs": True})
+    assert seen == [dict(prenorm="all")] and s.options == {"prenorm": "all", "cache_size": 2, "graphs": True}
+    assert isinstance(s._run, GraphCache) and s._run.capacity == 2  # the table's graph options, not the factory's
     torch.testing.assert_close(s(image(1, 9, 11)), Stylizer(narrow())(image(1, 9, 11)), rtol=0, atol=0)
 
 
@@ -374,7 +382,7 @@ def test_auto_gives_each_backend_the_options_it_takes(monkeypatch):
 
 
 def test_compile_mode_is_inductors_only():
-    from instyle.engine.compiled import make_runner
+    from instyle.engine.backends.torch_compile import make_runner
 
     with pytest.raises(ValueError, match="mode 'default' is inductor's; compiler 'eager' has no modes"):
         make_runner(narrow(), torch.device("cpu"), torch.float32, compiler="eager", mode="default")

@@ -21,8 +21,8 @@ from tolerances import assert_derived_close
 
 from instyle import checkpoint
 from instyle.engine import Stylizer, backends
-from instyle.engine import fused_chain as FC
-from instyle.engine.graphs import GraphCache, shape_key
+from instyle.engine.backends import fused_gemm as FC
+from instyle.engine.graphs import GRAPH_CACHE_SIZE, GraphCache, shape_key
 from instyle.metrics import psnr_db
 from instyle.models.johnson import JohnsonNet
 
@@ -149,7 +149,8 @@ def assert_batch2_matches_model(y, model, x, dtype):
 def test_backend_registry_and_stylizer_padding(blocks):
     """Stylizer(backend="fused") resolves through the registry; odd sizes are padded and cropped; with
     no residual blocks deconv1's prologue takes relu(IN3) directly."""
-    assert backends.factory("fused") is FC.make_runner
+    backends.factory("fused")
+    assert backends.TABLE["fused"].factory is FC.make_runner and backends.TABLE["fused"].graphs
     model = narrow_net(blocks=blocks)
     x = torch.rand(1, 3, 9, 13) * 255
     fused = Stylizer(model, backend="fused", precision="fp32", device="cpu")(x)
@@ -227,7 +228,7 @@ def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained, first_layer):
     model = pretrained.cuda()
     with torch.no_grad():
         ref = model.float()(x)
-    run = FC.make_runner(model, torch.device("cuda"), torch.float16, first_layer=first_layer)
+    run = backends.factory("fused")(model, torch.device("cuda"), torch.float16, first_layer=first_layer)
     y = run(x)
     assert psnr_db(y.clamp(0, 255), ref.clamp(0, 255)) >= 45
     torch.testing.assert_close((run(x.clone()), run(x.clone()))[1], y, rtol=0, atol=0)  # a replay = first call
@@ -236,9 +237,9 @@ def test_gpu_fp16_psnr_vs_fp32_eager(data, pretrained, first_layer):
 @pytest.mark.gpu
 def test_gpu_cuda_graph_replay_and_lru(pretrained):
     model = pretrained.cuda()
-    run = FC.make_runner(model, torch.device("cuda"), torch.float16)
+    run = backends.factory("fused")(model, torch.device("cuda"), torch.float16)
     assert isinstance(run, GraphCache)
-    shapes = [(1, 3, 64, 96), (2, 3, 64, 64)] + [(1, 3, 32 + 4 * i, 32) for i in range(FC.GRAPH_CACHE_SIZE)]
+    shapes = [(1, 3, 64, 96), (2, 3, 64, 64)] + [(1, 3, 32 + 4 * i, 32) for i in range(GRAPH_CACHE_SIZE)]
     xs = [torch.rand(s, device="cuda") * 255 for s in shapes]
     first = run(xs[0])
     again = run(xs[0].clone())
@@ -250,4 +251,4 @@ def test_gpu_cuda_graph_replay_and_lru(pretrained):
     for x in xs[2:]:
         run(x)  # warm-up call
         run(x)  # capture
-    assert len(run.keys()) == FC.GRAPH_CACHE_SIZE and shape_key(xs[0]) not in run.keys()
+    assert len(run.keys()) == GRAPH_CACHE_SIZE and shape_key(xs[0]) not in run.keys()

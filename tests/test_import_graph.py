@@ -196,3 +196,15 @@ def test_layers_import_only_what_the_house_rules_allow():
     _, graph = project_graph()
     found = violations(graph)
     assert not found, "imports the house rules (docs/architecture.md, Layers) do not allow:\n  " + "\n  ".join(found)
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists packages one by one (package-dir maps the folders): a new subpackage left out of that list
+    imports in an editable install and is missing from a wheel."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["package-dir"] == {p: f for f, p in FOLDERS.items()}
+    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert packages <= set(tool["packages"]), sorted(packages - set(tool["packages"]))

@@ -1,4 +1,4 @@
-"""`instyle serve`: a local web page and an HTTP API over one warm Stylizer (DESIGN.md, Serving).
+"""`instyle serve`: a local web page and an HTTP API over one warm Stylizer (docs/architecture.md, Serving).
 
 app.py builds the FastAPI app (routes, limits, status codes); batcher.py groups concurrent requests of one size
 into batches run in one worker thread; uploads.py turns request bodies into Pictures with the CLI's own per-file

@@ -5,8 +5,13 @@ N,3,H,W tensor (0..255, on `device`) to the generator's raw output. A runner may
 attributes: `precision` (the precision it really runs, where that differs from the one asked for) and
 `notes` (one-line remarks for the user, e.g. "running without a cache").
 
-All backends are one table, `TABLE` (name -> Backend: factory, devices, precisions, options). The
-options are the factory's keyword arguments; `load(..., options={...})` reaches them. Backends that live in other
+All backends are one table, `TABLE` (name -> Backend: factory, devices, precisions, options), one file per
+backend beside it: eager.py, triton_norms.py ("triton": cuDNN convs, Triton instance-norm tails),
+fused_gemm.py ("fused": the whole net as conv-IN GEMM kernels), torch_compile.py ("compile"); the runtimes of
+exported graphs live with their exporters (export/ort_runner.py, ov_runner.py, trt_runner.py). The options are
+the factory's keyword arguments; `load(..., options={...})` reaches them. Rows with `graphs` take two more,
+`graphs` and `cache_size`: the table puts their runner behind a CUDA-graph LRU (engine/graphs.py), on CUDA by
+default. Backends that live in other
 subpackages (export/) are named by import path and loaded on first use, so engine/ never imports them at module import
 time; the packages they need are imported first, so a missing one is a BackendUnavailable with its install hint.
 The runner modules this table names take BackendUnavailable from instyle.errors, never from here: importing
@@ -24,6 +29,9 @@ from torch import nn
 
 from instyle.errors import BackendUnavailable
 from instyle.specs import BACKEND_NAMES
+
+from ..graphs import GRAPH_CACHE_SIZE, GraphCache
+from .eager import make_runner as _eager
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
@@ -43,22 +51,20 @@ class Backend:
     requires: tuple[str, ...] = ()               # packages imported before the factory is
     hint: str = ""                               # how to install them
     auto_precision: str | None = None            # "module:function(device, model) -> precision" for "auto"
+    graphs: bool = False                         # behind a CUDA-graph LRU per shape (options graphs, cache_size)
 
-
-def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Runner:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(dtype))
-
-    return run
+    def __post_init__(self):
+        if self.graphs:
+            self.options = ("graphs", "cache_size") + self.options
 
 
 TABLE: dict[str, Backend] = {
     "eager": Backend(_eager, runs_module=True, torch_memory=True),
-    "triton": Backend("instyle.engine.triton_backend:make_runner", options=("graphs", "cache_size"),
-                      runs_module=True, torch_memory=True),
-    "fused": Backend("instyle.engine.fused_chain:make_runner",
-                     options=("graphs", "cache_size", "prenorm", "first_layer", "upsample"), torch_memory=True),
-    "compile": Backend("instyle.engine.compiled:make_runner", options=("compiler", "mode", "graphs", "cache_size"),
+    "triton": Backend("instyle.engine.backends.triton_norms:make_runner", graphs=True, runs_module=True,
+                      torch_memory=True),
+    "fused": Backend("instyle.engine.backends.fused_gemm:make_runner", graphs=True,
+                     options=("prenorm", "first_layer", "upsample"), torch_memory=True),
+    "compile": Backend("instyle.engine.backends.torch_compile:make_runner", graphs=True, options=("compiler", "mode"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
                            requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
@@ -113,7 +119,21 @@ def factory(name: str) -> Factory:
                 raise BackendUnavailable(f"backend {name!r} is not available in this build of instyle") from None
             hint = f" ({spec.hint})" if spec.hint else ""
             raise BackendUnavailable(f"backend {name!r} needs the package {e.name or e}{hint}") from None
-    return spec.factory
+    return _behind_graphs(spec.factory) if spec.graphs else spec.factory
+
+
+def _behind_graphs(make: Factory) -> Factory:
+    """`make`'s runner, with `graphs` (default: on CUDA) behind one CUDA graph per shape for `cache_size` shapes."""
+    def build(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
+              cache_size: int = GRAPH_CACHE_SIZE, **options) -> Runner:
+        if cache_size < 1:
+            raise ValueError(f"backend option cache_size must be >= 1, got {cache_size}")
+        run = make(model, device, dtype, **options)
+        if graphs is None:
+            graphs = torch.device(device).type == "cuda"
+        return GraphCache(run, cache_size) if graphs else run
+
+    return build
 
 
 def check_device(name: str, device: torch.device) -> None:

@@ -1,6 +1,7 @@
-"""`campaign --stage zoo`: train the shipped styles in one conditional-IN Johnson net, gate them, picture them.
+"""The style zoo: train the shipped styles in one conditional-IN Johnson net, gate them, keep what passed.
 
-Steps, each writing its files as it finishes:
+`python -m instyle.bench.campaign --stage zoo` runs these steps on a GPU loan, each writing its files as it
+finishes (and bench/zoo_pictures.py pictures what shipped):
   train     every style image at once (one gamma/beta row each), bf16 + channels_last, for a
             wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model. With
             --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
@@ -10,7 +11,7 @@ Steps, each writing its files as it finishes:
             and median relative relu3_3 content distance <= 3.0. The shipped zoo is gated the same way on
             the same photos (`baseline`)
   ship      only when the new zoo gates better than the shipped one (`better`): every style, fp16 safetensors
-            (zoo/styles.safetensors) + one picture per style and a crop of a 4K stylization (pictures/). A
+            (zoo/styles.safetensors); the campaign adds one picture per style and a crop of a 4K stylization. A
             style that failed keeps its row; `retrain` in the summary gives its style-weight multiplier for
             the next run
 """
@@ -181,31 +182,3 @@ def keep_styles(model_path: Path, keep: list[str], out_path: Path) -> Path | Non
     training["gate"] = "passed"
     return checkpoint.save(kept, out_path, style=keep[0], styles=[styles_meta[i] for i in rows] if len(rows) > 1
                            else None, training=training, dtype=torch.float16)
-
-
-@torch.no_grad()
-def pictures(model_path: Path, photo: Path, out: Path, *, side: int, crop_4k: bool, device: str) -> list[Path]:
-    """One JPEG per style of `photo` (longer side `side`), and a 1:1 crop of a 3840x2160 stylization."""
-    from instyle import checkpoint
-    from instyle.engine import Stylizer
-    from instyle.io import Picture, read_image, resize_picture, rgb_from_tensor, to_tensor, write_image
-    from instyle.models.styles import bake, mix_weights
-
-    model, meta = checkpoint.load(model_path)
-    names = checkpoint.style_names(meta)
-    pic = read_image(photo)
-    w, h = pic.size
-    small = resize_picture(pic, (round(w * side / max(w, h)), round(h * side / max(w, h))))
-    written = []
-    out.mkdir(parents=True, exist_ok=True)
-    precision = "fp16" if torch.device(device).type == "cuda" else "fp32"
-    for s, name in enumerate(names):
-        net = bake(model, mix_weights(names, s)) if len(names) > 1 else model
-        run = Stylizer(net, backend="eager", precision=precision, device=device, tile="off")
-        y = run(to_tensor([small]))[0]
-        written.append(write_image(out / f"{name}.jpg", Picture(rgb_from_tensor(y)), quality=85))
-        if crop_4k and s == 0:
-            big = resize_picture(pic, (3840, 2160))
-            y4 = run(to_tensor([big]))[0][:, 800:1340, 1440:2400]  # a 960x540 window, 1:1 pixels
-            written.append(write_image(out / f"{name}-4k-crop.jpg", Picture(rgb_from_tensor(y4)), quality=88))
-    return written

@@ -7,7 +7,7 @@ and 1 (so batch 1 and batch > 1 are two graphs), not one graph per photo size --
 
 Mode: on CUDA, inductor's max-autotune without its own CUDA graphs ("max-autotune-no-cudagraphs"):
 inductor's cudagraph trees would record one graph per distinct shape without bound, so the compiled
-function is wrapped in the engine's LRU GraphCache instead (engine/graphs.py, as the triton backend).
+function goes behind the engine's LRU GraphCache instead (the table's `graphs`, as for the triton backend).
 On CPU, inductor's default mode. `mode` picks another of inductor's modes ("default" compiles in a fraction of
 max-autotune's time). `compiler` is exposed for tests ("eager"/"aot_eager" skip codegen).
 """
@@ -18,12 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .graphs import GraphCache
-
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, compiler: str = "inductor",
-                mode: str | None = None, graphs: bool | None = None,
-                cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
+                mode: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     options = {}
     if compiler == "inductor":
         options["mode"] = mode or ("max-autotune-no-cudagraphs" if device.type == "cuda" else "default")
@@ -34,6 +31,4 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, c
     def forward(x: torch.Tensor) -> torch.Tensor:
         return compiled(x.to(dtype))
 
-    if graphs is None:
-        graphs = device.type == "cuda"
-    return GraphCache(forward, cache_size) if graphs else forward
+    return forward

@@ -35,8 +35,6 @@ from instyle.kernels import conv_in_gemm as ci
 from instyle.kernels import conv_in_normalize as cn
 from instyle.models.graph import Step
 
-from .graphs import GraphCache
-
 # Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
 # prologue when each stored input element is loaded this many times or more (taps x upsampling area):
 # deconv1/deconv2 (36) and deconv3 (81) by default; the 3x3 convs (9, or 9/4 at stride 2) keep the
@@ -53,7 +51,6 @@ FIRST_LAYER_MODES = ("flat", "window")
 # upsample step) times both.
 UPSAMPLE_MODES = ("direct", "phase")
 
-GRAPH_CACHE_SIZE = 4
 
 
 class Layer(NamedTuple):
@@ -203,10 +200,9 @@ class FusedChain:
         return a
 
 
-def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
-                cache_size: int = GRAPH_CACHE_SIZE, prenorm: str = "auto", first_layer: str = "flat",
-                upsample: str = "direct"):
-    """Backend factory (engine.backends): the fused chain, CUDA-graphed per shape on CUDA."""
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, prenorm: str = "auto",
+                first_layer: str = "flat", upsample: str = "direct"):
+    """Backend factory (engine.backends, which CUDA-graphs it per shape on CUDA): the fused chain."""
     check_supported(model)
     _check_modes(prenorm, first_layer, upsample)  # argument errors first: they are the caller's on any device
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -216,8 +212,4 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, g
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
     chain = FusedChain(model, dtype, prenorm, first_layer, upsample)
-    if graphs is None:
-        graphs = device.type == "cuda"
-    if graphs:
-        return GraphCache(chain, capacity=cache_size)
     return lambda x: chain(x.to(device))

@@ -5,8 +5,8 @@ Every IN(+ReLU)(+residual) tail of the step plan (engine/plan.py) becomes one ca
 The convolutions stay cuDNN's. The reference module is not modified: the plan only reads its
 submodules. Other norms (batch, none) keep their PyTorch tail.
 
-On CUDA the forward is wrapped in a GraphCache (engine/graphs.py): one CUDA graph per input shape,
-LRU-bounded. Without CUDA the kernels run in the Triton interpreter (TRITON_INTERPRET=1, tests only).
+On CUDA the table (engine/backends) puts the forward behind a GraphCache: one CUDA graph per input
+shape, LRU-bounded. Without CUDA the kernels run in the Triton interpreter (TRITON_INTERPRET=1, tests only).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from torch import nn
 from instyle.errors import BackendUnavailable
 from instyle.interpreter import interpreting
 
-from . import plan
-from .graphs import GraphCache
+from .. import plan
 
 
 def _kernel():
@@ -38,9 +37,8 @@ def fused_post(step: plan.Step, y: torch.Tensor, residual: torch.Tensor | None) 
                      residual=residual)
 
 
-def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, graphs: bool | None = None,
-                cache_size: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The fused forward; with `graphs` (default: on CUDA) behind a CUDA-graph LRU of `cache_size` shapes."""
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The step list with its IN tails fused."""
     if device.type != "cuda" and not interpreting():
         raise BackendUnavailable("backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run the "
                                  "kernels in the Triton interpreter, for tests)")
@@ -53,6 +51,4 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, g
     def forward(x: torch.Tensor) -> torch.Tensor:
         return plan.run(steps, x.to(dtype), fused_post)
 
-    if graphs is None:
-        graphs = device.type == "cuda"
-    return GraphCache(forward, cache_size) if graphs else forward
+    return forward

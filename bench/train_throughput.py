@@ -1,6 +1,6 @@
 """Training throughput on one GPU: a pytorch/examples-style baseline against this trainer's fast path.
 
-    python -m instyle.train.bench_throughput [--size 256] [--batch 16] [--steps 50] [--vgg PATH] [--json OUT]
+    python -m instyle.bench.train_throughput [--size 256] [--batch 16] [--steps 50] [--vgg PATH] [--json OUT]
 
 Rows (each a fresh generator, same loss layers and weights, synthetic content batches already on the
 GPU so the data loader is not what is measured):
@@ -35,9 +35,9 @@ ROWS = {
 
 
 def _loss(args, device):
-    from .common import load_image
-    from .losses import LossSpec, PerceptualLoss
-    from .vgg import VGGFeatures, load_vgg
+    from instyle.train.common import load_image
+    from instyle.train.losses import LossSpec, PerceptualLoss
+    from instyle.train.vgg import VGGFeatures, load_vgg
 
     # pytorch/examples' layers: content relu2_2, style relu1_2, relu2_2, relu3_3, relu4_3
     spec = LossSpec(content_layers=["relu2_2"], style_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
@@ -55,7 +55,7 @@ def _loss(args, device):
 
 
 def bench_row(name: str, opts: dict, args, folder: Path, device: torch.device) -> dict:
-    from .trainer import TrainConfig, Trainer
+    from instyle.train.trainer import TrainConfig, Trainer
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cpu_smoke:
         device, name = torch.device("cpu"), "cpu (smoke test, not a measurement)"
     else:
-        print("bench_throughput: no CUDA device here; this benchmark measures GPU training throughput only.")
+        print("train_throughput: no CUDA device here; this benchmark measures GPU training throughput only.")
         return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
