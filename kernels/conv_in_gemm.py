@@ -434,7 +434,7 @@ def pinned_config(cin: int, cout: int, pix: int, flat: bool, itemsize: int) -> t
     (more work per program). Stages: 3 (4 for BLOCK_K 32); 2 for fp32 operands (ieee FMA path) and for
     the flat-K layer, whose two pipelined loops (interior and reflected tiles) each hold their own
     buffers: at 256 x 32 x 64 fp16, 3 stages asked for 280 KB of shared memory, over sm_90's 227 KB
-    (compile with bench/compile_check.py to see each tile's figure)."""
+    (compile with bench/campaign/compile_check.py to see each tile's figure)."""
     np2 = triton.next_power_of_2
     bn = min(128, max(8, np2(cout * pix)))
     bk = 64 if flat else min(64, max(32, np2(cin)))

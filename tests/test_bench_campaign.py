@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from instyle.bench import campaign_bundle, census
+from instyle.bench.campaign import bundle as campaign_bundle
+from instyle.bench.campaign import census
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

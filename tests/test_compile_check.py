@@ -1,11 +1,11 @@
-"""bench/compile_check: GPU-style specialization of recorded launches, and dumps that compare with diff -r."""
+"""bench/campaign/compile_check: GPU-style specialization of recorded launches, and dumps that compare with diff -r."""
 import json
 
 import pytest
 import torch
 from sm90 import assert_compiles_for_sm90
 
-from instyle.bench import census, compile_check
+from instyle.bench.campaign import census, compile_check
 
 SPEC = {"kernel": "_k", "args": {"x_ptr": "*float16", "n": "i32", "s16": "i32:16", "one": "1", "big": "i64"},
         "constexprs": {"BLOCK": 64, "num_warps": 4, "num_stages": 3}}
@@ -78,7 +78,7 @@ def test_dump_of_a_recorded_launch(tmp_path):
     specs.write_text(json.dumps(c.specializations()))
     dump = tmp_path / "dump"
     assert_compiles_for_sm90(
-        "from instyle.bench.compile_check import main\n"
+        "from instyle.bench.campaign.compile_check import main\n"
         f"print('compiled' if main([{str(specs)!r}, '--dump', {str(dump)!r}]) == 0 else 'failed')")
     stem = compile_check.spec_id(c.specializations()[0])
     assert sorted(p.name for p in dump.iterdir()) == [f"{stem}.json", f"{stem}.ptx", f"{stem}.ttgir"]

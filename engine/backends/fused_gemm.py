@@ -47,7 +47,7 @@ PRENORM_MODES = ("auto", "all", "none")
 FIRST_LAYER_MODES = ("flat", "window")
 # The upsampling 3x3 convs (deconv1/deconv2): "direct" runs the 3x3 over the upsampled grid in the index
 # math; "phase" as four 2x2 convs of the stored input, one per output pixel phase (kernels/upsample_phase.py,
-# 2.25x fewer MMA FLOPs, four launches). Direct stays the default until a GPU run (bench/campaign_verify's
+# 2.25x fewer MMA FLOPs, four launches). Direct stays the default until a GPU run (bench/campaign/verify.py's
 # upsample step) times both.
 UPSAMPLE_MODES = ("direct", "phase")
 

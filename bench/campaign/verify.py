@@ -13,7 +13,7 @@
   layers      the fused chain's per-layer table at 4K (where the time goes)
   window      the same bench rows and table with the RGB layer in row windows (first_layer=window)
   modes       per layer and whole chain at 4K: first_layer flat vs window, upsample direct vs phase
-              (do_bench medians; campaign_modes.py)
+              (do_bench medians; modes.py)
 Each step writes `<step>.json` (and its own files) into the stage folder as it finishes.
 """
 from __future__ import annotations
@@ -205,8 +205,8 @@ def window(out: Path, dry: bool) -> dict:
 
 
 def modes(out: Path, dry: bool) -> dict:
-    from .campaign_modes import DRY_SIZE, FULL_SIZE
-    from .campaign_modes import modes as run
+    from .modes import DRY_SIZE, FULL_SIZE
+    from .modes import modes as run
 
     model, name = _model(out)
     x = _photo(DRY_SIZE if dry else FULL_SIZE).to(_device())

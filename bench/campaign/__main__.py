@@ -6,12 +6,12 @@
     python -m instyle.bench.campaign --dry-run --out DIR      # here: both stages on the CPU, tiny sizes
 
 Stages (docs/architecture.md, "The GPU campaign"): `zoo` trains, gates and ships the style zoo (train/zoo.py;
-its pictures: zoo_pictures.py); `verify` runs the GPU tests, 4K parity, the headline benchmark, training
-throughput and the fused chain's per-layer profile (campaign_verify.py). Every step writes its files as it
+its pictures: bench/zoo_pictures.py); `verify` runs the GPU tests, 4K parity, the headline benchmark, training
+throughput and the fused chain's per-layer profile (verify.py). Every step writes its files as it
 finishes and the stage's `summary.json` is rewritten after each step: {"stages": [{"name", "status":
 ok|failed|skipped|timeout, "seconds", ...}]}, so a call cut short still returns what it measured. `--dry-run`
 runs the same steps on the CPU under the Triton interpreter, counts the Triton kernels each GPU stage will
-compile (bench/census.py) and estimates each stage's device time.
+compile (census.py) and estimates each stage's device time.
 """
 from __future__ import annotations
 
@@ -88,11 +88,10 @@ def _step(summary: Summary, name: str, fn, dry: bool) -> object:
 def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Summary:
     import torch
 
+    from instyle.bench.zoo_pictures import pictures
     from instyle.paths import ZOO_DIR, data_dir
     from instyle.train import zoo as Z
     from instyle.train.style_metric import GATE_RATIO
-
-    from .zoo_pictures import pictures
 
     data = data_dir()
     summary = Summary(out, "dry-run" if dry else "gpu")
@@ -161,7 +160,7 @@ def _wait(proc: subprocess.Popen, limit: float) -> str:
 
 
 def run_verify(out: Path, dry: bool, deadline: float, only: list[str] | None = None) -> Summary:
-    from . import campaign_verify as V
+    from . import verify as V
 
     summary = Summary(out, "dry-run" if dry else "gpu")
     started = time.perf_counter()
@@ -194,7 +193,7 @@ def run_step(name: str, out: Path, dry: bool) -> int:
     """One verify step in this process: its result goes to <out>/<name>.json."""
     from instyle.atomic import atomic_path
 
-    from . import campaign_verify as V
+    from . import verify as V
 
     with _recording(dry) as census:
         try:
@@ -215,7 +214,7 @@ def run_step(name: str, out: Path, dry: bool) -> int:
 
 def plan(zoo: Summary, verify: Summary, budget: float) -> list[dict]:
     """The planned device timeline: per stage, the kernels it compiles and an estimate of its seconds."""
-    from . import campaign_verify as V
+    from . import verify as V
 
     def kernels(summary: Summary) -> int:
         return sum(s.get("kernels", 0) for s in summary.data["stages"])
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.bundle:
         from instyle.paths import PROJECT_ROOT, data_dir
 
-        from .campaign_bundle import build
+        from .bundle import build
 
         manifest = build(Path(a.bundle).resolve(), data_dir(), PROJECT_ROOT, wheels=not a.no_wheels)
         print(json.dumps(manifest, indent=2))
@@ -271,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                  for s in json.loads(f.read_text())}
         (a.out / "kernels.json").write_text(json.dumps([json.loads(s) for s in sorted(specs)], indent=1))
         print(f"{len(specs)} distinct kernel specializations -> {a.out / 'kernels.json'} "
-              f"(python -m instyle.bench.compile_check compiles them for sm_90)")
+              f"(python -m instyle.bench.campaign.compile_check compiles them for sm_90)")
         for s in stages:
             print(f"{s['name']:<22}{s['status']:<9}{s['seconds']:>7.1f} s  {s.get('kernels', '')}")
         for t in timeline:
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "verify":
         only = None
         if a.only:
-            from . import campaign_verify as V
+            from . import verify as V
 
             only = [n.strip() for n in a.only.split(",") if n.strip()]
             unknown = [n for n in only if n not in V.STEPS]

@@ -1,8 +1,8 @@
 """Compile recorded kernel specializations for a GPU target with this machine's Triton, no GPU needed.
 
-    python -m instyle.bench.compile_check kernels.json [--arch 90] [--dump DIR]
+    python -m instyle.bench.campaign.compile_check kernels.json [--arch 90] [--dump DIR]
 
-`kernels.json` is what `campaign --dry-run` records (bench/census.py): every distinct launch of the
+`kernels.json` is what `campaign --dry-run` records (census.py): every distinct launch of the
 Triton kernels. Compiling them here catches what the interpreter cannot (types, layouts, shared-memory
 limits) with the Triton version at hand; run it under another Triton (say the GPU machine's) from a side
 virtual environment to check that one too. Needs Triton's bundled ptxas; exits 1 if any fails.
@@ -150,7 +150,8 @@ def dump(compiled, spec: dict, folder: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m instyle.bench.compile_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m instyle.bench.campaign.compile_check",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("kernels", help="kernels.json from campaign --dry-run")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100/H200)")
     p.add_argument("--dump", type=Path, help="write each binary's PTX and TTGIR (comparable forms) here")
