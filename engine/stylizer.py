@@ -257,14 +257,15 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     """A Stylizer for a shipped style name, a model file, or an nn.Module (see docs/architecture.md, Public API).
 
     backend "auto" tries `backends.chain(device)` in order -- on CUDA fused, triton, eager; on CPU openvino,
-    onnxruntime, eager -- and keeps the first that builds: any failure to build (a missing package, a
-    failed conversion, an unusable cache) moves down the chain. It then writes one line to `report`
-    (default: sys.stderr; False: nothing) naming the backend and precision that run and, where it moved
-    down the chain, why; `Stylizer.choice` holds the same line. An explicit backend that cannot be built
-    raises BackendUnavailable. precision "auto" = fp16 on CUDA; on CPU the backend's own choice (openvino:
-    bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer).
-    A shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style
-    file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
+    onnxruntime, eager; with an explicit precision only those that run it -- and keeps the first that builds: any
+    failure to build (a missing package, a failed conversion, an unusable cache) moves down the chain. It then
+    writes one line to `report` (default: sys.stderr; False: nothing) naming the backend and precision that run
+    and, where it moved down the chain, why; `Stylizer.choice` holds the same line. An explicit backend that cannot
+    be built raises BackendUnavailable. precision "auto" = fp16 on CUDA; on CPU the backend's own choice (openvino:
+    int8 where `instyle quantize` cached a model that passed its gate, else bf16 where the CPU has BF16, else
+    fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer). A
+    shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style file's styles
+    (default: its first); other keyword arguments are the Stylizer's style controls.
     options: the backend's own keyword options (engine/backends TABLE); with backend "auto" each tried
     backend gets those it takes, and an option no backend of the chain takes is a ValueError.
     """
@@ -286,6 +287,10 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
     parse_tile(tile)  # argument errors are the caller's, not a reason to move down the chain
     names = backends.chain(dev)
+    if precision != "auto":  # only the backends that run it: an int8 request is openvino's, not eager's refusal
+        names = [n for n in names if precision in backends.TABLE[n].precisions]
+        if not names:
+            raise ValueError(f"backend 'auto' on {dev.type}: no backend here runs {precision}")
     try:
         per_backend = backends.split_options(names, dict(options or {}))
     except ValueError as e:

@@ -168,6 +168,18 @@ def test_explicit_int8_without_a_cached_model_is_one_line():
     assert "\n" not in str(e.value)
 
 
+def test_auto_with_int8_asked_names_the_missing_quantized_model(tmp_path, capsys, model_path, data):
+    """backend auto tries only backends that run the precision asked: int8 is openvino's refusal, not eager's."""
+    with pytest.raises(BackendUnavailable, match="instyle quantize"):
+        load(narrow(), backend="auto", device="cpu", precision="int8", report=False)
+    out = tmp_path / "out.jpg"
+    photo_path = sorted((data / "content" / "demo").glob("*.jpg"))[0]
+    assert main(["stylize", str(photo_path), "--model", str(model_path), "--precision", "int8", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "instyle quantize" in err and "eager" not in err
+    assert not out.exists()
+
+
 def test_nncf_missing_is_one_line_and_bf16_still_runs(monkeypatch, capsys, model_path):
     monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
     assert main(["quantize", "--model", str(model_path), "--crops", "2"]) == 2
