@@ -58,19 +58,20 @@ class Stylizer:
                  device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto",
                  style: str | int | None = None, mix: dict | None = None, strength: float = 1.0,
                  preserve_color: bool = False, style_scale: float = 1.0, options: dict | None = None):
-        if precision not in PRECISIONS:
+        if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
         controls.check(strength, style_scale)
         self.tile = parse_tile(tile)
         self.device = resolve_device(device)
         backends.check_device(backend, self.device)
-        backends.check_precision(backend, precision)
+        if precision != "auto":
+            backends.check_precision(backend, precision)
         self.options = dict(options or {})
         backends.check_options(backend, self.options)
         self.backend = backend
-        self.precision = precision
-        self.dtype = module_dtype(precision)  # the module's (and tiling's) dtype; int8 keeps fp32
-        self._backend_dtype = PRECISIONS[precision]  # what the backend is asked to run
+        # "auto" is resolved per baked network in _build: openvino's int8 exists only for styles `instyle
+        # quantize` cached, so a style or mix without one runs the float precision instead of failing
+        self.requested_precision = precision
         self.metadata = dict(metadata or {})
         self.strength, self.preserve_color, self.style_scale = float(strength), bool(preserve_color), float(style_scale)
         self.source = model if style_count(model) > 1 else None  # the multi-style model, kept for set_style
@@ -101,6 +102,11 @@ class Stylizer:
                 raise StyleError(f"this model holds one style ({', '.join(self.style_names) or 'unnamed'}); "
                                  f"style/mix cannot pick {', '.join(map(str, picked))}")
             self.mix = {self.style_names[0]: 1.0} if self.style_names else {}
+        self.precision = self.requested_precision
+        if self.precision == "auto":
+            self.precision = backends.auto_precision(self.backend, self.device, model)
+        self.dtype = module_dtype(self.precision)  # the module's (and tiling's) dtype; int8 keeps fp32
+        self._backend_dtype = PRECISIONS[self.precision]  # what the backend is asked to run
         self.model = model.eval().to(self.device, self.dtype)
         self.channels_last = self.device.type == "cuda" and backends.TABLE[self.backend].runs_module
         if self.channels_last:
@@ -203,8 +209,8 @@ class Stylizer:
         else:
             if len(cache) >= MIX_CACHE:
                 cache.popitem(last=False)
-            cache[key] = Stylizer(self.source, backend=self.backend, precision=self.precision, device=self.device,
-                                  metadata=self.metadata, tile=self.tile, options=self.options,
+            cache[key] = Stylizer(self.source, backend=self.backend, precision=self.requested_precision,
+                                  device=self.device, metadata=self.metadata, tile=self.tile, options=self.options,
                                   mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
         return cache[key]
 
@@ -281,8 +287,7 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
             style = named
     common = dict(device=dev, metadata=meta, tile=tile, style=style, mix=mix, **kwargs)
     if backend != "auto":
-        prec = backends.auto_precision(backend, dev, module) if precision == "auto" else precision
-        return Stylizer(module, backend=backend, precision=prec, options=options, **common)
+        return Stylizer(module, backend=backend, precision=precision, options=options, **common)
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
     parse_tile(tile)  # argument errors are the caller's, not a reason to move down the chain
@@ -298,10 +303,9 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     skipped = []
     for i, name in enumerate(names):
         try:
-            prec = backends.auto_precision(name, dev, module) if precision == "auto" else precision
             # every try but the last gets its own copy: a failed build may have cast or changed the module
             stylizer = Stylizer(module if i == len(names) - 1 else _copy(module), backend=name,
-                                precision=prec, options=per_backend[name], **common)
+                                precision=precision, options=per_backend[name], **common)
         except Exception as e:  # noqa: BLE001 -- whatever stops a backend from building moves down the chain
             if i == len(names) - 1 or isinstance(e, StyleError):  # a bad style is the caller's, like bad args
                 raise

@@ -78,7 +78,8 @@ def bf16_supported() -> bool:
 
 def auto_precision(device: torch.device, model: nn.Module | None = None) -> str:
     """precision="auto" for this backend: int8 where `model`'s cached quantized form passed its quality gate
-    (every style of a multi-style model), else bf16 where the CPU has BF16, else fp32. Never quantizes."""
+    (every style of a multi-style model; the Stylizer asks for the single-style network it baked, so each style
+    or mix is decided on its own), else bf16 where the CPU has BF16, else fp32. Never quantizes."""
     try:
         if model is not None and int8_gate_passed(model):
             return "int8"

@@ -162,6 +162,34 @@ def test_auto_picks_int8_only_when_every_style_passed(dirs, monkeypatch):
     assert (st.backend, st.precision) == ("openvino", "int8")
 
 
+def test_auto_decides_per_style_on_the_network_that_runs(dirs, monkeypatch):
+    """One style of two quantized: auto runs it int8, and the other style, a mix, a switch to the other style
+    and per-sample mixes run the float precision instead of failing."""
+    from instyle.export import ov_quant, ov_runner
+    from instyle.export.int8_recipe import Recipe
+
+    recipe = Recipe(**TINY)
+    monkeypatch.setattr(ov_runner, "Recipe", lambda: recipe)
+    two = restyle(narrow(), 2, lambda old: torch.cat([old, old * 0.5]))
+    plain = "bf16" if ov_runner.bf16_supported() else "fp32"
+    (_, first), _ = ov_runner.baked_styles(two)
+    ov_quant.build(first, recipe, dirs[0], dirs[1][:1], max_side=64)
+    _set_gate(first, recipe, True)
+    st = load(two, backend="auto", device="cpu", style=0, report=False)
+    assert (st.backend, st.precision) == ("openvino", "int8")
+    assert load(two, backend="openvino", device="cpu", style=1, report=False).precision == plain
+    assert load(two, backend="auto", device="cpu", mix={0: 1, 1: 1}, report=False).precision == plain
+    x = photo(dirs[1][0], 40, 48)
+    both = st(x.repeat(2, 1, 1, 1), style_weights=torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+    assert {k: s.precision for k, s in st._mix_cache.items()} == {(1.0, 0.0): "int8", (0.5, 0.5): plain}
+    alone = load(two, backend="openvino", precision=plain, device="cpu", mix={0: 1, 1: 1}, report=False)(x)
+    assert psnr_db(both[1:], alone) > 60  # the mixed sample is the float mix's output
+    st.set_style(1)
+    assert st.precision == plain
+    with pytest.raises(BackendUnavailable, match="instyle quantize"):
+        load(two, backend="openvino", precision="int8", device="cpu", style=1, report=False)
+
+
 def test_explicit_int8_without_a_cached_model_is_one_line():
     with pytest.raises(BackendUnavailable, match="instyle quantize") as e:
         Stylizer(narrow(), backend="openvino", precision="int8")
