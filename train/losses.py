@@ -30,12 +30,12 @@ DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 # (mosaic). Style 0.3 puts the weighted style term at 0.3-5x the content term (geometric mean ~1.6x).
 # Gatys check (chicago x starry_night, 128 px, 60 L-BFGS steps): style 0.1 barely stylises, 0.3 clearly,
 # 1 strongly, 10 swamps the content. TV 10 is ~0.1% of the total: it only damps pixel noise.
-CAFFE_WEIGHTS = {"content": 1.0, "style": 0.3, "tv": 10.0}
+CAFFE_WEIGHTS = {"content": 1.0, "style": 0.3, "tv": 10.0, "lattice": 0.0}
 # torchvision input is ~1/57.6 of caffe's scale (x/255/std): content terms shrink by ~57.6^2, style by ~57.6^4.
 # Derived, not measured (no torchvision file here); pass --content-weight/--style-weight to override.
 _TV_SCALE = (255 * 0.226) ** 2
 TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,
-                       "style": CAFFE_WEIGHTS["style"] * _TV_SCALE**2, "tv": CAFFE_WEIGHTS["tv"]}
+                       "style": CAFFE_WEIGHTS["style"] * _TV_SCALE**2, "tv": CAFFE_WEIGHTS["tv"], "lattice": 0.0}
 
 
 # With the per-style balance (`style_balance="gram"`) a style's loss is its squared Gram error relative to its
@@ -65,6 +65,36 @@ def total_variation(y: torch.Tensor) -> torch.Tensor:
     return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
 
 
+def _phase_means(x: torch.Tensor, period: int, window: int) -> torch.Tensor:
+    """Per window x window tile of N,C,H,W `x`: the mean of each of its period x period pixel phases minus the
+    tile's mean (fp32; N, C, tiles down, period, tiles across, period)."""
+    n, c, h, w = x.shape
+    th, tw, k = h // window, w // window, window // period
+    tiles = x[..., :th * window, :tw * window].float().reshape(n, c, th, k, period, tw, k, period)
+    phase = tiles.mean(dim=(3, 6))
+    return phase - phase.mean(dim=(3, 5), keepdim=True)
+
+
+def stride_lattice(y: torch.Tensor, content: torch.Tensor | None = None, period: int = 4,
+                   window: int = 32) -> torch.Tensor:
+    """The stride grid's energy in generated images `y` (fp32, pixel^2): in each window x window tile, the
+    mean of each of the period x period pixel phases minus the tile's mean, less the same of `content` (the
+    photo the generator was given, None: zeros), squared and averaged.
+
+    A generator of total stride `period` computes every pixel phase with other weights, so it can paint a
+    dot grid locked to the pixel lattice (visible at 1:1 in flat areas; train/style_metric.py: lattice
+    measures it in the spectrum). Elsewhere the phase means of a tile nearly average out, and what the
+    photo itself has at those phases is subtracted. Unlike TV, which damps every fine detail, this term
+    only sees what is locked to the grid."""
+    h, w = y.shape[-2:]
+    window = min(window, h - h % period, w - w % period)
+    assert window >= period and window % period == 0, f"window {window} vs period {period} for {h}x{w}"
+    grid = _phase_means(y, period, window)
+    if content is not None:
+        grid = grid - _phase_means(content, period, window)
+    return grid.square().mean()
+
+
 def parse_layers(text: str | Sequence[str]) -> list[str]:
     items = text.split(",") if isinstance(text, str) else list(text)
     return [s.strip() for s in items if s.strip()]
@@ -82,6 +112,7 @@ class LossSpec:
     # weight times mean(G^2)), so styles of very different Gram scale train to comparable ratios; "off": raw
     style_balance: str = "off"
     style_multipliers: list[float] | None = None  # per style, times style_weight (None: 1 each)
+    lattice_weight: float = 0.0  # stride_lattice's weight (pixel^2 units, like content's scale after weighting)
 
     def layers(self) -> list[str]:
         return list(dict.fromkeys([*self.content_layers, *self.style_layers]))
@@ -90,7 +121,7 @@ class LossSpec:
         return dict(content_layers=self.content_layers, style_layers=self.style_layers,
                     style_layer_weights=self.layer_weights(), content_weight=self.content_weight,
                     style_weight=self.style_weight, tv_weight=self.tv_weight, style_balance=self.style_balance,
-                    style_multipliers=self.style_multipliers)
+                    style_multipliers=self.style_multipliers, lattice_weight=self.lattice_weight)
 
     def layer_weights(self) -> list[float]:
         w = self.style_layer_weights or [1.0] * len(self.style_layers)
@@ -152,7 +183,7 @@ class PerceptualLoss(nn.Module):
         """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode) and
         the styles `style_index` (N longs; None: every sample against style 0).
 
-        Returns fp32 scalars: content, style, tv (each already weighted) and total; and
+        Returns fp32 scalars: content, style, tv, lattice when weighted (each already weighted) and total; and
         `style_per_sample` (N, weighted; its mean is `style`).
         """
         spec = self.spec
@@ -178,5 +209,7 @@ class PerceptualLoss(nn.Module):
             per_sample = spec.style_weight * scale * per_sample
         s_loss = per_sample.mean()
         tv = spec.tv_weight * total_variation(y) if spec.tv_weight else zero
-        return {"content": c_loss, "style": s_loss, "tv": tv, "total": c_loss + s_loss + tv,
-                "style_per_sample": per_sample}
+        terms = {"content": c_loss, "style": s_loss, "tv": tv}
+        if spec.lattice_weight:
+            terms["lattice"] = spec.lattice_weight * stride_lattice(y, content)
+        return {**terms, "total": sum(terms.values()), "style_per_sample": per_sample}

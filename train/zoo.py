@@ -55,7 +55,9 @@ def split_photos(folder: Path, out: Path) -> tuple[Path, list[Path]]:
 def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch: int, model_config: dict,
           styles: list[Path], workers: int, device: str, fused: str = "off", style_size: int = 512,
           init: Path | None = None, iterations: int = 10**9, style_weight: float | None = None,
-          multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500) -> dict:
+          multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500,
+          lattice_weight: float | None = None, lr: float = 1e-3, resume: bool = False,
+          warmup: int | None = None) -> dict:
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
     (default: the balanced default of the VGG file's convention)."""
@@ -73,7 +75,8 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
         raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
     spec = LossSpec(content_weight=weights["content"], tv_weight=weights["tv"], style_balance=balance,
                     style_weight=weights["style"] if style_weight is None else style_weight,
-                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles])
+                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles],
+                    lattice_weight=weights["lattice"] if lattice_weight is None else lattice_weight)
     dev = torch.device(device)
     loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
     loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
@@ -83,8 +86,8 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
                       model_config=model_config, image_size=image_size, batch_size=batch, iterations=iterations,
                       workers=workers, checkpoint_every=checkpoint_every, sample_every=checkpoint_every,
                       log_every=25, device=device, save_dtype="fp16", progress=False, time_budget=budget,
-                      overwrite=True, vgg_info={"file": vgg_path.name, "convention": convention}, fused=fused,
-                      init=str(init) if init else None)
+                      overwrite=not resume, resume=resume, vgg_info={"file": vgg_path.name, "convention": convention},
+                      fused=fused, init=str(init) if init else None, lr=lr, warmup=warmup)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
@@ -131,8 +134,9 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
         y = torch.cat([model(x[i:i + 4], weights[i:i + 4] if len(names) > 1 else None)
                        for i in range(0, x.shape[0], 4)]).clamp(0, 255)
         scores = M.score(vgg, x, y, target, photo_feats=fx)
-        result[name] = M.verdict(scores["gram_ratio"], scores["content"])
+        result[name] = M.verdict(scores["gram_ratio"], scores["content"], M.lattice(y))
     return {"photos": [p.name for p in photos], "side": side, "metric": "instyle.train.style_metric",
+            "photo_lattice_median": round(float(M.lattice(x).quantile(0.5)), 2),
             "thresholds": {"gram_ratio_median_max": M.GATE_RATIO, "content_median_max": M.GATE_CONTENT},
             "styles": result}
 
