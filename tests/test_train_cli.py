@@ -243,6 +243,35 @@ def test_finetune_adds_a_style_and_trains_only_its_rows(tmp_path, data):
     assert moved
 
 
+def test_finetune_runs_for_minutes_and_gates_the_new_style(tmp_path, data, capsys):
+    """--finetune without --iterations trains for a time budget (--minutes) and ends with the zoo's gate for the
+    new style only: one line with its figures, which match train/zoo.py's gate of the written model."""
+    from instyle.train import zoo
+
+    base = tmp_path / "base.safetensors"
+    vgg = need(data / "vgg" / "vgg16-features.safetensors")
+    demo = data / "content" / "demo"
+    common = ["--data", str(demo), "--batch-size", "2", "--workers", "0", "--style-size", "64", "--no-progress",
+              "--vgg", str(vgg)]
+    assert main(["train", "--style", str(need(data / "styles" / "candy.jpg")), "--style",
+                 str(need(data / "styles" / "udnie.jpg")), "--out", str(base), "--iterations", "2", "--width", "4",
+                 "--blocks", "1", "--image-size", "32", *common]) == 0
+    capsys.readouterr()
+    out = tmp_path / "three.safetensors"
+    wave = need(data / "styles" / "wave.jpg")
+    assert main(["train", "--finetune", str(base), "--style", str(wave), "--out", str(out), "--minutes", "0.01",
+                 "--image-size", "32", *common]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gate:")]
+    assert len(lines) == 1 and lines[0].startswith("gate: wave: ")
+    training = json.loads(checkpoint.read_metadata(out)["training"])
+    assert training["iterations"] >= 1 and training["losses"]["style_balance"] == "gram"
+    photos = sorted(demo.iterdir())
+    ref = zoo.gate(out, data, photos, side=384, device="cpu", only=["wave"], style_images={"wave": wave},
+                   vgg_path=vgg, style_size=64)["styles"]["wave"]
+    assert f"style ratio {ref['gram_ratio_median']:.3f}" in lines[0]
+    assert ("passed" if ref["passed"] else "falls short") in lines[0]
+
+
 def test_init_warm_starts_every_weight_with_rows_matched_by_name(tmp_path, data, capsys):
     """--init: the run starts from the base's weights, its style rows picked by name (a new style from the
     mean row), and then every weight trains; a generator setting that differs from the base is one line."""

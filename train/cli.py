@@ -6,6 +6,11 @@ import argparse
 
 from instyle.errors import UsageError  # a leaf: no torch for --help
 
+# Adding a style to a trained zoo: crops of 128 px are what the zoo's weights were calibrated at
+# (bench/results/*-zoo-sweep), and ~8 minutes of CPU training reaches the gate (README, Styles).
+FINETUNE_MINUTES, FINETUNE_SIZE = 8.0, 128
+GATE_PHOTOS, GATE_SIDE = 8, 384
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .common import add_loss_arguments
@@ -16,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "IMG:W multiplies this style's --style-weight by W (e.g. the_scream.jpg:2)")
     p.add_argument("--styles-dir", metavar="DIR", help="every image in DIR is a style (sorted by name)")
     p.add_argument("--finetune", metavar="MODEL", help="add the --style images as new styles to this trained "
-                   "generator, training only their instance-norm gamma/beta rows (the rest stays as it is)")
+                   "generator (e.g. the shipped zoo: instyle models --json lists its path), training only their "
+                   "instance-norm gamma/beta rows (the rest stays as it is). Defaults then: --minutes "
+                   f"{FINETUNE_MINUTES:g} unless --iterations is given, --image-size {FINETUNE_SIZE}, and a gate of "
+                   "the new styles at the end")
     p.add_argument("--init", metavar="MODEL", help="start from this trained generator's weights and train all of "
                    "them (its styles matched by name; a style it lacks starts from the mean of its rows)")
     p.add_argument("--init-optimizer", metavar="FILE", help="with --init: Adam's moments to continue with (default: "
@@ -36,11 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, default=8, help="pyramid: channels per scale (default 8)")
     g.add_argument("--noise-channels", type=int, help="pyramid: noise channels (default: 3 texture, 0 style)")
     t = p.add_argument_group("training")
-    t.add_argument("--iterations", type=int, default=40000)
+    t.add_argument("--iterations", type=int, help="steps (default 40000; with --finetune: as many as --minutes "
+                   "allows)")
+    t.add_argument("--minutes", type=float, help="stop after this many minutes of training and save (resumable "
+                   f"with --resume); default none, {FINETUNE_MINUTES:g} with --finetune and no --iterations")
     t.add_argument("--batch-size", type=int, default=4, help="per GPU (default 4)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3; texture mode 1e-2)")
     t.add_argument("--warmup", type=int, help="steps of linear learning-rate warm-up (default 200 with --init, else 0)")
-    t.add_argument("--image-size", type=int, default=256, help="training crop size (default 256)")
+    t.add_argument("--image-size", type=int, help=f"training crop size (default 256; {FINETUNE_SIZE} with --finetune)")
     t.add_argument("--max-images", type=int, help="use a seeded random subset of N content images")
     t.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
     t.add_argument("--seed", type=int, default=0)
@@ -59,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true", help="start over even if OUT's .state.pt exists")
     t.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="of the output generator")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--gate", choices=("auto", "on", "off"), default="auto",
+                   help="score the trained styles at the end with the zoo's gate metric on photos of --data "
+                        "(auto: with --finetune)")
     add_loss_arguments(p)
 
 
@@ -145,6 +159,14 @@ def run(args) -> int:
         raise UsageError("--data DIR is required in style mode")
     if args.mode == "texture" and args.arch != "pyramid":
         raise UsageError("--mode texture needs --arch pyramid")
+    if args.image_size is None:
+        args.image_size = FINETUNE_SIZE if args.finetune else 256
+    budget_default = args.finetune and args.iterations is None and args.minutes is None
+    minutes = FINETUNE_MINUTES if budget_default else args.minutes
+    if args.iterations is None:
+        args.iterations = 10**9 if minutes is not None else 40000
+    if minutes is not None and not minutes > 0:
+        raise UsageError("--minutes must be > 0")
     for name in ("iterations", "batch_size", "image_size", "checkpoint_every", "log_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -182,7 +204,7 @@ def run(args) -> int:
         resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
         finetune=args.finetune, init=args.init, warmup=args.warmup,
         init_optimizer=None if args.init_optimizer == "none" else (args.init_optimizer or "auto"),
-        progress=not args.no_progress,
+        progress=not args.no_progress, time_budget=None if minutes is None else 60 * minutes,
         vgg_info={"file": Path(loss.vgg.path).name, "arch": loss.vgg.arch, "convention": loss.vgg.convention},
     )
     trainer = train(cfg, loss)
@@ -190,4 +212,31 @@ def run(args) -> int:
         final = ", ".join(f"{k} {v:.4g}" for k, v in trainer.final_losses.items())
         source = f"{len(trainer.files)} images" if trainer.files else "noise"
         print(f"{out}: {trainer.step} steps on {source}; final losses: {final}")
+        if args.gate == "on" or (args.gate == "auto" and args.finetune and not texture):
+            report_gate(out, args, device)
     return 0
+
+
+def report_gate(model: "Path", args, device) -> bool:
+    """The zoo's gate (train/style_metric.py) for the styles this run trained, on GATE_PHOTOS photos of --data at
+    GATE_SIDE px; one line per style, saying what to do when it falls short. True when all passed."""
+    from pathlib import Path
+
+    from instyle.train import style_metric as M
+    from instyle.train import zoo
+    from instyle.train.data import list_images
+    from instyle.train.vgg import resolve_path
+
+    photos = list_images(args.data, GATE_PHOTOS, args.seed)
+    styles = {Path(p).stem: Path(p) for p in args.style}
+    verdict = zoo.gate(model, Path(args.data), photos, side=GATE_SIDE, device=str(device), only=list(styles),
+                       style_images=styles, vgg_path=resolve_path(args.vgg), style_size=args.style_size)
+    for name, row in verdict["styles"].items():
+        figures = (f"style ratio {row['gram_ratio_median']:.3f} (gate <= {M.GATE_RATIO}), content "
+                   f"{row['content_median']:.2f} (<= {M.GATE_CONTENT}), lattice {row['lattice_median']:.1f}")
+        if row["passed"]:
+            print(f"gate: {name}: passed: {figures} on {len(photos)} photos of --data at {GATE_SIDE} px")
+        else:
+            print(f"gate: {name}: falls short: {figures} on {len(photos)} photos of --data at {GATE_SIDE} px; train "
+                  f"longer (the same command with --resume --minutes N) or weigh the style more (--style IMG:2)")
+    return all(r["passed"] for r in verdict["styles"].values())

@@ -55,7 +55,8 @@ def add_loss_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--style-size", type=int, default=512, help="longer side of the style image (default 512)")
     g.add_argument("--style-balance", choices=("auto", "gram", "off"), default="auto",
                    help="gram: each style's loss relative to its own Gram magnitude, so styles train to comparable "
-                        "strength under one --style-weight; off: raw Gram error (auto: gram with several styles)")
+                        "strength under one --style-weight; off: raw Gram error (auto: gram with several styles "
+                        "or --finetune, whose base was trained balanced)")
 
 
 def loss_from_args(args, device: torch.device, *, texture: bool = False):
@@ -73,7 +74,7 @@ def loss_from_args(args, device: torch.device, *, texture: bool = False):
     paths = [args.style] if isinstance(args.style, (str, Path)) else list(args.style)
     balance = getattr(args, "style_balance", "auto")
     if balance == "auto":
-        balance = "gram" if len(paths) > 1 else "off"
+        balance = "gram" if len(paths) > 1 or getattr(args, "finetune", None) else "off"
     weights = default_weights(convention, balance)
     spec = LossSpec(
         content_layers=[] if texture else parse_layers(args.content_layers),

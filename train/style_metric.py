@@ -21,7 +21,7 @@ from .losses import gram
 GRAM_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 CONTENT_LAYER = "relu3_3"
 METRIC_LAYERS = GRAM_LAYERS  # relu3_3 is one of them
-GATE_RATIO, GATE_CONTENT = 0.35, 3.0
+GATE_RATIO, GATE_CONTENT = 0.30, 3.0
 LATTICE_PERIOD = 4  # the Johnson generator's total stride: two stride-2 convs down, two x2 upsamplings up
 
 

@@ -283,7 +283,12 @@ class Trainer:
         if cfg.progress and d.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.iterations, initial=self.step, desc="train", dynamic_ncols=True)
+            if cfg.time_budget is not None and cfg.iterations >= 10**9:  # bound by time: the bar counts seconds
+                bar = tqdm(total=round(cfg.time_budget), unit="s", desc="train", dynamic_ncols=True,
+                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [ETA {remaining}]"
+                                      "{postfix}")
+            else:
+                bar = tqdm(total=cfg.iterations, initial=self.step, desc="train", dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         per_style = torch.zeros(2, self.styles, device=self.device)  # weighted style loss sums, sample counts
         window, t0, last = 0, time.perf_counter(), {}
@@ -315,7 +320,7 @@ class Trainer:
                                             device=self.device)
                         out_of_time = bool(distributed.mean_across(d, flag)[0] > 0)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(1 if bar.unit != "s" else min(time.perf_counter() - started, bar.total) - bar.n)
                 if out_of_time:
                     break
                 if cfg.sample_every and self.step % cfg.sample_every == 0:

@@ -7,7 +7,7 @@ finishes (and bench/zoo_pictures.py pictures what shipped):
             --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
             training instead of starting over
   gate      on photos it never trained on (held-out training photos and the demo photos, 384 px), per style,
-            the metric of train/style_metric.py: median gram_ratio <= 0.35 (VGG-16 relu1_2..relu4_3 Grams)
+            the metric of train/style_metric.py: median gram_ratio <= 0.30 (VGG-16 relu1_2..relu4_3 Grams)
             and median relative relu3_3 content distance <= 3.0. The shipped zoo is gated the same way on
             the same photos (`baseline`)
   ship      only when the new zoo gates better than the shipped one (`better`): every style, fp16 safetensors
@@ -111,8 +111,12 @@ def _photo_batch(paths: list[Path], side: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device: str, style_size: int = 512) -> dict:
-    """Per style, the gate metric (train/style_metric.py) over `photos`: median gram_ratio and content, passed."""
+def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device: str, style_size: int = 512,
+         only: list[str] | None = None, style_images: dict[str, Path] | None = None,
+         vgg_path: Path | None = None) -> dict:
+    """Per style (those in `only`, default all), the gate metric (train/style_metric.py) over `photos`: median
+    gram_ratio, content and lattice, passed. Style images: `style_images` by name, else data/styles/ by the
+    model's recorded source file; VGG: `vgg_path`, else data/vgg/."""
     from instyle import checkpoint
     from instyle.train import style_metric as M
     from instyle.train.common import load_image
@@ -123,12 +127,15 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
     model.float()
     names = checkpoint.style_names(meta)
     sources = checkpoint.style_entries(meta)
-    vgg = load_vgg(M.METRIC_LAYERS, resolve_path(data / "vgg"), device=dev).float()
+    vgg = load_vgg(M.METRIC_LAYERS, resolve_path(vgg_path or data / "vgg"), device=dev).float()
     x = _photo_batch(photos, side, dev)
     fx = vgg(x)
     result = {}
     for s, name in enumerate(names):
-        target = M.style_grams(vgg, load_image(data / "styles" / sources[s]["source"], style_size).to(dev))
+        if only is not None and name not in only:
+            continue
+        image = (style_images or {}).get(name) or data / "styles" / sources[s]["source"]
+        target = M.style_grams(vgg, load_image(image, style_size).to(dev))
         weights = torch.zeros(x.shape[0], len(names), device=dev)
         weights[:, s] = 1
         y = torch.cat([model(x[i:i + 4], weights[i:i + 4] if len(names) > 1 else None)
@@ -144,7 +151,8 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
 def better(new: dict, old: dict | None) -> tuple[bool, str]:
     """Whether the `new` gate beats the `old` (the shipped zoo's, same photos and metric; None: nothing shipped).
     Compared on the styles both hold: more of them pass, or as many and a lower median of their gram ratios;
-    and the new one must hold every style the old one does (a style is retrained, never dropped)."""
+    and the new one must hold every style the old one does (a style is retrained, never dropped) and, where
+    both gates report it, its median lattice figure must be no higher (a stronger dot grid is not better)."""
     import statistics
 
     if old is None:
@@ -158,7 +166,12 @@ def better(new: dict, old: dict | None) -> tuple[bool, str]:
     medians = [statistics.median(g[n]["gram_ratio_median"] for n in common) for g in (a, b)]
     why = f"{passes[0]} vs {passes[1]} of {len(common)} shared styles pass; median ratio {medians[0]:.4f} vs " \
           f"{medians[1]:.4f}"
-    return passes[0] > passes[1] or (passes[0] == passes[1] and medians[0] < medians[1]), why
+    wins = passes[0] > passes[1] or (passes[0] == passes[1] and medians[0] < medians[1])
+    if all("lattice_median" in g[n] for g in (a, b) for n in common):
+        grids = [statistics.median(g[n]["lattice_median"] for n in common) for g in (a, b)]
+        why += f"; median lattice {grids[0]:.2f} vs {grids[1]:.2f}"
+        wins = wins and grids[0] <= grids[1]
+    return wins, why
 
 
 def retrain_multipliers(verdict: dict, ratio: float) -> dict[str, float]:
