@@ -217,7 +217,7 @@ def run(args) -> int:
     return 0
 
 
-def report_gate(model: "Path", args, device) -> bool:
+def report_gate(model, args, device) -> bool:
     """The zoo's gate (train/style_metric.py) for the styles this run trained, on GATE_PHOTOS photos of --data at
     GATE_SIDE px; one line per style, saying what to do when it falls short. True when all passed."""
     from pathlib import Path
