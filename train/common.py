@@ -52,6 +52,8 @@ def add_loss_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--content-weight", type=float, help="default: tuned for the file's input convention")
     g.add_argument("--style-weight", type=float, help="default: tuned for the file's input convention")
     g.add_argument("--tv-weight", type=float, help="total variation weight (default: tuned)")
+    g.add_argument("--lattice-weight", type=float, help="weight of the stride-lattice term, which damps a dot grid "
+                   "locked to the generator's stride (default: calibrated with --style-balance gram, else 0)")
     g.add_argument("--style-size", type=int, default=512, help="longer side of the style image (default 512)")
     g.add_argument("--style-balance", choices=("auto", "gram", "off"), default="auto",
                    help="gram: each style's loss relative to its own Gram magnitude, so styles train to comparable "
@@ -85,6 +87,8 @@ def loss_from_args(args, device: torch.device, *, texture: bool = False):
                                             else args.content_weight),
         style_weight=weights["style"] if args.style_weight is None else args.style_weight,
         tv_weight=weights["tv"] if args.tv_weight is None else args.tv_weight,
+        lattice_weight=(0.0 if texture else weights["lattice"]) if getattr(args, "lattice_weight", None) is None
+        else args.lattice_weight,
         style_balance=balance, style_multipliers=getattr(args, "style_multipliers", None),
     )
     spec.layer_weights()  # validates the count

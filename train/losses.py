@@ -39,15 +39,18 @@ TORCHVISION_WEIGHTS = {"content": CAFFE_WEIGHTS["content"] * _TV_SCALE,
 
 
 # With the per-style balance (`style_balance="gram"`) a style's loss is its squared Gram error relative to its
-# own Grams' magnitude, the same units for every style and either VGG convention; the one global weight,
-# in content-loss units, was chosen from short CPU runs (README, Styles; bench/results/*-style-balance).
-BALANCED_STYLE_WEIGHT = {"caffe": 3e5, "torchvision": 3e5 / _TV_SCALE}
+# own Grams' magnitude, the same units for every style and either VGG convention; the one global weight, in
+# content-loss units, and the stride-lattice weight (pixel^2 units) were chosen by fine-tuning the shipped zoo
+# at 1e6, 3e6 and 1e7 and scoring each with the gate (bench/zoo_sweep.py; bench/results/*-zoo-sweep/).
+BALANCED_STYLE_WEIGHT = {"caffe": 3e6, "torchvision": 3e6 / _TV_SCALE}
+BALANCED_LATTICE_WEIGHT = {"caffe": 1e3, "torchvision": 1e3 / _TV_SCALE}
 
 
 def default_weights(convention: str, balance: str = "off") -> dict[str, float]:
     weights = dict(CAFFE_WEIGHTS if convention == "caffe" else TORCHVISION_WEIGHTS)
     if balance == "gram":
         weights["style"] = BALANCED_STYLE_WEIGHT[convention]
+        weights["lattice"] = BALANCED_LATTICE_WEIGHT[convention]
     return weights
 
 
