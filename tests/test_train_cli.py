@@ -308,3 +308,32 @@ def test_init_warm_starts_every_weight_with_rows_matched_by_name(tmp_path, data,
     assert main(["train", "--init", str(base), "--finetune", str(base), "--style", styles["wave"], "--out",
                  str(tmp_path / "w.safetensors"), *common]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zoo_cli_trains_resumes_gates_and_ships_only_when_better(tmp_path, data, monkeypatch):
+    """python -m instyle.train.zoo_cli end to end at a tiny budget from the shipped zoo: the phase's model, the
+    gate files with the shipped zoo beside the new one on the same photos, a rerun skips the finished phase, and
+    --ship replaces the zoo file only when train/zoo.py's `better` says so."""
+    from instyle.paths import ZOO_DIR
+    from instyle.train import zoo_cli
+
+    need(data / "vgg" / "vgg16-features.safetensors")
+    shipped = tmp_path / "zoo.safetensors"
+    shipped.write_bytes((ZOO_DIR / "styles.safetensors").read_bytes())
+    monkeypatch.setattr(zoo_cli, "_shipped_zoo", lambda: shipped)
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--init", str(shipped), "--phases", "16:1", "--gate-photos", "1", "--report-photos",
+            "0", "--ship"]
+    before = shipped.read_bytes()
+    assert zoo_cli.main(argv) == 0
+    model = out / "phase1-16" / "train" / "styles.safetensors"
+    assert json.loads(checkpoint.read_metadata(model)["training"])["iterations"] == 1
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["new"]["photos"] == gate["shipped"]["photos"] and len(gate["new"]["photos"]) == 1
+    assert set(gate["shipped"]["styles"]) < set(gate["new"]["styles"])  # udnie is new
+    assert "lattice_median" in gate["new"]["styles"]["candy"]
+    assert (shipped.read_bytes() != before) == gate["decision"]["better"]
+    stamp = model.stat().st_mtime_ns
+    assert zoo_cli.main(argv[:-1]) == 0  # the phase is done: skipped, only the gate runs again
+    assert model.stat().st_mtime_ns == stamp

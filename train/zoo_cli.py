@@ -75,6 +75,12 @@ def train_phases(a, data: Path, styles: list[Path]) -> Path:
     return init
 
 
+def _shipped_zoo() -> Path:
+    from instyle.paths import ZOO_DIR
+
+    return ZOO_DIR / "styles.safetensors"
+
+
 def gate_table(new: dict, old: dict | None) -> str:
     """Markdown: one row per style, the new zoo's figures beside the shipped one's."""
     lines = ["| style | ratio | shipped | content | shipped | lattice | shipped | passed |",
@@ -93,12 +99,12 @@ def gate_table(new: dict, old: dict | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from instyle.paths import ZOO_DIR, data_dir
+    from instyle.paths import data_dir
 
     p = argparse.ArgumentParser(prog="python -m instyle.train.zoo_cli", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run folder (phases, gate files, the new zoo)")
     p.add_argument("--phases", default="128:1500,256:300", help="SIZE:STEPS,... (default %(default)s)")
-    p.add_argument("--init", type=Path, default=ZOO_DIR / "styles.safetensors", help="the zoo to continue")
+    p.add_argument("--init", type=Path, default=_shipped_zoo(), help="the zoo to continue (default: the shipped one)")
     p.add_argument("--style-weight", type=float, help="global (balanced) style weight (default: the calibrated one)")
     p.add_argument("--lattice-weight", type=float, help="stride-lattice weight (default: the calibrated one)")
     p.add_argument("--multipliers", help="per-style weight multipliers, NAME=W,... (default: all 1)")
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     model = train_phases(a, data, styles)
     _, held = Z.split_photos(data / "content" / "train", a.out)
     photos = held[:a.gate_photos]
-    shipped = ZOO_DIR / "styles.safetensors"
+    shipped = _shipped_zoo()
     gates = {}
     for side, chosen in ((384, photos), (1024, photos[:a.report_photos])):
         if not chosen:
