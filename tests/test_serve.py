@@ -283,7 +283,11 @@ def test_a_failing_stylizer_is_500_for_its_batch_then_serves(gated, photo):
 
 @pytest.mark.parametrize("argv, text", [(["--max-batch", "0"], "--max-batch must be >= 1"),
                                         (["--timeout-s", "0"], "--timeout-s must be > 0"),
-                                        (["--port", "70000"], "--port must be in 1..65535"),])
+                                        (["--port", "70000"], "--port must be in 1..65535"),
+                                        (["--body-timeout-s", "0"], "--body-timeout-s must be > 0"),
+                                        (["--shutdown-timeout-s", "-1"], "--shutdown-timeout-s must be > 0"),
+                                        (["--max-inflight-mb", "10"], "--max-inflight-mb must be >= "
+                                         "--max-upload-mb (25)")])
 def test_serve_command_line_errors(capsys, argv, text):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err.strip()
