@@ -61,29 +61,31 @@ def test_a_cancelled_request_leaves_the_queue_and_is_never_stylized():
     run = Recorder()
 
     async def scenario():
-        batcher = Batcher(run, max_batch=1, max_wait_s=0, queue_size=1)
+        batcher = Batcher(run, max_batch=1, max_wait_s=0, queue_size=2)
         await batcher.start()
         try:
             run.hold.clear()
             first = asyncio.ensure_future(batcher.submit(_x(1.0), KEY))
             while not run.calls:  # the first one is in the worker
                 await asyncio.sleep(0.01)
-            gone = asyncio.ensure_future(batcher.submit(_x(2.0), KEY))
+            second = asyncio.ensure_future(batcher.submit(torch.full((1, 3, 4, 6), 2.0), Key(4, 6, 1.0, False, 1.0)))
+            gone = asyncio.ensure_future(batcher.submit(_x(5.0), KEY))  # behind one of another size
             await asyncio.sleep(0)
-            assert batcher.depth == 2
+            assert batcher.depth == 3
             with pytest.raises(QueueFull):
                 await batcher.submit(_x(9.0), KEY)
             gone.cancel()
-            await asyncio.gather(gone, return_exceptions=True)
-            assert batcher.depth == 1  # out of the queue at once, not when the worker comes to it
+            assert (await asyncio.gather(gone, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+            assert batcher.depth == 2  # out of the queue at once, not when the worker comes to it
             third = asyncio.ensure_future(batcher.submit(_x(3.0), KEY))  # its slot is free again
             await asyncio.sleep(0)
             run.hold.set()
-            return await first, await third
+            return await first, await second, await third
         finally:
             run.hold.set()
             await batcher.stop()
 
-    first, third = asyncio.run(scenario())
-    assert run.calls == [[1.0], [3.0]]
+    first, second, third = asyncio.run(scenario())
+    assert run.calls == [[1.0], [2.0], [3.0]]
     assert torch.equal(first, 2 * _x(1.0)[0]) and torch.equal(third, 2 * _x(3.0)[0])
+    assert torch.equal(second, torch.full((3, 4, 6), 4.0))

@@ -34,7 +34,7 @@ class Key:
     style_scale: float
 
 
-@dataclass
+@dataclass(eq=False)  # one request is one item: found and removed by identity, never by its tensors
 class _Item:
     x: object  # 1,3,H,W float tensor
     key: Key
