@@ -154,8 +154,8 @@ def test_the_page_runs_no_inline_code_and_has_a_content_security_policy(live):
 
 
 @contextlib.contextmanager
-def _log_records():
-    """Records of the server's loggers (its own one line per refusal, uvicorn's) while the block runs."""
+def _log_records(more=()):
+    """Records of the server's loggers (its own one line per refusal, uvicorn's, `more`) while the block runs."""
     records: list[logging.LogRecord] = []
     arrived = threading.Event()
 
@@ -165,7 +165,7 @@ def _log_records():
             arrived.set()
 
     handler = Keep(logging.DEBUG)
-    loggers = [logging.getLogger(n) for n in ("instyle.serve", "uvicorn", "uvicorn.error")]
+    loggers = [logging.getLogger(n) for n in ("instyle.serve", "uvicorn", "uvicorn.error", *more)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
