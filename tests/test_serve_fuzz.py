@@ -71,7 +71,7 @@ class Storm:
     def kinds(self):
         return [self.good, self.good, self.good, self.named, self.garbage, self.empty, self.damaged, self.bad_control,
                 self.declared_too_large, self.too_many_fields, self.two_files, self.unknown_path, self.wrong_method,
-                self.cut, self.stalled, self.abandoned]
+                self.cut, self.stalled, self.abandoned, self.not_http]
 
     # answers
 
@@ -170,6 +170,12 @@ class Storm:
         with self._socket() as sock:  # the server answers 408 after --body-timeout-s and closes
             sock.sendall(_head(50_000) + b"\x89PNG")
             return self._raw_refusal(sock, 408)
+
+    def not_http(self, client, rng):
+        with self._socket() as sock:
+            sock.sendall(rng.choice([b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                                     b"POST /v1/stylize HTTP/1.1\r\nContent-Length: -5\r\n\r\n"]))
+            return self._raw_refusal(sock, 400)
 
     def abandoned(self, client, rng):
         photo = rng.choice(self.photos)

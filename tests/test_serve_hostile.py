@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io as stdio
+import json
 import logging
 import re
 import socket
@@ -137,6 +138,13 @@ def test_every_refusal_of_the_framework_is_one_json_error_and_counted(live):
         before = _metric(live, "instyle_errors_total", cause=cause)
         _assert_refusal(live.client.request(method, path, **request), status)
         assert _metric(live, "instyle_errors_total", cause=cause) == before + 1, (method, path)
+    before = _metric(live, "instyle_errors_total", cause="bad_http")
+    with _raw(live, b"NOT HTTP AT ALL\r\n\r\n") as sock:  # uvicorn's own refusal, before any route
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert answer.status == 400 and answer.getheader("content-type") == "application/json"
+        assert list(json.loads(answer.read())) == ["error"]
+    assert _metric(live, "instyle_errors_total", cause="bad_http") == before + 1
     assert live.client.get("/healthz").status_code == 200
 
 
@@ -198,7 +206,7 @@ def test_a_stalled_upload_is_answered_408_and_its_connection_closed(stylizer):
             answer = http.client.HTTPResponse(sock)
             answer.begin()
             assert answer.status == 408 and answer.getheader("content-type") == "application/json"
-            assert "not received within 0.5 s" in __import__("json").loads(answer.read())["error"]
+            assert "not received within 0.5 s" in json.loads(answer.read())["error"]
             assert sock.recv(1) == b""  # closed: a stalled socket is not held
         assert _metric(live, "instyle_errors_total", cause="body_timeout") == 1
         assert live.client.post("/v1/stylize", content=_image()).status_code == 200

@@ -60,10 +60,12 @@ def uvicorn_config(app, **kwargs):
     """uvicorn's Config for `app` with the limits that are the HTTP server's to keep (the CLI and the tests)."""
     import uvicorn
 
+    from instyle.serve.protocol import json_refusals
+
     limits: Limits = app.state.limits
     kwargs.setdefault("log_level", "warning")
     return uvicorn.Config(app, timeout_graceful_shutdown=limits.shutdown_timeout_s,
-                          timeout_keep_alive=limits.keep_alive_s, **kwargs)
+                          timeout_keep_alive=limits.keep_alive_s, http=json_refusals(app.state.metrics), **kwargs)
 
 
 def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", api_docs: bool = False) -> FastAPI:
