@@ -248,12 +248,30 @@ def test_a_request_whose_client_went_away_leaves_the_queue_unstylized(live, styl
 
 
 def test_shutdown_is_bounded_while_an_upload_stalls(stylizer):
-    with _serving(stylizer, body_timeout_s=600, shutdown_timeout_s=0.5) as live:
+    with _log_records() as (records, _), _serving(stylizer, body_timeout_s=600, shutdown_timeout_s=0.5) as live:
         sock = _raw(live, _head(10_000), b"\x89PNG")
         try:
             _until("the upload in progress", lambda: _metric(live, "instyle_upload_bytes_held") > 0)
             live.server.should_exit = True
             live.server.thread.join(60)
             assert not live.server.thread.is_alive(), "the server waited on a stalled upload"
+            answer = http.client.HTTPResponse(sock)
+            try:
+                answer.begin()
+            except (ConnectionError, http.client.HTTPException):
+                return  # closed before its answer went out: nothing more to check
+            assert answer.status == 503 and "shutting down" in json.loads(answer.read())["error"]
+            assert not [r for r in records if r.exc_info], [r.getMessage() for r in records]
         finally:
             sock.close()
+
+
+def test_api_docs_are_served_only_when_asked_for(stylizer):
+    """/docs and /redoc load Swagger UI and ReDoc from a CDN: absent by default, present with --api-docs."""
+    from instyle.serve.app import create_app
+
+    def paths(app):
+        return {getattr(r, "path", None) for r in app.routes}
+
+    assert not {"/docs", "/redoc"} & paths(create_app(stylizer))
+    assert {"/docs", "/redoc", "/openapi.json"} <= paths(create_app(stylizer, api_docs=True))

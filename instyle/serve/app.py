@@ -149,6 +149,8 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
         holding = budget.hold()
         try:
             return await _stylize(request, started, holding)
+        except asyncio.CancelledError:  # only uvicorn cancels a request: its --shutdown-timeout-s ran out
+            raise Refused(503, "the server is shutting down", cause="shutdown") from None
         finally:
             holding.release()
 
