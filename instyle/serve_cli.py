@@ -4,6 +4,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+# flag, type, default (Limits' own), metavar, what it limits
+LIMIT_FLAGS = (
+    ("--max-batch", int, 8, "N", "images stylized together"),
+    ("--max-wait-ms", float, 10.0, "M", "how long a request waits for others of its size to share a batch"),
+    ("--max-pixels", int, 1 << 24, "P",
+     "refuse images of more pixels (4096x4096), read from the header before decoding"),
+    ("--max-upload-mb", float, 25.0, "U", "refuse larger bodies"),
+    ("--max-inflight-mb", float, 256.0, "M",
+     "bytes of uploads held at once, across requests; past it a request is answered 503 with Retry-After"),
+    ("--queue", int, 64, "Q", "requests waiting at most; more are answered 503 with Retry-After"),
+    ("--timeout-s", float, 60.0, "S", "a request not stylized within S seconds is answered 504"),
+    ("--body-timeout-s", float, 30.0, "S", "an upload whose body has not arrived S seconds after its headers is "
+     "answered 408"),
+    ("--shutdown-timeout-s", float, 10.0, "S", "on SIGTERM or Ctrl-C, requests in progress get S seconds to finish"),
+    ("--keep-alive-s", float, 5.0, "S", "an idle connection is closed after S seconds"),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from instyle.specs import BACKEND_NAMES as BACKENDS  # no torch for --help
@@ -15,26 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--tile", default="auto", help="auto | off | tile side in pixels (exact tiled inference)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="images stylized together (default 8)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="M",
-                   help="how long a request waits for others of its size to share a batch (default 10)")
-    p.add_argument("--max-pixels", type=int, default=1 << 24, metavar="P",
-                   help="refuse larger images, from the header, before decoding (default 16777216: 4096x4096)")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="U", help="refuse larger bodies (default 25)")
-    p.add_argument("--max-inflight-mb", type=float, default=256.0, metavar="M",
-                   help="bytes of uploads held at once, across requests; past it a request is answered 503 with "
-                        "Retry-After (default 256)")
-    p.add_argument("--queue", type=int, default=64, metavar="Q",
-                   help="requests waiting at most; more are answered 503 with Retry-After (default 64)")
-    p.add_argument("--timeout-s", type=float, default=60.0, metavar="S",
-                   help="a request not stylized within S seconds is answered 504 (default 60)")
-    p.add_argument("--body-timeout-s", type=float, default=30.0, metavar="S",
-                   help="an upload whose body has not arrived S seconds after its headers is answered 408 "
-                        "(default 30)")
-    p.add_argument("--shutdown-timeout-s", type=float, default=10.0, metavar="S",
-                   help="on SIGTERM or Ctrl-C, requests in progress get S seconds to finish (default 10)")
-    p.add_argument("--keep-alive-s", type=float, default=5.0, metavar="S",
-                   help="an idle connection is closed after S seconds (default 5)")
+    for flag, kind, default, metavar, text in LIMIT_FLAGS:
+        shown = f"{default:g}" if kind is float else default
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default {shown})")
     p.add_argument("--api-docs", action="store_true",
                    help="serve /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; default off: "
                         "the schema is at /openapi.json)")

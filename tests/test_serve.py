@@ -292,3 +292,12 @@ def test_serve_command_line_errors(capsys, argv, text):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"instyle serve: error: {text}, got ") and "\n" not in err
+
+
+def test_the_command_line_defaults_are_the_limits_defaults():
+    from instyle.serve.app import Limits
+    from instyle.serve_cli import LIMIT_FLAGS
+
+    limits = Limits()
+    for flag, kind, default, *_ in LIMIT_FLAGS:
+        assert getattr(limits, flag.removeprefix("--").replace("-", "_")) == default, flag

@@ -3,6 +3,7 @@ whose wait is cancelled leaves the queue at once (its slot free again) and is ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -31,6 +32,17 @@ class Recorder:
         return [2 * x[0] for x in xs]
 
 
+@contextlib.asynccontextmanager
+async def _running(run: Recorder, **kwargs):
+    batcher = Batcher(run, **kwargs)
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        run.hold.set()
+        await batcher.stop()
+
+
 def _x(value: float):
     return torch.full((1, 3, 2, 2), value)
 
@@ -39,14 +51,10 @@ def test_a_failing_batch_fails_only_the_request_that_fails_alone():
     run = Recorder()
 
     async def scenario():
-        batcher = Batcher(run, max_batch=4, max_wait_s=30, queue_size=8)
-        await batcher.start()
-        try:
+        async with _running(run, max_batch=4, max_wait_s=30, queue_size=8) as batcher:
             values = [1.0, POISON, 3.0, 4.0]
             return values, await asyncio.gather(*(batcher.submit(_x(v), KEY) for v in values),
                                                 return_exceptions=True)
-        finally:
-            await batcher.stop()
 
     values, answers = asyncio.run(scenario())
     assert run.calls[0] == values  # one batch of four first
@@ -61,9 +69,7 @@ def test_a_cancelled_request_leaves_the_queue_and_is_never_stylized():
     run = Recorder()
 
     async def scenario():
-        batcher = Batcher(run, max_batch=1, max_wait_s=0, queue_size=2)
-        await batcher.start()
-        try:
+        async with _running(run, max_batch=1, max_wait_s=0, queue_size=2) as batcher:
             run.hold.clear()
             first = asyncio.ensure_future(batcher.submit(_x(1.0), KEY))
             while not run.calls:  # the first one is in the worker
@@ -81,9 +87,6 @@ def test_a_cancelled_request_leaves_the_queue_and_is_never_stylized():
             await asyncio.sleep(0)
             run.hold.set()
             return await first, await second, await third
-        finally:
-            run.hold.set()
-            await batcher.stop()
 
     first, second, third = asyncio.run(scenario())
     assert run.calls == [[1.0], [2.0], [3.0]]
