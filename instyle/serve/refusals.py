@@ -1,8 +1,9 @@
 """Every refusal, the app's own and the framework's (404, 405, a multipart over its limits, a validation error),
 answered in one shape, {"error": "one line"}, counted in instyle_errors_total{cause} and logged as one line.
 
-Client faults log no traceback; only a fault of the server itself (an exception nothing expected) does. The
-client's data in a log line (a path, a file name in the message) is escaped: it cannot start a line of its own.
+Client faults log no traceback; only a fault of the server itself (an exception nothing expected) does, through
+uvicorn. The client's data in a log line (a path, a file name in the message) is escaped: it cannot start a line
+of its own.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def install(app, metrics) -> None:
         return answer(request, 422, f"{where}: {first.get('msg', 'invalid request')}", "bad_input")
 
     @app.exception_handler(Exception)
-    async def fault(request, e: Exception):  # a bug of the server: the traceback is worth its lines
-        log.error("%s %s -> 500: %s", request.method, log_text(request.url.path), type(e).__name__, exc_info=e)
+    async def fault(request, e: Exception):  # a bug of the server: uvicorn logs its traceback after this answer
+        log.error("%s %s -> 500 internal: %s", request.method, log_text(request.url.path), type(e).__name__)
         metrics.errors.labels("internal").inc()
         return JSONResponse({"error": f"internal error ({type(e).__name__})"}, status_code=500)
