@@ -28,6 +28,9 @@ from tests.test_serve_hostile import _head, _image, _log_records, _multipart  # 
 
 SEED = int(os.environ.get("INSTYLE_FUZZ_SEED", "37"))
 NAMES = ["日本.gif", "line\nbreak.gif", "<b onmouseover=x>.gif", "100%.gif", "tab\there.gif", "ø" * 40 + ".gif"]
+# always fair answers on a loaded machine, clients and server sharing its cores: busy, or a body that took longer
+# than --body-timeout-s to reach the handler
+FAIR = (503, 408)
 BAD_CONTROLS = [{"strength": "nan"}, {"mix": "style=3e38,0=3e38"}, {"style": "<script>alert(1)</script>"},
                 {"quality": "0"}, {"format": "exe"}, {"colour": "1"}, {"max_side": "-1"}, {"style_scale": "inf"}]
 
@@ -77,7 +80,7 @@ class Storm:
 
     @staticmethod
     def _refusal(r, *statuses) -> str | None:
-        if r.status_code not in statuses and r.status_code != 503:  # 503: busy, always a fair answer
+        if r.status_code not in statuses + FAIR:
             return f"status {r.status_code} not in {statuses}: {r.text[:200]}"
         if r.headers.get("content-type") != "application/json":
             return f"{r.status_code} as {r.headers.get('content-type')}"
@@ -156,7 +159,7 @@ class Storm:
         answer = http.client.HTTPResponse(sock)
         answer.begin()
         body = answer.read()
-        if answer.status not in (status, 503) or answer.getheader("content-type") != "application/json":
+        if answer.status not in (status, *FAIR) or answer.getheader("content-type") != "application/json":
             return f"raw: {answer.status} {answer.getheader('content-type')} {body[:200]!r}"
         return None if list(json.loads(body)) == ["error"] else f"raw: {body[:200]!r}"
 
@@ -222,7 +225,7 @@ def test_a_storm_of_hostile_requests(model_path):
     from instyle.serve.app import Limits, create_app
 
     stylizer = instyle.load(str(model_path), backend="eager", precision="fp32", device="cpu", report=False)
-    limits = Limits(max_batch=4, max_wait_ms=5, queue=32, max_upload_mb=1, max_inflight_mb=4, body_timeout_s=0.5,
+    limits = Limits(max_batch=4, max_wait_ms=5, queue=32, max_upload_mb=1, max_inflight_mb=4, body_timeout_s=1,
                     timeout_s=30)
     photos = _photos(5)
     with _log_records(("asyncio",)) as (records, _), live_server(create_app(stylizer, limits)) as url, \

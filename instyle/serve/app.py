@@ -193,7 +193,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
         finally:
             gone.cancel()
             job.cancel()  # no-op once done; else it leaves the queue, never stylized
-        if job in done:
+        if job.done() and not job.cancelled():  # done, even between the wait and here: its answer counts
             try:
                 return job.result()
             except QueueFull:
@@ -211,8 +211,11 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
 
 async def _client_gone(request: Request) -> None:
     """Return when the client disconnects (the body is read: what the server receives next is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 -- no news of the client: wait for the answer as if it stayed
+        await asyncio.Event().wait()
 
 
 def _first_line(e: BaseException) -> str:
