@@ -11,13 +11,11 @@ prints the lines and sets the exit code (1 when any line is an error).
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import sys
 import tempfile
 import unicodedata
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -296,34 +294,17 @@ def report(jobs: Iterable[Job], file=None) -> None:
             print(line, file=file or sys.stderr)
 
 
-@contextlib.contextmanager
-def _c_stderr(lines: list[str]):
-    """Collect what C libraries write straight to file descriptor 2 (libtiff does) while the block runs."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no descriptor 2 to borrow: let it through
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines += tmp.read(4096).decode("utf-8", "replace").splitlines()
-
-
 def _reporting_warnings(lines: list[str], fn, path: Path, *args, **kwargs):
-    """Call fn(path, ...). When it succeeds, what the decoders warned about (Python warnings, libtiff's messages
-    on stderr) is added to `lines` as `warning: PATH: ...`, one line each; when it fails, its error says it all."""
+    """Call fn(path, ...). When it succeeds, what the decoders warned about on this thread (Python warnings,
+    libtiff's messages: instyle.decoder_messages) is added to `lines` as `warning: PATH: ...`, one line each;
+    when it fails, its error says it all."""
+    from instyle import decoder_messages
+
+    warned: list[str] = []
     c_lines: list[str] = []
-    with warnings.catch_warnings(record=True) as caught, _c_stderr(c_lines):
-        warnings.simplefilter("always")
+    with decoder_messages.capture(warned, c_lines):
         result = fn(path, *args, **kwargs)
-    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    messages = [text.strip().splitlines()[0] for text in warned if text.strip()]
     messages += [line.strip().removeprefix("tempfile.tif: ") for line in c_lines if line.strip()]
     for line in list(dict.fromkeys(messages))[:3]:
         lines.append(f"warning: {path}: {line[:200]}")

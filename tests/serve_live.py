@@ -11,12 +11,23 @@ import time
 @contextlib.contextmanager
 def live_server(app):
     """Yield the base URL ("http://127.0.0.1:PORT") of `app` served by uvicorn until the block ends."""
+    with running_server(app) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """Yield (base URL, uvicorn.Server) for `app`, with the limits the CLI gives uvicorn; stopped when the block
+    ends (a test may stop it first, through server.should_exit)."""
     import uvicorn
+
+    from instyle.serve.app import uvicorn_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server.thread = thread
     thread.start()
     deadline = time.monotonic() + 120  # start-up includes the warm-up and the thumbnails
     while not server.started:
@@ -24,7 +35,7 @@ def live_server(app):
             raise RuntimeError("the server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(30)

@@ -189,6 +189,27 @@ def test_concurrent_requests_share_a_batch_with_their_own_styles(zoo_server, pho
     assert np.abs(alone["candy"] - alone["wave"]).mean() > 5
 
 
+def test_a_mix_whose_sum_overflows_is_400_before_queueing_and_its_neighbours_are_served(zoo_server, photo):
+    """Each weight finite, their float32 sum not: refused on its own (400) while three requests sent with it, in
+    the same batching window, get what each gets alone."""
+    def post(p):
+        return zoo_server.post("/v1/stylize", content=photo, headers={"content-type": "image/jpeg"},
+                               params={"format": "png", "max_side": 72} | p)
+
+    good = [{"style": "candy"}, {"mix": "wave=1,mosaic=2"}, {"style": "feathers"}]
+    alone = [_pixels(post(p).content) for p in good]
+    images = float(re.search(r"^instyle_images_total (\S+)$", zoo_server.get("/metrics").text, re.M).group(1))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, good + [{"mix": "candy=3e38,mosaic=3e38"}]))
+    bad = answers.pop()
+    assert bad.status_code == 400 and "overflows" in bad.json()["error"], bad.text
+    for expected, r in zip(alone, answers):
+        assert r.status_code == 200, r.text
+        assert np.abs(_pixels(r.content) - expected).max() <= 1
+    after = float(re.search(r"^instyle_images_total (\S+)$", zoo_server.get("/metrics").text, re.M).group(1))
+    assert after == images + 3  # the refused one never reached the stylizer
+
+
 @pytest.fixture(scope="module")
 def gated(model_path):
     """The random TransformerNet (one style) behind a gate; a queue of 2, one image a batch, a 3 s timeout."""
@@ -262,8 +283,21 @@ def test_a_failing_stylizer_is_500_for_its_batch_then_serves(gated, photo):
 
 @pytest.mark.parametrize("argv, text", [(["--max-batch", "0"], "--max-batch must be >= 1"),
                                         (["--timeout-s", "0"], "--timeout-s must be > 0"),
-                                        (["--port", "70000"], "--port must be in 1..65535")])
+                                        (["--port", "70000"], "--port must be in 1..65535"),
+                                        (["--body-timeout-s", "0"], "--body-timeout-s must be > 0"),
+                                        (["--shutdown-timeout-s", "-1"], "--shutdown-timeout-s must be > 0"),
+                                        (["--max-inflight-mb", "10"], "--max-inflight-mb must be >= "
+                                         "--max-upload-mb (25)")])
 def test_serve_command_line_errors(capsys, argv, text):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"instyle serve: error: {text}, got ") and "\n" not in err
+
+
+def test_the_command_line_defaults_are_the_limits_defaults():
+    from instyle.serve.app import Limits
+    from instyle.serve_cli import LIMIT_FLAGS
+
+    limits = Limits()
+    for flag, kind, default, *_ in LIMIT_FLAGS:
+        assert getattr(limits, flag.removeprefix("--").replace("-", "_")) == default, flag

@@ -31,9 +31,13 @@ def _pixels(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.int16)
 
 
-def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
+def _need_chromium():
     if CHROMIUM is None:  # CI installs it (.ci/run): there a missing browser is a failure, not a skip
         (pytest.fail if os.environ.get("CI") else pytest.skip)("no chromium: apt-get install chromium")
+
+
+def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
+    _need_chromium()
     import instyle
     from instyle.serve.app import Limits, create_app
 
@@ -43,7 +47,8 @@ def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 760})
-            outside = []
+            outside, blocked = [], []
+            page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
             page.on("request", lambda r: None if r.url.startswith(url) or r.url.startswith("blob:")
                     or r.url.startswith("data:") else outside.append(r.url))
             page.goto(url + "/")
@@ -68,6 +73,7 @@ def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
         finally:
             browser.close()
         assert not outside, f"the page fetched from outside the server: {outside}"
+        assert not blocked, f"the page's own Content-Security-Policy blocked it: {blocked}"
         direct = httpx.post(url + "/v1/stylize", files={"image": (photo.name, photo.read_bytes())}, timeout=60,
                             data={"style": "mosaic", "strength": str(strength), "max_side": "320", "format": "png",
                                   "style_scale": "1", "preserve_color": "false"})
@@ -75,3 +81,35 @@ def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
     shown, expected = _pixels(got), _pixels(direct.content)
     assert shown.shape == expected.shape == (213, 320, 3)
     assert np.abs(shown - expected).max() <= 1
+
+
+HOSTILE = {"name": '<img src=x onerror="window.pwned=1">', "thumbnail": '/x" onerror="window.pwned=1" y="'}
+
+
+def test_style_names_holding_markup_stay_text_in_the_page(model_path):
+    """A model's style names come from files users download: the page shows them as text, whatever they hold
+    (the styles answer is replaced by one whose name and thumbnail URL carry an onerror handler)."""
+    import json
+
+    _need_chromium()
+    import instyle
+    from instyle.serve.app import create_app
+
+    stylizer = instyle.load(str(model_path), backend="eager", precision="fp32", device="cpu", report=False)
+    styles = {"styles": [HOSTILE | {"index": 0, "default": True}], "multi_style": False, "controls": [],
+              "limits": {}}
+    with live_server(create_app(stylizer)) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page()
+            page.route("**/v1/styles", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                                    body=json.dumps(styles)))
+            page.goto(url + "/")
+            page.wait_for_selector(".style img")
+            page.wait_for_function("document.querySelector('.style img').complete")  # its error, if any, fired
+            assert page.evaluate("window.pwned") is None
+            assert page.inner_text(".style span") == HOSTILE["name"]
+            assert page.get_attribute(".style img", "src") == HOSTILE["thumbnail"]
+            assert page.evaluate("document.querySelectorAll('[onerror]').length") == 0
+        finally:
+            browser.close()

@@ -1,9 +1,12 @@
 """The FastAPI app: the page, the styles, POST /v1/stylize, health and metrics (README: Serve).
 
-Every refusal is a JSON body {"error": "one line"}: 400 bad input (not an image, damaged, unknown style, bad
-control), 413 too large (bytes, or pixels from the header), 503 queue full (with Retry-After), 504 not stylized
-within the request timeout, 500 the stylizer failed. None of them stops the server. Decoding and encoding run in
-Starlette's thread pool, stylizing in the batcher's one worker thread: the event loop only moves bytes.
+Every refusal is a JSON body {"error": "one line"} (refusals.py, the framework's own included): 400 bad input
+(not an image, damaged, unknown style, bad control), 408 body not received in time, 413 too large (bytes, or
+pixels from the header), 503 busy (queue full, or the uploads held at once at their bound; with Retry-After),
+504 not stylized within the request timeout, 500 the stylizer failed. None of them stops the server. A request
+is validated completely before it joins a batch; a client that goes away is dropped from the queue. Decoding
+and encoding run in Starlette's thread pool, stylizing in the batcher's one worker thread: the event loop only
+moves bytes.
 """
 from __future__ import annotations
 
@@ -14,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from instyle.serve import options, thumbnails, uploads
 from instyle.serve.batcher import Batcher, Key, QueueFull
+from instyle.serve.budget import UploadBudget
 from instyle.serve.metrics import CONTENT_TYPE, Metrics
+from instyle.serve.middleware import Answers
+from instyle.serve.refusals import Refused, install
+from instyle.serve.text import header_value
 
 STATIC = Path(__file__).parent / "static"
 _EXTENSIONS = {media: ext for ext, media in reversed(uploads.MEDIA_TYPES.items())}
@@ -32,21 +39,38 @@ class Limits:
     max_wait_ms: float = 10.0
     max_pixels: int = 1 << 24
     max_upload_mb: float = 25.0
+    max_inflight_mb: float = 256.0  # bytes of uploads held at once, across requests
     queue: int = 64
     timeout_s: float = 60.0
+    body_timeout_s: float = 30.0  # from the headers to the body's last byte
+    shutdown_timeout_s: float = 10.0  # graceful shutdown: then connections still open are closed
+    keep_alive_s: float = 5.0
     retry_after_s: int = 1
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 1024 * 1024)
 
-def _error(status: int, message: str, **headers) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+def uvicorn_config(app, **kwargs):
+    """uvicorn's Config for `app` with the limits that are the HTTP server's to keep (the CLI and the tests)."""
+    import uvicorn
+
+    from instyle.serve.protocol import json_refusals
+
+    limits: Limits = app.state.limits
+    kwargs.setdefault("log_level", "warning")
+    return uvicorn.Config(app, timeout_graceful_shutdown=limits.shutdown_timeout_s,
+                          timeout_keep_alive=limits.keep_alive_s, http=json_refusals(app.state.metrics), **kwargs)
 
 
-def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") -> FastAPI:
-    """The app over an already loaded Stylizer (instyle.load); it is warmed and its thumbnails drawn at start-up."""
+def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", api_docs: bool = False) -> FastAPI:
+    """The app over an already loaded Stylizer (instyle.load); it is warmed and its thumbnails drawn at start-up.
+    `api_docs` serves /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; off by default)."""
     state: dict = {"thumbnails": {}}
 
     def run_batch(key: Key, xs, weights):
@@ -59,7 +83,8 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
 
     batcher = Batcher(run_batch, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000,
                       queue_size=limits.queue, on_batch=lambda size: metrics.on_batch(size))
-    metrics = Metrics(lambda: batcher.depth)
+    budget = UploadBudget(limits.max_inflight_bytes, limits.retry_after_s)
+    metrics = Metrics(lambda: batcher.depth, lambda: budget.held)
 
     def warm_up():
         import torch
@@ -75,16 +100,12 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
         await batcher.stop()
 
     app = FastAPI(title="instyle", version=_version(), lifespan=lifespan,
+                  docs_url="/docs" if api_docs else None, redoc_url="/redoc" if api_docs else None,
                   description=description or "Fast neural style transfer: the page at /, the API under /v1.")
-    app.state.metrics, app.state.batcher, app.state.limits = metrics, batcher, limits
+    app.state.metrics, app.state.batcher, app.state.limits, app.state.budget = metrics, batcher, limits, budget
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
-        return response
+    app.add_middleware(Answers, metrics=metrics)
+    install(app, metrics)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -98,7 +119,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
 
     @app.get("/metrics")
     async def prometheus():
-        """Prometheus text: requests, errors, queue depth, batch sizes, latency."""
+        """Prometheus text: requests, errors, queue depth, upload bytes held, batch sizes, latency."""
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/styles")
@@ -116,7 +137,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
     async def thumbnail(name: str):
         png = state["thumbnails"].get(name)
         if png is None:
-            return _error(404, f"unknown style {name!r} (known: {', '.join(state['thumbnails'])})")
+            raise Refused(404, f"unknown style {name!r} (known: {', '.join(state['thumbnails'])})")
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/v1/stylize", responses={200: {"content": {"image/*": {}}}})
@@ -125,27 +146,28 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
         parameters or form fields: style | mix (a=2,b=1), strength (0..1), preserve_color, style_scale
         (0.1..10), max_side, format (jpg, png, webp, ...; default: the upload's), quality."""
         started = time.perf_counter()
+        holding = budget.hold()
         try:
-            return await _stylize(request, started)
-        except uploads.BadUpload as e:
-            metrics.errors.labels("too_large" if e.status == 413 else "bad_input").inc()
-            return _error(e.status, str(e))
+            return await _stylize(request, started, holding)
+        except asyncio.CancelledError:  # only uvicorn cancels a request: its --shutdown-timeout-s ran out
+            raise Refused(503, "the server is shutting down", cause="shutdown") from None
+        finally:
+            holding.release()
 
-    async def _stylize(request: Request, started: float) -> Response:
-        body = await uploads.read_body(request, limits.max_upload_bytes)
+    async def _stylize(request: Request, started: float, holding) -> Response:
+        body = await uploads.read_body(request, limits.max_upload_bytes, holding=holding,
+                                       timeout_s=limits.body_timeout_s)
         fields = dict(request.query_params)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media == "multipart/form-data":
-            data, name, form = await uploads.split_multipart(request, body)
+            data, name, form = await uploads.split_multipart(request, body, max_fields=len(options.FIELDS))
             fields.update(form)
         else:
             data, name = body, "upload" + ("." + _EXTENSIONS[media] if media in _EXTENSIONS else "")
         controls = options.parse(fields, stylizer)
         decoded = await run_in_threadpool(uploads.decode, data, name, max_pixels=limits.max_pixels,
                                           max_side=controls.max_side)
-        y = await _queued(decoded, controls)
-        if isinstance(y, Response):
-            return y
+        y = await _queued(request, decoded, controls)
         fmt = controls.format or (Path(name).suffix.lower().lstrip(".") or "png")
         fmt = fmt if fmt in uploads.MEDIA_TYPES else "png"
         try:
@@ -153,30 +175,47 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "") ->
         except ValueError as e:
             raise uploads.BadUpload(400, f"{name}: {str(e).split(': ', 1)[-1]}") from None  # not the temp path
         metrics.latency.observe(time.perf_counter() - started)
-        headers = {"X-Instyle-Warnings": " | ".join(decoded.warnings)} if decoded.warnings else {}
+        headers = {"X-Instyle-Warnings": header_value(" | ".join(decoded.warnings))} if decoded.warnings else {}
         return Response(encoded, media_type=uploads.MEDIA_TYPES[fmt], headers=headers)
 
-    async def _queued(decoded, controls):
-        """The stylized tensor, or the 503/504/500 answer."""
+    async def _queued(request: Request, decoded, controls):
+        """The stylized tensor; Refused 503/504/500, or 499 when the client goes away while it waits."""
         from instyle import io
 
         x = io.to_tensor([decoded.picture])
         h, w = x.shape[-2:]
         key = Key(int(h), int(w), controls.strength, controls.preserve_color, controls.style_scale)
+        job = asyncio.ensure_future(batcher.submit(x, key, controls.weights))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            return await asyncio.wait_for(batcher.submit(x, key, controls.weights), limits.timeout_s)
-        except QueueFull:
-            metrics.errors.labels("queue_full").inc()
-            return _error(503, f"busy: {limits.queue} requests already queued (--queue); retry shortly",
-                          **{"Retry-After": str(limits.retry_after_s)})
-        except asyncio.TimeoutError:
-            metrics.errors.labels("timeout").inc()
-            return _error(504, f"{decoded.name}: not stylized within the request timeout of {limits.timeout_s:g} s")
-        except Exception as e:  # the stylizer's own failure (out of memory, a backend error): this request's
-            metrics.errors.labels("stylizer").inc()
-            return _error(500, f"{decoded.name}: stylizing failed ({type(e).__name__}: {_first_line(e)})")
+            done, _ = await asyncio.wait({job, gone}, timeout=limits.timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            job.cancel()  # no-op once done; else it leaves the queue, never stylized
+        if job.done() and not job.cancelled():  # done, even between the wait and here: its answer counts
+            try:
+                return job.result()
+            except QueueFull:
+                raise Refused(503, f"busy: {limits.queue} requests already queued (--queue); retry shortly",
+                              cause="queue_full", headers={"Retry-After": str(limits.retry_after_s)}) from None
+            except Exception as e:  # the stylizer's own failure (out of memory, a backend error): this request's
+                raise Refused(500, f"{decoded.name}: stylizing failed ({type(e).__name__}: {_first_line(e)})",
+                              cause="stylizer") from None
+        if gone in done:
+            raise Refused(499, f"{decoded.name}: the client went away while it waited; dropped from the queue")
+        raise Refused(504, f"{decoded.name}: not stylized within the request timeout of {limits.timeout_s:g} s")
 
     return app
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body is read: what the server receives next is the disconnect)."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 -- no news of the client: wait for the answer as if it stayed
+        await asyncio.Event().wait()
 
 
 def _first_line(e: BaseException) -> str:

@@ -55,6 +55,9 @@ def parse(fields: dict[str, str], stylizer) -> Controls:
     try:
         if stylizer.source is not None:  # a multi-style model: every request its own mix
             weights = mix_weights(names, picked if picked is not None else stylizer.mix)
+            if not (bool(weights.isfinite().all()) and float(weights.sum()) > 0):  # a sum past float32 -> 0/0
+                raise StyleError(f"mix {mix!r}: the weights' sum overflows; weights are relative, use smaller "
+                                 "ones (candy=1,mosaic=1 is the same mix as candy=3e38,mosaic=3e38)")
         else:
             weights = None
             own = {"0", names[0]}

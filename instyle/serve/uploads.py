@@ -5,42 +5,70 @@ them, so the bytes a client gets are the CLI's for the same settings.
 """
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from instyle.serve.refusals import Refused
 
-class BadUpload(ValueError):
-    """A request the server refuses; `status` is the HTTP status (400 or 413), the message one line."""
+
+class BadUpload(Refused):
+    """A request the server refuses for what it sent; `status` is the HTTP status, the message one line."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message)
 
 
-async def read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int, *, holding, timeout_s: float) -> bytes:
     """The request body, refused (413) as soon as it passes `limit` bytes: a declared Content-Length is checked
-    before reading, a chunked body while it streams."""
+    before reading, a chunked body while it streams. Its bytes are held in `holding` (503 past the server's
+    bound); a body not received within `timeout_s` of its headers is 408, a client gone mid-body 499."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BadUpload(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes (--max-upload-mb)")
+    if declared and declared.isdigit():
+        if int(declared) > limit:
+            raise BadUpload(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes "
+                            "(--max-upload-mb)")
+        holding.grow_to(int(declared))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream = request.stream()
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadUpload(413, f"upload is over the limit of {limit} bytes (--max-upload-mb)")
-        chunks.append(chunk)
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(_next(stream), max(deadline - loop.time(), 0))
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise BadUpload(413, f"upload is over the limit of {limit} bytes (--max-upload-mb)")
+            holding.grow_to(size)
+            chunks.append(chunk)
+    except asyncio.TimeoutError:
+        raise BadUpload(408, f"upload not received within {timeout_s:g} s (--body-timeout-s)") from None
+    except ClientDisconnect:
+        raise BadUpload(499, "the client went away before its upload ended") from None
+    finally:
+        await stream.aclose()
     return b"".join(chunks)
 
 
-async def split_multipart(request, body: bytes) -> tuple[bytes, str, dict[str, str]]:
-    """(file bytes, file name, other form fields) of a multipart/form-data body already read by read_body."""
+async def _next(stream):
+    return await stream.__anext__()
+
+
+async def split_multipart(request, body: bytes, max_fields: int) -> tuple[bytes, str, dict[str, str]]:
+    """(file bytes, file name, other form fields) of a multipart/form-data body already read by read_body; one
+    file and at most `max_fields` other fields, else the framework's 400."""
     from starlette.requests import Request
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form()
+    form = await Request(request.scope, replay).form(max_files=1, max_fields=max_fields)
     files = [(k, v) for k, v in form.multi_items() if not isinstance(v, str)]
     if len(files) != 1:
         raise BadUpload(400, f"multipart body: expected one image file field, got {len(files)}")

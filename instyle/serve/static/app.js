@@ -1,4 +1,6 @@
-// The instyle page: plain DOM, no framework, talking to the same /v1 API as any client.
+// The instyle page: plain DOM, no framework, talking to the same /v1 API as any client. Everything from the
+// server or the user (style names, file names, error messages) goes in with textContent or as an attribute,
+// never as markup; the server's Content-Security-Policy runs no inline script besides.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { file: null, picked: [], styles: [], resultUrl: null };
@@ -17,8 +19,12 @@ async function loadStyles() {
     button.className = "style";
     button.dataset.name = style.name;
     button.title = style.name;
-    button.innerHTML = `<img src="${style.thumbnail}" alt=""><span></span>`;
-    button.querySelector("span").textContent = style.name;
+    const image = document.createElement("img");  // names come from model files: data, never markup
+    image.src = style.thumbnail;
+    image.alt = "";
+    const label = document.createElement("span");
+    label.textContent = style.name;
+    button.append(image, label);
     button.addEventListener("click", (event) => pick(style.name, event.shiftKey && body.multi_style));
     $("styles").append(button);
     if (style.default) state.picked = [style.name];
