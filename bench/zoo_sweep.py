@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from instyle.paths import data_dir
+    from instyle.paths import ZOO_DIR, data_dir
     from instyle.train import zoo as Z
-    from instyle.paths import ZOO_DIR
 
     data = data_dir()
     init = a.init or ZOO_DIR / "styles.safetensors"
