@@ -317,9 +317,9 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     and, where it moved down the chain, why; `Stylizer.choice` holds the same line. An explicit backend that cannot
     be built raises BackendUnavailable. precision "auto" = fp16 on CUDA; on CPU the backend's own choice (openvino:
     int8 where the model shipped with the zoo (on a CPU with VNNI/AMX) or one `instyle quantize` cached passed its
-    gate, else bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer). A
-    shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style file's styles
-    (default: its first); other keyword arguments are the Stylizer's style controls.
+    gate, else bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see
+    Stylizer). A shipped style's name picks that style inside its file; `style` or `mix` pick one of a
+    multi-style file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
     options: the backend's own keyword options (engine/backends TABLE); with backend "auto" each tried
     backend gets those it takes, and an option no backend of the chain takes is a ValueError.
     """
