@@ -84,17 +84,11 @@ def device_info(device) -> dict:
     return info
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-
-
 def cpu_isa() -> list[str]:
     """The CPU's vector/matrix extensions that decide CPU speed per precision (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in ISA_FLAGS if f in flags]
+    from instyle.cpu import isa
+
+    return list(isa())
 
 
 def slug(name: str) -> str:

@@ -49,7 +49,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 class Stylizer:
     """Style controls (docs/architecture.md, Public API): `style` (name or index) or `mix` ({name or index: weight})
-    pick the style of a multi-style model, baked into a single-style copy that the backend runs;
+    pick the style of a multi-style model: an input of the one runner of a style-input backend (engine/backends),
+    else baked into a single-style copy that the backend runs;
     `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
     `set_style` changes the style later; the controls can also be passed per call. `options` are the
     backend's own keyword options (engine/backends TABLE, e.g. {"prenorm": "all"} for "fused")."""
@@ -69,14 +70,18 @@ class Stylizer:
         self.options = dict(options or {})
         backends.check_options(backend, self.options)
         self.backend = backend
-        # "auto" is resolved per baked network in _build: openvino's int8 exists only for styles `instyle
-        # quantize` cached, so a style or mix without one runs the float precision instead of failing
+        # "auto" is resolved in _build on the network that runs: openvino's int8 exists only for networks
+        # quantized ahead of time, so one without runs the float precision instead of failing
         self.requested_precision = precision
         self.metadata = dict(metadata or {})
         self.strength, self.preserve_color, self.style_scale = float(strength), bool(preserve_color), float(style_scale)
         self.source = model if style_count(model) > 1 else None  # the multi-style model, kept for set_style
         self.style_names = self._names(model)
-        self._mix_cache: OrderedDict[tuple, Stylizer] = OrderedDict()  # per-sample mixes, least recent first
+        # a backend with the style as an input builds one runner for the multi-style model, whatever the style
+        spec = backends.TABLE.get(backend)
+        self.style_input = self.source is not None and spec is not None and spec.style_input
+        self._run = None
+        self._mix_cache: OrderedDict[tuple, Stylizer] = OrderedDict()  # baked backends' per-sample mixes
         self._build(model, style, mix)
 
     def _names(self, model: nn.Module) -> list[str]:
@@ -90,11 +95,12 @@ class Stylizer:
         return names
 
     def _build(self, model: nn.Module, style=None, mix=None) -> None:
-        """Bake the chosen style of a multi-style model, move it to the device, build the backend."""
+        """Pick the style; bake it into a single-style copy (tiling, and the backends without a style input);
+        build the backend's runner -- for a style-input backend only once, on the multi-style model."""
         if self.source is not None:
-            weights = mix_weights(self.style_names, mix if mix is not None else style)
-            model = bake(self.source, weights)
-            self.mix = {n: float(w) for n, w in zip(self.style_names, weights.tolist()) if w > 0}
+            self.weights = mix_weights(self.style_names, mix if mix is not None else style)
+            model = bake(self.source, self.weights)
+            self.mix = {n: float(w) for n, w in zip(self.style_names, self.weights.tolist()) if w > 0}
         else:
             picked = list(mix) if mix is not None else [] if style is None else [style]
             own = (0, "0", *self.style_names[:1])
@@ -102,31 +108,48 @@ class Stylizer:
                 raise StyleError(f"this model holds one style ({', '.join(self.style_names) or 'unnamed'}); "
                                  f"style/mix cannot pick {', '.join(map(str, picked))}")
             self.mix = {self.style_names[0]: 1.0} if self.style_names else {}
-        self.precision = self.requested_precision
-        if self.precision == "auto":
-            self.precision = backends.auto_precision(self.backend, self.device, model)
+            self.weights = None
+        if self.style_input and self._run is not None:  # the style is the runner's input: nothing to rebuild
+            self._set_model(model)
+            return
+        self.precision, auto_notes = self.requested_precision, []
+        if self.precision == "auto":  # decided on the network that runs
+            self.precision, auto_notes = backends.auto_choice(self.backend, self.device,
+                                                              self.source if self.style_input else model)
         self.dtype = module_dtype(self.precision)  # the module's (and tiling's) dtype; int8 keeps fp32
         self._backend_dtype = PRECISIONS[self.precision]  # what the backend is asked to run
-        self.model = model.eval().to(self.device, self.dtype)
         self.channels_last = self.device.type == "cuda" and backends.TABLE[self.backend].runs_module
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.stride_multiple = model.stride_multiple
-        self.min_size = model.min_size
-        try:
-            self.steps = plan.build(self.model)
-        except ValueError:
-            self.steps = None  # a module without a plan: whole-image runs only
-        if self.steps is None and isinstance(self.tile, int):
-            raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
-        self._run = backends.factory(self.backend)(self.model, self.device, self._backend_dtype, **self.options)
+        self._set_model(model)
+        net = self._on_device(self.source) if self.style_input else self.model
+        self._run = backends.factory(self.backend)(net, self.device, self._backend_dtype, **self.options)
         # what the runner really does, where it differs from what was asked (e.g. bf16 on a CPU without BF16)
         self.precision = getattr(self._run, "precision", self.precision)
-        self.notes: list[str] = list(getattr(self._run, "notes", ()))
+        self.notes: list[str] = auto_notes + list(getattr(self._run, "notes", ()))
         self.last_tile: int | None = None  # tile side of the last call (None: whole image)
 
+    def _on_device(self, model: nn.Module) -> nn.Module:
+        model = model.eval().to(self.device, self.dtype)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def _set_model(self, model: nn.Module) -> None:
+        """The single-style network of the current style: what tiling runs (and baked backends compile)."""
+        self.model = self._on_device(model)
+        self.stride_multiple = model.stride_multiple
+        self.min_size = model.min_size
+        self.steps = self._plan(self.model)
+        if self.steps is None and isinstance(self.tile, int):
+            raise ValueError(f"tiled inference needs a JohnsonNet or PyramidNet, got {type(model).__name__}")
+
+    @staticmethod
+    def _plan(model: nn.Module):
+        try:
+            return plan.build(model)
+        except ValueError:
+            return None  # a module without a plan: whole-image runs only
+
     def set_style(self, style: str | int | None = None, mix: dict | None = None) -> None:
-        """Switch a multi-style model to another style or mix (rebuilds the backend's runner)."""
+        """Switch a multi-style model to another style or mix (a backend with the style as an input keeps its
+        runner; the others build one for the new baked network)."""
         if self.source is None:
             self._build(self.model, style, mix)  # validates; a single style has nothing to switch to
             return
@@ -155,9 +178,20 @@ class Stylizer:
             return None
         return self._auto_tile(x)
 
-    def _tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, tile: int, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact tiled inference of the baked network; per-sample mixes bake one network per distinct row."""
         self.last_tile = tile
-        return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype, channels_last=self.channels_last)
+        if style_weights is None:
+            return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype, channels_last=self.channels_last)
+        parts = {}
+        for row in torch.unique(style_weights, dim=0):
+            idx = (style_weights == row).all(1).nonzero().flatten().to(x.device)
+            steps = self._plan(self._on_device(bake(self.source, row)))
+            parts[idx] = tiled.run_tiled(steps, x[idx], tile, dtype=self.dtype, channels_last=self.channels_last)
+        y = torch.empty(x.shape, dtype=next(iter(parts.values())).dtype, device=x.device)
+        for idx, part in parts.items():
+            y[idx] = part
+        return y
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, *, strength: float | None = None, preserve_color: bool | None = None,
@@ -165,8 +199,9 @@ class Stylizer:
         """N,3,H,W (float 0..255 or uint8, any device) -> float32 0..255 on the Stylizer's device.
 
         The controls default to the Stylizer's own (see the class docstring). style_weights (N x S, a
-        multi-style model only): each sample its own mix; samples that share a mix run as one batch of a
-        network with that mix baked in (a few of those are kept, MIX_CACHE)."""
+        multi-style model only): each sample its own mix. A backend with the style as an input runs the batch in
+        one call of its one network; on the others, samples that share a mix run as one batch of a network
+        with that mix baked in (a few of those are kept, MIX_CACHE)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
         strength = self.strength if strength is None else float(strength)
@@ -194,6 +229,8 @@ class Stylizer:
             raise StyleError(f"style_weights must be N x S = {n} x {s}, >= 0, each row with a positive sum; "
                              f"got {tuple(w.shape)}")
         w = w / w.sum(1, keepdim=True)
+        if self.style_input:
+            return self._generate(x, w)
         y = torch.empty_like(x)
         for row in torch.unique(w, dim=0):
             idx = (w == row).all(1).nonzero().flatten().to(x.device)
@@ -201,7 +238,7 @@ class Stylizer:
         return y
 
     def _for_mix(self, row: torch.Tensor) -> "Stylizer":
-        """A Stylizer of the same backend with the mix `row` baked in (LRU of MIX_CACHE)."""
+        """A Stylizer of the same (baked) backend with the mix `row` baked in (LRU of MIX_CACHE)."""
         key = tuple(round(v, 6) for v in row.tolist())
         cache = self._mix_cache
         if key in cache:
@@ -214,18 +251,18 @@ class Stylizer:
                                   mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
         return cache[key]
 
-    def _generate(self, x: torch.Tensor) -> torch.Tensor:
-        """The generator on x, padded and cropped back, clamped: float32 0..255."""
+    def _generate(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator on x, padded and cropped back, clamped: float32 0..255. style_weights (N x S, normalized):
+        per-sample mixes of a style-input backend; None: the Stylizer's style."""
         padded, size = pad_to_multiple(x, self.stride_multiple, self.min_size)
         del x
         tile = self.plan_tile(padded)
         if tile is not None:
-            y = self._tiled(padded, tile)
+            y = self._tiled(padded, tile, style_weights)
         else:
             self.last_tile = None
             try:
-                y = self._run(padded.contiguous(memory_format=torch.channels_last)
-                              if self.channels_last else padded)
+                y = self._call(padded, style_weights)
             except Exception as e:  # noqa: BLE001 -- only out-of-memory errors are handled
                 if not is_out_of_memory(e) or self.tile == "off" or self.steps is None:
                     raise
@@ -235,8 +272,19 @@ class Stylizer:
             if oom:  # outside the except block, so the failed run's tensors are freed first
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                y = self._tiled(padded, self._auto_tile(padded))
+                y = self._tiled(padded, self._auto_tile(padded), style_weights)
         return crop(y, size).float().clamp_(0, 255)
+
+    def _call(self, x: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor:
+        """The runner on a padded batch; a style-input runner gets the N x S weights (the Stylizer's style's
+        row for every sample when none are given)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.style_input:
+            return self._run(x)
+        if style_weights is None:
+            style_weights = self.weights[None].expand(x.shape[0], -1)
+        return self._run(x, style_weights.float().contiguous())
 
     def stylize_image(self, image):
         """PIL image in, PIL image out (EXIF orientation, ICC profile and alpha handled)."""
@@ -268,10 +316,10 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     writes one line to `report` (default: sys.stderr; False: nothing) naming the backend and precision that run
     and, where it moved down the chain, why; `Stylizer.choice` holds the same line. An explicit backend that cannot
     be built raises BackendUnavailable. precision "auto" = fp16 on CUDA; on CPU the backend's own choice (openvino:
-    int8 where `instyle quantize` cached a model that passed its gate, else bf16 where the CPU has BF16, else
-    fp32), else fp32. tile: "auto" | "off" | side in pixels (see Stylizer). A
-    shipped style's name picks that style inside its file; `style` or `mix` pick one of a multi-style file's styles
-    (default: its first); other keyword arguments are the Stylizer's style controls.
+    int8 where the model shipped with the zoo (on a CPU with VNNI/AMX) or one `instyle quantize` cached passed its
+    gate, else bf16 where the CPU has BF16, else fp32), else fp32. tile: "auto" | "off" | side in pixels (see
+    Stylizer). A shipped style's name picks that style inside its file; `style` or `mix` pick one of a
+    multi-style file's styles (default: its first); other keyword arguments are the Stylizer's style controls.
     options: the backend's own keyword options (engine/backends TABLE); with backend "auto" each tried
     backend gets those it takes, and an option no backend of the chain takes is a ValueError.
     """

@@ -28,12 +28,28 @@ def model_key(model: nn.Module, **options) -> str:
     h.update(json.dumps({"arch": getattr(model, "arch", type(model).__name__),
                          "config": getattr(model, "config", None), "torch": torch.__version__,
                          **options}, sort_keys=True, default=str).encode())
+    _hash_weights(h, model)
+    return h.hexdigest()[:24]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A sha256 of `model`'s architecture, config and fp32 weights alone (no versions): which weights an artifact
+    shipped with the package was built from."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"arch": getattr(model, "arch", type(model).__name__),
+                         "config": getattr(model, "config", None)}, sort_keys=True, default=str).encode())
+    _hash_weights(h, model)
+    return h.hexdigest()
+
+
+def _hash_weights(h, model: nn.Module) -> None:
+    import torch
+
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def sha256_file(path: str | os.PathLike) -> str:

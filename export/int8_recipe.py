@@ -24,7 +24,8 @@ class Recipe:
 
     # InstanceNorm2d as OpenVINO holds it (MVN, or its decomposition) and the elementwise ops around it: NNCF
     # quantizes these inputs by default, which cost candy 7-8 dB (34.5 -> 42.4 dB min on the held-out photos)
-    NORM_OPS = ("MVN", "ReduceMean", "Subtract", "Multiply", "Sqrt", "Divide", "Add")
+    # (MatMul: a multi-style model's style_weights @ per-style (gamma, beta), which int8 would round per style)
+    NORM_OPS = ("MVN", "ReduceMean", "Subtract", "Multiply", "Sqrt", "Divide", "Add", "MatMul")
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]

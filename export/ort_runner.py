@@ -2,6 +2,7 @@
 
 CPU by default; on a CUDA device it asks for the TensorRT and CUDA execution providers when this build of
 onnxruntime has them, and binds torch CUDA tensors to the session directly (IO binding, no host copies).
+A multi-style model's graph takes `style_weights` (N x S) too: one session serves every style and mix.
 
 The runner never fails on its cache: a cached file ONNX Runtime cannot load (truncated, corrupt) is deleted
 and exported again once; an unwritable cache means running the export from memory. Both are reported in
@@ -164,12 +165,14 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
         return run
     sessions = {True: session}  # arena -> session; the lean one is made on the first large input
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        image = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    def run(x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        feed = {onnx_export.INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        if style_weights is not None:
+            feed[onnx_export.STYLE_INPUT] = style_weights.detach().to("cpu", torch.float32).contiguous().numpy()
         arena = x.shape[0] * x.shape[-2] * x.shape[-1] <= LEAN_ABOVE_PIXELS
         if arena not in sessions:
             sessions[arena] = make_session(source, device, arena=arena)
-        (out,) = sessions[arena].run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: image})
+        (out,) = sessions[arena].run([onnx_export.OUTPUT_NAME], feed)
         return torch.from_numpy(out)
 
     run.notes = notes
@@ -180,12 +183,16 @@ def _cuda_runner(session, device: torch.device):
     """Bind torch CUDA memory to the session: the input and a preallocated output, no host round trip."""
     import numpy as np
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         x = x.detach().to(device, torch.float32).contiguous()
         y = torch.empty_like(x)  # the contract: stylized has the image's shape
         binding = session.io_binding()
         binding.bind_input(onnx_export.INPUT_NAME, "cuda", device.index or 0, np.float32, tuple(x.shape),
                            x.data_ptr())
+        if style_weights is not None:
+            w = style_weights.detach().to(device, torch.float32).contiguous()
+            binding.bind_input(onnx_export.STYLE_INPUT, "cuda", device.index or 0, np.float32, tuple(w.shape),
+                               w.data_ptr())
         binding.bind_output(onnx_export.OUTPUT_NAME, "cuda", device.index or 0, np.float32, tuple(y.shape),
                             y.data_ptr())
         torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream

@@ -6,10 +6,11 @@ settings. Quality is checked on photos the calibration never saw (data/content/d
 of the int8 output against the eager fp32 module; the gate (PSNR >= GATE_DB on every photo) is written
 into the cached model's sidecar, and `auto` picks int8 only for a model whose entry passed it.
 
-One cache entry per network that runs: a multi-style model is baked per style before it runs
-(models/styles.py), so each style is quantized and checked on its own, keyed by the baked model's hash.
-Nothing here quantizes implicitly: `instyle quantize` (export/quantize_cli.py) fills the cache, the
-runner only reads it.
+One network per model: a multi-style model runs with `style_weights` as an input, so it is quantized once, with
+calibration crops spread over its styles (crop i runs style i mod S: every style's activations set the ranges),
+and checked per style -- and on the even mix of all -- against its eager fp32 self. Nothing here quantizes
+implicitly: `instyle quantize` (export/quantize_cli.py) fills the cache, `instyle quantize --ship` writes the model
+shipped with the zoo (export/zoo_int8.py); the runner only reads them.
 
 nncf is imported only to quantize (the `int8` extra); running a cached int8 model needs openvino alone.
 """
@@ -91,10 +92,17 @@ def _nncf_warnings_only():
 def quantize(model: nn.Module, recipe: Recipe, folder: Path, progress: Callable[[Iterable], Iterable] = iter):
     """The model converted (fp32 graph) and quantized by NNCF with `recipe`'s calibration set: an ov.Model."""
     nncf = _nncf()
+    from instyle.models.styles import style_count
+
+    from .onnx import INPUT_NAME, STYLE_INPUT
     from .ov_runner import convert
 
     ov_model = convert(model, "int8")  # native MVN norms: fast in bf16, and fp32's two-pass form buys nothing here
     data = calibration_set(recipe, folder, progress)
+    styles = style_count(model)
+    if styles > 1:
+        one_hot = np.eye(styles, dtype=np.float32)
+        data = [{INPUT_NAME: x, STYLE_INPUT: one_hot[i % styles][None]} for i, x in enumerate(data)]
     norms = list(recipe.NORM_OPS) if recipe.float_norms else []
     ignored = nncf.IgnoredScope(names=float_convs(ov_model, recipe), types=norms, validate=False)
     preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[recipe.preset]
@@ -129,20 +137,75 @@ def check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, files: 
     return {"photos": rows, "min_psnr_db": low, "passed": bool(low >= GATE_DB), "gate_db": GATE_DB}
 
 
-def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Path], *,
+EVEN_MIX = "even mix"  # the gate's extra row for a multi-style model: every style at once
+
+
+def gate(run: Callable[..., torch.Tensor], model: nn.Module, names: list[str], files: list[Path],
+         max_side: int = 512) -> dict:
+    """`check` per style of `model` (run(x, style_weights) for a multi-style model) and on the even mix of all:
+    {"styles": {name: check's report}, "min_psnr_db", "passed", "gate_db"}."""
+    from instyle.models.styles import bake, style_count
+
+    s = style_count(model)
+    if s == 1:
+        styles = {(names or [""])[0]: check(run, model, files, max_side)}
+    else:
+        rows = {name: torch.eye(s)[i] for i, name in enumerate(names)} | {EVEN_MIX: torch.full((s,), 1.0 / s)}
+        styles = {name: check(lambda x, r=row: run(x, r[None].expand(x.shape[0], -1)), bake(model, row), files,
+                              max_side) for name, row in rows.items()}
+    low = min(r["min_psnr_db"] for r in styles.values())
+    return {"styles": styles, "min_psnr_db": low, "passed": all(r["passed"] for r in styles.values()),
+            "gate_db": GATE_DB}
+
+
+def _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side):
+    from . import ov_runner as ov
+
+    quantized = quantize(model, recipe, calibration, progress)
+    compiled = ov._core().compile_model(quantized, "CPU", ov.compile_config("int8", ov.threads()))
+    return quantized, compiled, gate(ov.OpenVINORunner(compiled, "int8", []), model, names, held_out, max_side)
+
+
+def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Path], *, names: list[str] | None = None,
           progress: Callable[[Iterable], Iterable] = iter, force: bool = False,
           max_side: int = 512) -> tuple[dict, bool]:
-    """Quantize `model` (one single-style network), check it and cache it with its report: (report, cache hit).
-
-    A valid cached entry with a report is a hit and is not rebuilt unless `force`."""
+    """Quantize `model` (the network that runs: one style, or all styles of a multi-style one), check it and cache
+    it with its report (see `gate`): (report, cache hit). A valid cached entry with a report is a hit and is not
+    rebuilt unless `force`."""
     from . import ov_runner as ov
 
     entry = None if force else ov.int8_entry(model, recipe)
-    if entry and "gate" in entry:
+    if entry and "styles" in entry.get("gate", {}):
         return entry["gate"], True
-    quantized = quantize(model, recipe, calibration, progress)
-    compiled = ov._core().compile_model(quantized, "CPU", ov.compile_config("int8", ov.threads()))
-    report = check(ov.OpenVINORunner(compiled, "int8", []), model, held_out, max_side)
+    _, compiled, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
     blob = ov.blob_path(model, "int8", recipe)
     ov._write_cache(compiled, blob, "int8", {"recipe": dataclasses.asdict(recipe), "gate": report})
     return report, False
+
+
+def ship(zoo_file: Path, recipe: Recipe, calibration: Path, held_out: list[Path], *,
+         progress: Callable[[Iterable], Iterable] = iter, max_side: int = 512) -> dict:
+    """Quantize and gate the network of a shipped zoo file and write it beside the file (export/zoo_int8.py), with
+    what it was built from. Returns the sidecar; its gate says whether `auto` will run it."""
+    import time
+
+    import openvino
+
+    from instyle import checkpoint
+    from instyle.version import __version__
+
+    from . import zoo_int8
+    from .cache import weights_digest
+
+    start = time.perf_counter()
+    model, meta = checkpoint.load(zoo_file)
+    model = model.float().eval()
+    names = checkpoint.style_names(meta)
+    quantized, _, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
+    return zoo_int8.write(zoo_file, quantized, {
+        "weights_digest": weights_digest(model), "recipe": dataclasses.asdict(recipe),
+        "calibration": {"folder": calibration.name, "photos": len(photos(calibration))},
+        "held_out": [p.name for p in held_out], "check_side": max_side,
+        "versions": {"openvino": openvino.get_version(), "nncf": _nncf().__version__, "torch": torch.__version__,
+                     "instyle": __version__},
+        "build_s": round(time.perf_counter() - start, 1), "gate": report}).meta

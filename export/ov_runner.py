@@ -2,6 +2,8 @@
 
 Conversion: `openvino.convert_model` straight from the PyTorch module (no ONNX, so no onnx/onnxscript
 install is needed), input `image` with dynamic N/H/W, output `stylized`, the names of the export contract.
+A multi-style model keeps its second input `style_weights` (N x S): one compiled model per model serves every
+style, mix and per-sample mix.
 The engine pads to the stride multiple before calling the runner and crops/clamps after, as for every backend.
 
 Precision: fp32 or bf16 through the CPU plugin's INFERENCE_PRECISION_HINT ("f32" is always set
@@ -20,6 +22,9 @@ convert the PyTorch module (most of the setup time) or keep an IR file beside it
 whole setup is one file read, written atomically (instyle.atomic) and checked before use. A blob that
 fails its check or its import is deleted and rebuilt once; an unwritable cache means running uncached.
 Both are reported in `notes`, not raised.
+
+int8 runs only what was quantized ahead of time: the model shipped with the zoo (export/zoo_int8.py), or what
+`instyle quantize` put in the cache (export/ov_quant.py); neither needs nncf to run.
 
 Kernels for a new input shape are still compiled by the plugin at the first call with that shape; the
 bench reports that first-call time separately (first_call_s).
@@ -42,9 +47,10 @@ from instyle.atomic import atomic_path
 from instyle.errors import BackendUnavailable
 from instyle.precision import name_of
 
+from . import zoo_int8
 from .cache import cache_dir, model_key, sha256_file, why
 from .int8_recipe import Recipe
-from .onnx import INPUT_NAME, OUTPUT_NAME, check_exportable
+from .onnx import INPUT_NAME, OUTPUT_NAME, STYLE_INPUT, check_exportable
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -76,16 +82,29 @@ def bf16_supported() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-def auto_precision(device: torch.device, model: nn.Module | None = None) -> str:
-    """precision="auto" for this backend: int8 where `model`'s cached quantized form passed its quality gate
-    (every style of a multi-style model; the Stylizer asks for the single-style network it baked, so each style
-    or mix is decided on its own), else bf16 where the CPU has BF16, else fp32. Never quantizes."""
+def auto_precision(device: torch.device, model: nn.Module | None = None) -> tuple[str, list[str]]:
+    """(precision, notes) for precision="auto": int8 where a quantized form of `model` (the network that runs) passed
+    its quality gate -- the one shipped with the zoo, on a CPU with int8 dot products (VNNI/AMX), or the one
+    `instyle quantize` cached -- else bf16 where the CPU has BF16, else fp32. Never quantizes."""
+    notes: list[str] = []
     try:
-        if model is not None and int8_gate_passed(model):
-            return "int8"
-        return "bf16" if bf16_supported() else "fp32"
+        if model is not None:
+            if has_int8_dot():
+                shipped, note = zoo_int8.find(model)
+                if shipped is not None:
+                    return "int8", notes
+                notes += [note] if note else []
+            if int8_gate_passed(model):
+                return "int8", notes
+        return ("bf16" if bf16_supported() else "fp32"), notes
     except Exception:  # noqa: BLE001 -- no openvino: the factory will say so with the install hint
-        return "fp32"
+        return "fp32", notes
+
+
+def has_int8_dot() -> bool:
+    from instyle.cpu import has_int8_dot as dot
+
+    return dot()
 
 
 def _float_hint(precision: str) -> str:
@@ -120,6 +139,11 @@ def _quiet():
             logger.setLevel(level)
 
 
+def _two_pass(x: torch.Tensor, eps: float) -> torch.Tensor:
+    centred = x - x.mean((2, 3), keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean((2, 3), keepdim=True) + eps)
+
+
 class TwoPassInstanceNorm(nn.Module):
     """Instance norm with the variance taken of the centred input (two passes), for the fp32 graph.
 
@@ -136,23 +160,47 @@ class TwoPassInstanceNorm(nn.Module):
         self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach()[None, :, None, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean((2, 3), keepdim=True)
-        y = centred * torch.rsqrt((centred * centred).mean((2, 3), keepdim=True) + self.eps)
+        y = _two_pass(x, self.eps)
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
 
 
+class TwoPassConditionalNorm(nn.Module):
+    """The same two-pass form for conditional instance norm: (gamma, beta) mixed per sample from style_weights."""
+
+    conditional = True  # models/norm.py apply_norm passes the style weights
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.eps, self.styles = norm.eps, norm.styles
+        self.weight, self.bias = nn.Parameter(norm.weight.detach()), nn.Parameter(norm.bias.detach())
+
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        gamma, beta = style_weights @ self.weight, style_weights @ self.bias
+        return _two_pass(x, self.eps) * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
 def _two_pass_norms(gen: nn.Module) -> nn.Module:
+    from instyle.models.norm import ConditionalInstanceNorm2d
+
     for name, module in list(gen.named_modules()):
-        if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
-            parent, _, child = name.rpartition(".")
-            setattr(gen.get_submodule(parent) if parent else gen, child, TwoPassInstanceNorm(module))
+        if isinstance(module, ConditionalInstanceNorm2d):
+            two_pass = TwoPassConditionalNorm(module)
+        elif isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
+            two_pass = TwoPassInstanceNorm(module)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(gen.get_submodule(parent) if parent else gen, child, two_pass)
     return gen
 
 
 def convert(model: nn.Module, precision: str = "fp32"):
-    """The generator as an ov.Model: input `image` (f32, [?,3,?,?]) -> output `stylized`."""
+    """The generator as an ov.Model: input `image` (f32, [?,3,?,?]) -> output `stylized`; a multi-style generator
+    also takes `style_weights` (f32, [?,S])."""
+    from instyle.models.styles import style_count
+
     ov = _openvino()
     gen = copy.deepcopy(model).float().cpu().eval()
     if precision == "fp32":
@@ -160,20 +208,29 @@ def convert(model: nn.Module, precision: str = "fp32"):
     m, lo = int(model.stride_multiple), int(model.min_size)
     side = max(lo, 2 * m)
     example = torch.rand(2, 3, side + m, side + 2 * m, generator=torch.Generator().manual_seed(0)) * 255
+    styles = style_count(model)
+    shapes = [ov.PartialShape([-1, 3, -1, -1])]
+    if styles > 1:  # two samples, two different mixes: nothing in the trace may treat the style as fixed
+        example = (example, torch.softmax(torch.arange(2 * styles, dtype=torch.float32).view(2, styles), 1))
+        shapes.append(ov.PartialShape([-1, styles]))
     with _quiet(), torch.no_grad():
-        ov_model = ov.convert_model(gen, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+        ov_model = ov.convert_model(gen, example_input=example, input=shapes)
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    if styles > 1:
+        ov_model.inputs[1].get_tensor().set_names({STYLE_INPUT})
     ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     return ov_model
 
 
-def blob_path(model: nn.Module, precision: str, recipe=None) -> Path:
-    """The cache entry; int8 entries are keyed by the calibration recipe (and the nncf version) too."""
+def blob_path(model: nn.Module, precision: str, recipe=None, **extra) -> Path:
+    """The cache entry; int8 entries are keyed by the calibration recipe (and the nncf version) too, the compiled
+    form of a shipped int8 model by its IR (`extra`)."""
     from instyle.version import __version__
 
     ov = _openvino()
     cpu = _core().get_property("CPU", "FULL_DEVICE_NAME")
-    extra = {"recipe": (recipe or Recipe()).key()} if precision == "int8" else {}
+    if precision == "int8" and not extra:
+        extra = {"recipe": (recipe or Recipe()).key()}
     key = model_key(model, precision=precision, openvino=ov.get_version(), cpu=cpu,
                     capabilities=cpu_capabilities(), format=CACHE_FORMAT, instyle=__version__, **extra)
     return cache_dir("openvino") / f"{getattr(model, 'arch', 'model')}-{precision}-{key}.blob"
@@ -217,11 +274,12 @@ def _forget(blob: Path) -> None:
             p.unlink()
 
 
-def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True, build=None):
+def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True, build=None,
+                   key: dict | None = None):
     """(CompiledModel, notes): from the disk cache when a valid entry exists, else `build()` (an ov.Model; default:
-    the converted module) compiled (and written to the cache when it is writable)."""
+    the converted module) compiled (and written to the cache when it is writable). `key`: more of the entry's key."""
     notes: list[str] = []
-    blob = blob_path(model, precision) if use_cache else None
+    blob = blob_path(model, precision, **(key or {})) if use_cache else None
     if blob is not None:
         try:
             present = blob.is_file()
@@ -263,24 +321,11 @@ def int8_entry(model: nn.Module, recipe: Recipe | None = None) -> dict | None:
         return None
 
 
-def baked_styles(model: nn.Module, names: list[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """(style name, single-style network) for each style of `model`: what runs, so what is quantized."""
-    from instyle.models.styles import bake, style_count
-
-    count = style_count(model)
-    if count <= 1:
-        return [((names or [""])[0], model)]
-    names = names if names and len(names) == count else [f"style{i}" for i in range(count)]
-    return [(names[i], bake(model, torch.eye(count)[i])) for i in range(count)]
-
-
 def int8_gate_passed(model: nn.Module, recipe: Recipe | None = None) -> bool:
-    """True when every style of `model` has a cached int8 entry whose quality report passed the gate."""
-    for _, net in baked_styles(model):
-        entry = int8_entry(net, recipe)
-        if not entry or not entry.get("gate", {}).get("passed"):
-            return False
-    return True
+    """True when `model` (the network that runs: a multi-style one is quantized once, for all its styles) has a
+    cached int8 entry whose quality report passed the gate."""
+    entry = int8_entry(model, recipe)
+    return bool(entry and entry.get("gate", {}).get("passed"))
 
 
 class OpenVINORunner:
@@ -292,12 +337,15 @@ class OpenVINORunner:
         self.precision = precision
         self.notes = notes
 
-    def inputs(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """The request's inputs, built in one place (a multi-style model adds `style_weights` here)."""
-        return {INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+    def inputs(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """The request's inputs: the image, and a multi-style model's N x S style weights."""
+        feed = {INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        if style_weights is not None:
+            feed[STYLE_INPUT] = style_weights.detach().to("cpu", torch.float32).contiguous().numpy()
+        return feed
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer(self.inputs(x), share_inputs=True)
+    def __call__(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.request.infer(self.inputs(x, style_weights), share_inputs=True)
         return torch.from_numpy(out[OUTPUT_NAME])
 
 
@@ -318,6 +366,12 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
     if precision == "bf16" and not bf16_supported():
         precision = "fp32"
         notes.append("this CPU reports no BF16 capability: running fp32")
-    build = _no_int8 if precision == "int8" else None  # int8 runs only what `instyle quantize` cached
-    compiled, cache_notes = compiled_model(model, precision, threads(), build=build)
+    build, key = None, None
+    if precision == "int8":  # int8 runs only what was quantized ahead of time: shipped, else cached
+        shipped, _ = zoo_int8.find(model)
+        if shipped is not None:
+            build, key = functools.partial(_core().read_model, str(shipped.xml)), {"ir": shipped.ir_sha256}
+        else:
+            build = _no_int8
+    compiled, cache_notes = compiled_model(model, precision, threads(), build=build, key=key)
     return OpenVINORunner(compiled, precision, notes + cache_notes)

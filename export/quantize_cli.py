@@ -1,6 +1,8 @@
-"""`instyle quantize`: build and cache the int8 OpenVINO model of each style ahead of time and print its quality
-report (PSNR and max |Δ| vs eager fp32 on held-out photos). `auto` uses int8 for a style only where its report
-passed the gate. Heavy imports happen inside run()."""
+"""`instyle quantize`: build and cache the int8 OpenVINO model of a network ahead of time (a multi-style one once,
+for all its styles) and print its quality report per style (PSNR and max |Δ| vs eager fp32 on held-out photos).
+`auto` uses int8 only where every style passed the gate. `--ship` writes the model of the shipped zoo file into
+the package instead (export/zoo_int8.py), which `auto` runs on a CPU with VNNI/AMX with no step of the user's.
+Heavy imports happen inside run()."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +13,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="shipped style name or .safetensors/.pth path (default: the shipped styles)")
-    parser.add_argument("--style", action="append", metavar="NAME",
-                        help="only this style of a multi-style model (repeatable; default: every style)")
+    parser.add_argument("--ship", action="store_true",
+                        help="write the shipped zoo file's int8 model into the package (instyle/zoo/), not the cache")
     parser.add_argument("--crops", type=int, help="calibration crops (default: the recipe's, 128)")
     parser.add_argument("--side", type=int, help="calibration crop side in pixels (default 256)")
     parser.add_argument("--calibration", type=Path, help="calibration photos (default: DATA/content/train)")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.errors import UsageError
     from instyle.paths import data_dir
 
-    from . import ov_quant, ov_runner
+    from . import ov_quant
     from .int8_recipe import GATE_DB, Recipe
 
     ov_quant._nncf()  # nncf missing: one line with the install command, before any slow work
@@ -49,21 +51,22 @@ def run(args: argparse.Namespace) -> int:
     held_out = ov_quant.photos(args.held_out or data_dir() / "content" / "demo")
     if calibration.resolve() in {p.parent.resolve() for p in held_out}:
         raise UsageError(f"{calibration}: the held-out photos must not be calibration photos")
-    path, named = checkpoint.resolve_style(args.model)
-    model, meta = checkpoint.load(path)
-    nets = ov_runner.baked_styles(model.float().eval(), checkpoint.style_names(meta))
-    wanted = args.style or ([named] if named else None)
-    if wanted:
-        unknown = sorted(set(wanted) - {n for n, _ in nets})
-        if unknown:
-            raise UsageError(f"{path}: no style {', '.join(unknown)} (it holds {', '.join(n for n, _ in nets)})")
-        nets = [(n, m) for n, m in nets if n in wanted]
-    report = {}
-    for name, net in nets:
-        result, hit = ov_quant.build(net, recipe, calibration, held_out,
-                                     progress=_bar(recipe.crops, f"calibration crops {name or path.stem}"),
+    path, _ = checkpoint.resolve_style(args.model)
+    if args.ship:
+        if path.resolve() not in {p.resolve() for p in checkpoint.shipped().values()}:
+            raise UsageError(f"--ship writes the int8 model of a shipped zoo file; {path} is not one")
+        sidecar = ov_quant.ship(path, recipe, calibration, held_out,
+                                progress=_bar(recipe.crops, f"calibration crops {path.stem}"), max_side=args.check_side)
+        report, hit = sidecar["gate"], False
+        print(f"wrote {path.with_suffix('').name}.int8.xml/.bin/.json in {path.parent} "
+              f"({sidecar['build_s']:.0f} s)", file=sys.stderr)
+    else:
+        model, meta = checkpoint.load(path)
+        report, hit = ov_quant.build(model.float().eval(), recipe, calibration, held_out,
+                                     names=checkpoint.style_names(meta),
+                                     progress=_bar(recipe.crops, f"calibration crops {path.stem}"),
                                      force=args.force, max_side=args.check_side)
-        report[name or path.stem] = dict(result, cached=hit)
+    report = {name or path.stem: dict(r, cached=hit) for name, r in report["styles"].items()}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{'  [cached]' if r['cached'] else ''}")
     failed = [n for n, r in report.items() if not r["passed"]]
     verdict = "passed: auto picks int8" if not failed else \
-        f"{', '.join(failed)} not passed: auto keeps bf16/fp32 there (--precision int8 still runs it)"
+        f"{', '.join(failed)} not passed: auto keeps bf16/fp32 for this network (--precision int8 still runs it)"
     print(f"gate (>= {GATE_DB:g} dB vs eager fp32 on {len(held_out)} held-out photos, per style): {verdict}",
           file=sys.stderr)
     return 0

@@ -2,7 +2,8 @@
 torch CUDA tensors with `execute_async_v3` and tensor addresses (no pycuda; torch owns memory and streams).
 
 The engine has one optimization profile per resolution bucket (export/tensorrt.py); each call picks the
-profile by input shape and splits batches larger than the profile's max batch.
+profile by input shape and splits batches larger than the profile's max batch. A multi-style model's engine takes
+`style_weights` (N x S) as an input (built from the ONNX graph that has it): one engine for every style and mix.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from instyle.precision import name_of
 
 from . import tensorrt as trt_export
 from .cache import cache_dir, model_key
-from .onnx import INPUT_NAME, OUTPUT_NAME, cached_onnx
+from .onnx import INPUT_NAME, OUTPUT_NAME, STYLE_INPUT, cached_onnx
 
 _RUNS = ("fp32", "fp16")  # strongly typed: the ONNX export's precisions
 
@@ -52,12 +53,15 @@ class EngineRunner:
                          for i in range(self.engine.num_optimization_profiles)]
         self.active = -1
 
-    def _run_chunk(self, x: torch.Tensor, stream: torch.cuda.Stream) -> torch.Tensor:
+    def _run_chunk(self, x: torch.Tensor, w: torch.Tensor | None, stream: torch.cuda.Stream) -> torch.Tensor:
         index = trt_export.pick_profile(self.profiles, x.shape)
         if index != self.active:
             self.context.set_optimization_profile_async(index, stream.cuda_stream)
             self.active = index
         self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        if w is not None:
+            self.context.set_input_shape(STYLE_INPUT, tuple(w.shape))
+            self.context.set_tensor_address(STYLE_INPUT, w.data_ptr())
         y = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), device=self.device,
                         dtype=torch.float32)
         self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
@@ -66,14 +70,16 @@ class EngineRunner:
             raise RuntimeError(f"TensorRT execution failed for input {tuple(x.shape)}")
         return y
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         x = x.detach().to(self.device, torch.float32).contiguous()
         # the largest batch any profile takes at this H, W; bigger batches go through in chunks
         fits = [hi[0] for lo, _, hi in self.profiles
                 if all(a <= d <= b for a, d, b in zip(lo[1:], x.shape[1:], hi[1:]))]
         step = max(fits) if fits else x.shape[0]  # none fits: pick_profile raises the clear error
         stream = torch.cuda.current_stream(self.device)
-        return torch.cat([self._run_chunk(c.contiguous(), stream) for c in x.split(step)])
+        ws = [None] * len(x.split(step)) if style_weights is None else \
+            [c.contiguous() for c in style_weights.detach().to(self.device, torch.float32).split(step)]
+        return torch.cat([self._run_chunk(c.contiguous(), w, stream) for c, w in zip(x.split(step), ws)])
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):

@@ -133,7 +133,7 @@ def test_precisions(monkeypatch):
     monkeypatch.setattr(ov_runner, "bf16_supported", lambda: False)
     s = Stylizer(narrow(), backend="openvino", precision="bf16", tile="off")
     assert s.precision == "fp32" and "no BF16" in s.notes[0]
-    assert ov_runner.auto_precision(torch.device("cpu")) == "fp32"
+    assert ov_runner.auto_precision(torch.device("cpu"))[0] == "fp32"
 
 
 # -- the disk cache -------------------------------------------------------------------------------------

@@ -61,8 +61,9 @@ def test_quantize_caches_reports_and_runs(dirs):
 
     net, recipe = narrow(), Recipe(**TINY)
     report, hit = ov_quant.build(net, recipe, dirs[0], dirs[1], max_side=96)
-    assert not hit and [r["photo"] for r in report["photos"]] == [p.name for p in dirs[1]]
-    assert report["passed"] == (report["min_psnr_db"] >= 40.0)
+    (style,) = report["styles"].values()
+    assert not hit and [r["photo"] for r in style["photos"]] == [p.name for p in dirs[1]]
+    assert report["passed"] == style["passed"] == (report["min_psnr_db"] >= 40.0)
     again, hit = ov_quant.build(net, recipe, dirs[0], dirs[1], max_side=96)
     assert hit and again == report
     assert ov_runner.int8_entry(net, recipe)["recipe"]["crops"] == TINY["crops"]
@@ -138,56 +139,37 @@ def _set_gate(net, recipe, passed):
     sidecar.write_text(json.dumps(meta))
 
 
-def test_auto_picks_int8_only_when_every_style_passed(dirs, monkeypatch):
+def test_a_multi_style_network_is_quantized_once_and_gated_per_style(dirs, monkeypatch):
+    """One cache entry for the whole two-style network (style_weights an input), a report per style and for the even
+    mix; auto picks int8 only when all of them passed, and then every style, mix and per-sample mix runs through
+    that one int8 network, each close to the baked eager fp32 result."""
     from instyle.export import ov_quant, ov_runner
     from instyle.export.int8_recipe import Recipe
+    from instyle.models.styles import bake
 
     recipe = Recipe(**TINY)
     monkeypatch.setattr(ov_runner, "Recipe", lambda: recipe)
     two = restyle(narrow(), 2, lambda old: torch.cat([old, old * 0.5]))
     cpu = torch.device("cpu")
     plain = "bf16" if ov_runner.bf16_supported() else "fp32"
-    assert ov_runner.auto_precision(cpu, two) == plain  # nothing cached: never quantizes
-    (_, first), (_, second) = ov_runner.baked_styles(two)
-    ov_quant.build(first, recipe, dirs[0], dirs[1][:1], max_side=64)
-    _set_gate(first, recipe, True)
-    assert ov_runner.auto_precision(cpu, two) == plain  # one style of two
-    ov_quant.build(second, recipe, dirs[0], dirs[1][:1], max_side=64)
-    _set_gate(second, recipe, True)
-    assert ov_runner.auto_precision(cpu, two) == "int8"
-    _set_gate(second, recipe, False)
-    assert ov_runner.auto_precision(cpu, two) == plain
-    _set_gate(second, recipe, True)
+    assert ov_runner.auto_precision(cpu, two)[0] == plain  # nothing cached: never quantizes
+    report, _ = ov_quant.build(two, recipe, dirs[0], dirs[1][:1], names=["a", "b"], max_side=64)
+    assert list(report["styles"]) == ["a", "b", ov_quant.EVEN_MIX]
+    assert len(list(ov_runner.blob_path(two, "int8", recipe).parent.glob("*-int8-*.blob"))) == 1
+    _set_gate(two, recipe, False)
+    assert ov_runner.auto_precision(cpu, two)[0] == plain
+    _set_gate(two, recipe, True)
+    assert ov_runner.auto_precision(cpu, two)[0] == "int8"
     st = load(two, backend="auto", device="cpu", style=1, report=False)
-    assert (st.backend, st.precision) == ("openvino", "int8")
-
-
-def test_auto_decides_per_style_on_the_network_that_runs(dirs, monkeypatch):
-    """One style of two quantized: auto runs it int8, and the other style, a mix, a switch to the other style
-    and per-sample mixes run the float precision instead of failing."""
-    from instyle.export import ov_quant, ov_runner
-    from instyle.export.int8_recipe import Recipe
-
-    recipe = Recipe(**TINY)
-    monkeypatch.setattr(ov_runner, "Recipe", lambda: recipe)
-    two = restyle(narrow(), 2, lambda old: torch.cat([old, old * 0.5]))
-    plain = "bf16" if ov_runner.bf16_supported() else "fp32"
-    (_, first), _ = ov_runner.baked_styles(two)
-    ov_quant.build(first, recipe, dirs[0], dirs[1][:1], max_side=64)
-    _set_gate(first, recipe, True)
-    st = load(two, backend="auto", device="cpu", style=0, report=False)
-    assert (st.backend, st.precision) == ("openvino", "int8")
-    assert load(two, backend="openvino", device="cpu", style=1, report=False).precision == plain
-    assert load(two, backend="auto", device="cpu", mix={0: 1, 1: 1}, report=False).precision == plain
-    x = photo(dirs[1][0], 40, 48)
-    both = st(x.repeat(2, 1, 1, 1), style_weights=torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
-    assert {k: s.precision for k, s in st._mix_cache.items()} == {(1.0, 0.0): "int8", (0.5, 0.5): plain}
-    alone = load(two, backend="openvino", precision=plain, device="cpu", mix={0: 1, 1: 1}, report=False)(x)
-    assert psnr_db(both[1:], alone) > 60  # the mixed sample is the float mix's output
-    st.set_style(1)
-    assert st.precision == plain
-    with pytest.raises(BackendUnavailable, match="instyle quantize"):
-        load(two, backend="openvino", precision="int8", device="cpu", style=1, report=False)
+    assert (st.backend, st.precision, st.style_input) == ("openvino", "int8", True)
+    x = photo(dirs[1][0], 40, 48).repeat(3, 1, 1, 1)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    got = st(x, style_weights=w)
+    for i, row in enumerate(w):
+        ref = Stylizer(bake(two, row), backend="eager", precision="fp32")(x[i:i + 1])
+        assert MIN_PSNR <= psnr_db(got[i:i + 1], ref) < float("inf")
+    st.set_style(0)
+    assert st.precision == "int8" and not st._mix_cache
 
 
 def test_explicit_int8_without_a_cached_model_is_one_line():

@@ -5,6 +5,11 @@ N,3,H,W tensor (0..255, on `device`) to the generator's raw output. A runner may
 attributes: `precision` (the precision it really runs, where that differs from the one asked for) and
 `notes` (one-line remarks for the user, e.g. "running without a cache").
 
+Rows with `style_input` take a multi-style model as it is and return a runner called as run(x, style_weights),
+style_weights N x S (float32, rows summing to 1): the style is data, so one runner serves every style, mix and
+per-sample mix (docs/architecture.md, Multi-style inference). The other rows run a single-style network: the
+Stylizer bakes the mix into a copy (models/styles.py) and builds one runner per mix.
+
 All backends are one table, `TABLE` (name -> Backend: factory, devices, precisions, options), one file per
 backend beside it: eager.py, triton_norms.py ("triton": cuDNN convs, Triton instance-norm tails),
 fused_gemm.py ("fused": the whole net as conv-IN GEMM kernels), torch_compile.py ("compile"); the runtimes of
@@ -36,8 +41,8 @@ from .eager import make_runner as _eager
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Factory = Callable[[nn.Module, torch.device, torch.dtype], Runner]
 
-__all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory",
-           "chain", "auto_precision", "check_device", "check_precision", "check_options", "split_options"]
+__all__ = ["BACKENDS", "TABLE", "Backend", "BackendUnavailable", "Runner", "Factory", "factory", "chain",
+           "auto_choice", "auto_precision", "check_device", "check_precision", "check_options", "split_options"]
 
 
 @dataclass
@@ -50,8 +55,9 @@ class Backend:
     torch_memory: bool = False                   # allocates through torch (peak memory is measurable)
     requires: tuple[str, ...] = ()               # packages imported before the factory is
     hint: str = ""                               # how to install them
-    auto_precision: str | None = None            # "module:function(device, model) -> precision" for "auto"
+    auto_precision: str | None = None            # "module:function(device, model) -> (precision, notes)" for "auto"
     graphs: bool = False                         # behind a CUDA-graph LRU per shape (options graphs, cache_size)
+    style_input: bool = False                    # runs a multi-style model with style_weights as an input
 
     def __post_init__(self):
         if self.graphs:
@@ -59,7 +65,7 @@ class Backend:
 
 
 TABLE: dict[str, Backend] = {
-    "eager": Backend(_eager, runs_module=True, torch_memory=True),
+    "eager": Backend(_eager, runs_module=True, torch_memory=True, style_input=True),
     "triton": Backend("instyle.engine.backends.triton_norms:make_runner", graphs=True, runs_module=True,
                       torch_memory=True),
     "fused": Backend("instyle.engine.backends.fused_gemm:make_runner", graphs=True,
@@ -67,12 +73,12 @@ TABLE: dict[str, Backend] = {
     "compile": Backend("instyle.engine.backends.torch_compile:make_runner", graphs=True, options=("compiler", "mode"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
-                           requires=("onnxruntime",), hint="pip install 'instyle[onnx]'"),
+                           requires=("onnxruntime",), hint="pip install 'instyle[onnx]'", style_input=True),
     "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16", "int8"),
                         requires=("openvino",), hint="pip install openvino",
-                        auto_precision="instyle.export.ov_runner:auto_precision"),
+                        auto_precision="instyle.export.ov_runner:auto_precision", style_input=True),
     "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",), precisions=("fp32", "fp16"),
-                        hint="pip install 'instyle[tensorrt]'"),
+                        hint="pip install 'instyle[tensorrt]'", style_input=True),
 }
 BACKENDS = tuple(TABLE)
 assert BACKENDS == BACKEND_NAMES, "instyle.specs.BACKEND_NAMES must list the table's backends in order"
@@ -170,10 +176,17 @@ def split_options(names: list[str], options: dict) -> dict[str, dict]:
     return {name: {k: v for k, v in options.items() if k in TABLE[name].options} for name in names}
 
 
-def auto_precision(name: str, device: torch.device, model: nn.Module | None = None) -> str:
-    """The precision `precision="auto"` means for backend `name` on `device` (for `model`, where it matters:
-    openvino picks int8 only for a model whose cached quantized form passed its quality gate)."""
+def auto_choice(name: str, device: torch.device, model: nn.Module | None = None) -> tuple[str, list[str]]:
+    """(precision, notes): what `precision="auto"` means for backend `name` on `device` (for `model`, where it
+    matters: openvino picks int8 only for a network whose quantized form passed its quality gate), and one-line
+    remarks on why a faster precision was passed over (e.g. a stale shipped int8 model)."""
     spec = TABLE.get(name)
     if spec is not None and spec.auto_precision:
-        return _resolve(spec.auto_precision)(torch.device(device), model)
-    return "fp16" if torch.device(device).type == "cuda" else "fp32"
+        precision, notes = _resolve(spec.auto_precision)(torch.device(device), model)
+        return precision, list(notes)
+    return ("fp16" if torch.device(device).type == "cuda" else "fp32"), []
+
+
+def auto_precision(name: str, device: torch.device, model: nn.Module | None = None) -> str:
+    """The precision of auto_choice."""
+    return auto_choice(name, device, model)[0]
