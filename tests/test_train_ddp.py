@@ -44,11 +44,13 @@ def test_ddp_two_ranks_match_single_process(tmp_path, photos):  # noqa: F811
 
     single = Trainer(config(tmp_path / "single", photos, iterations=3, batch_size=2, log_every=1), tiny_loss())
     single.fit()
-    ddp_rows = (ddp_dir / "g.log.csv").read_text().splitlines()
-    single_rows = (tmp_path / "single" / "g.log.csv").read_text().splitlines()
-    for a, b in zip(ddp_rows[1:], single_rows[1:]):  # same samples, same losses (all-reduced mean)
-        torch.testing.assert_close(torch.tensor([float(v) for v in a.split(",")[1:5]]),
-                                   torch.tensor([float(v) for v in b.split(",")[1:5]]), rtol=1e-5, atol=0)
+    import csv
+
+    terms = ("content", "style", "tv", "total")
+    with open(ddp_dir / "g.log.csv") as fa, open(tmp_path / "single" / "g.log.csv") as fb:
+        for a, b in zip(csv.DictReader(fa), csv.DictReader(fb)):  # same samples, same losses (all-reduced mean)
+            torch.testing.assert_close(torch.tensor([float(a[k]) for k in terms]),
+                                       torch.tensor([float(b[k]) for k in terms]), rtol=1e-5, atol=0)
     # weights: equal up to rounding, which Adam amplifies where a gradient is near zero: its update there is
     # ~lr * sign(g), so a rounding-level gradient of the other sign moves the weight by up to 2 lr per step
     # (CPUs with other vector units round differently). Bound: every weight within 2 * lr * steps, and all
