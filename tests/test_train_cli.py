@@ -331,7 +331,7 @@ def test_zoo_cli_trains_resumes_gates_and_ships_only_when_better(tmp_path, data,
     assert json.loads(checkpoint.read_metadata(model)["training"])["iterations"] == 1
     gate = json.loads((out / "gate.json").read_text())
     assert gate["new"]["photos"] == gate["shipped"]["photos"] and len(gate["new"]["photos"]) == 1
-    assert set(gate["shipped"]["styles"]) < set(gate["new"]["styles"])  # udnie is new
+    assert set(gate["shipped"]["styles"]) <= set(gate["new"]["styles"])  # a style the zoo lacks would be new
     assert "lattice_median" in gate["new"]["styles"]["candy"]
     assert (shipped.read_bytes() != before) == gate["decision"]["better"]
     stamp = model.stat().st_mtime_ns
