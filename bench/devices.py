@@ -54,7 +54,7 @@ def peak_tflops_for(peaks: dict | None, precision: str) -> float | None:
     return peaks["tf32"] if precision == "fp32" else peaks.get(precision)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -78,7 +78,7 @@ def device_info(device) -> dict:
         info = {"name": name, "kind": "cuda", "memory_gb": round(props.total_memory / 1e9, 1)}
     else:
         peaks = None
-        info = {"name": _cpu_name(), "kind": "cpu", "logical_cpus": os.cpu_count(), "isa": cpu_isa()}
+        info = {"name": cpu_name(), "kind": "cpu", "logical_cpus": os.cpu_count(), "isa": cpu_isa()}
     info["peak_tflops"] = {k: v for k, v in peaks.items() if k != "gbps"} if peaks else None
     info["peak_gbps"] = peaks["gbps"] if peaks else None
     return info

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or not args.duration > 0 or args.max_batch < 1 or args.max_requests < 1 or args.warmup < 0:
         parser.error("--clients, --duration, --max-batch and --max-requests must be positive, --warmup >= 0")
-    from instyle.bench.devices import _cpu_name, git_rev, now
+    from instyle.bench.devices import cpu_name, git_rev, now
     from instyle.paths import data_dir
 
     photo = Path(args.photo) if args.photo else data_dir() / "content" / "demo" / "chicago.jpg"
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(stdio.BytesIO(body)) as img:
         image = f"{img.width}x{img.height}"
     rows = [run_config(args, body, n) for n in dict.fromkeys((args.max_batch, 1))]
-    result = {"date": now(), "git_rev": git_rev(), "cpu": _cpu_name(), "cpus": os.cpu_count(), "clients": args.clients,
+    result = {"date": now(), "git_rev": git_rev(), "cpu": cpu_name(), "cpus": os.cpu_count(), "clients": args.clients,
               "duration_s": args.duration, "warmup_s": args.warmup, "max_wait_ms": args.max_wait_ms, "image": image,
               "photo": photo.name, "rows": rows}
     print(markdown(result))

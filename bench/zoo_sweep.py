@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
+    from instyle.bench.devices import cpu_name
     from instyle.paths import ZOO_DIR, data_dir
     from instyle.train import zoo as Z
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"init": str(init), "styles": [s.stem for s in styles], "steps": a.steps, "warmup": a.warmup,
               "image_size": 128, "batch": 4, "style_size": 512, "gate_side": 384,
               "photos": [p.name for p in photos], "machine": platform.processor() or platform.machine(),
-              "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": []}
+              "cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": []}
     t0 = time.perf_counter()
     baseline = Z.gate(init, data, photos, side=384, device="cpu")
     record["baseline"] = {"gate_s": round(time.perf_counter() - t0, 1), "summary": summary(baseline),
@@ -90,16 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 def _row(s: dict) -> str:
     return (f"ratio median {s['ratio_median']:.3f} worst {s['ratio_worst']:.3f}  content {s['content_median']:.2f}  "
             f"lattice {s['lattice_median']:.1f}  passed {s['passed']}/{s['styles']}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
