@@ -9,7 +9,7 @@ import torch
 
 from instyle.atomic import atomic_path
 
-FIELDS = ("step", "content", "style", "tv", "lattice", "total", "images_per_s", "elapsed_s")
+FIELDS = ("step", "content", "style", "tv", "lattice", "distill", "total", "images_per_s", "elapsed_s")
 
 
 class LossLog:
@@ -64,7 +64,7 @@ class LossLog:
         fig = Figure(figsize=(7, 4), dpi=100)
         ax = fig.subplots()
         steps = [r["step"] for r in self.rows]
-        for key in ("total", "content", "style", "tv", "lattice"):
+        for key in ("total", "content", "style", "tv", "lattice", "distill"):
             values = [r.get(key, 0.0) for r in self.rows]
             if any(v > 0 for v in values):
                 ax.plot(steps, values, label=key, linewidth=1)

@@ -116,6 +116,7 @@ class LossSpec:
     style_balance: str = "off"
     style_multipliers: list[float] | None = None  # per style, times style_weight (None: 1 each)
     lattice_weight: float = 0.0  # stride_lattice's weight (pixel^2 units, like content's scale after weighting)
+    distill_weight: float = 0.0  # mean squared pixel difference to a teacher generator's output (set_teacher)
 
     def layers(self) -> list[str]:
         return list(dict.fromkeys([*self.content_layers, *self.style_layers]))
@@ -124,7 +125,8 @@ class LossSpec:
         return dict(content_layers=self.content_layers, style_layers=self.style_layers,
                     style_layer_weights=self.layer_weights(), content_weight=self.content_weight,
                     style_weight=self.style_weight, tv_weight=self.tv_weight, style_balance=self.style_balance,
-                    style_multipliers=self.style_multipliers, lattice_weight=self.lattice_weight)
+                    style_multipliers=self.style_multipliers, lattice_weight=self.lattice_weight,
+                    distill_weight=self.distill_weight)
 
     def layer_weights(self) -> list[float]:
         w = self.style_layer_weights or [1.0] * len(self.style_layers)
@@ -173,6 +175,26 @@ class PerceptualLoss(nn.Module):
             scale = scale / self.gram_magnitudes()
         self.register_buffer("style_scale", scale, persistent=False)
 
+    def set_teacher(self, teacher: nn.Module, rows: Sequence[int] | None = None) -> None:
+        """Distillation: a trained generator whose output the `distill` term pulls the student's towards, style
+        s of the student being the teacher's row `rows[s]` (None: the same row). Frozen; moves with .to()."""
+        teacher.eval().requires_grad_(False)
+        self.teacher = teacher
+        styles = getattr(teacher, "styles", 1)
+        rows = list(range(styles)) if rows is None else list(rows)
+        self.register_buffer("teacher_rows", torch.tensor(rows, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def teacher_output(self, content: torch.Tensor, style_index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's stylization of `content` in each sample's style (fp32, unclamped like the student's)."""
+        styles = getattr(self.teacher, "styles", 1)
+        if styles == 1:
+            return self.teacher(content.float())
+        index = torch.zeros(content.shape[0], dtype=torch.long, device=content.device) if style_index is None \
+            else style_index
+        weights = F.one_hot(self.teacher_rows[index], styles).float()
+        return self.teacher(content.float(), weights)
+
     def gram_magnitudes(self) -> torch.Tensor:
         """Per style (S,): sum over style layers of layer weight * mean(target Gram^2), in loss units."""
         return sum(w * t.square().mean(dim=(1, 2)) for w, t in zip(self.style_layer_weights, self.targets.values()))
@@ -186,12 +208,14 @@ class PerceptualLoss(nn.Module):
         """Loss terms of generated images `y` (N,3,H,W, 0..255) against `content` (None: texture mode) and
         the styles `style_index` (N longs; None: every sample against style 0).
 
-        Returns fp32 scalars: content, style, tv, lattice when weighted (each already weighted) and total; and
+        Returns fp32 scalars: content, style, tv, lattice and distill when weighted (each already weighted) and
+        total; and
         `style_per_sample` (N, weighted; its mean is `style`).
         """
         spec = self.spec
-        feats = self.vgg(y.float())  # normalisation in fp32; the convs still run in the autocast dtype
         zero = y.new_zeros((), dtype=torch.float32)
+        needs_vgg = (content is not None and spec.content_weight) or spec.style_weight
+        feats = self.vgg(y.float()) if needs_vgg else {}  # normalisation in fp32; convs in the autocast dtype
         c_loss = zero
         if content is not None and spec.content_weight:
             assert content.shape[-2:] == y.shape[-2:], f"content {tuple(content.shape)} vs output {tuple(y.shape)}"
@@ -215,4 +239,9 @@ class PerceptualLoss(nn.Module):
         terms = {"content": c_loss, "style": s_loss, "tv": tv}
         if spec.lattice_weight:
             terms["lattice"] = spec.lattice_weight * stride_lattice(y, content)
+        if spec.distill_weight:
+            assert content is not None and hasattr(self, "teacher"), "distillation needs content and set_teacher()"
+            with torch.autocast(y.device.type, enabled=False):
+                teacher = self.teacher_output(content, style_index)
+                terms["distill"] = spec.distill_weight * F.mse_loss(y.float(), teacher)
         return {**terms, "total": sum(terms.values()), "style_per_sample": per_sample}

@@ -351,7 +351,8 @@ class Trainer:
         ips = window * self.cfg.batch_size * d.world_size / max(dt, 1e-9)
         self.log.add(write=d.is_main, step=self.step, **last, images_per_s=ips, elapsed_s=self.elapsed)
         if bar is not None:
-            bar.set_postfix({k: f"{last[k]:.3g}" for k in ("content", "style", "tv", "lattice", "total") if k in last})
+            shown = ("content", "style", "tv", "lattice", "distill", "total")
+            bar.set_postfix({k: f"{last[k]:.3g}" for k in shown if k in last})
         return last
 
     # ---------------------------------------------------------------------------- checkpoints

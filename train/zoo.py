@@ -57,10 +57,13 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
           init: Path | None = None, iterations: int = 10**9, style_weight: float | None = None,
           multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500,
           lattice_weight: float | None = None, lr: float = 1e-3, resume: bool = False,
-          warmup: int | None = None) -> dict:
+          warmup: int | None = None, teacher: Path | None = None, distill_weight: float = 0.0,
+          content_weight: float | None = None) -> dict:
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
-    (default: the balanced default of the VGG file's convention)."""
+    (default: the balanced default of the VGG file's convention). With `teacher` (a trained zoo holding every
+    style, by name) the `distill_weight` term pulls the output towards the teacher's (models/ distillation:
+    the slim zoo learns from the full one)."""
     from instyle.checkpoint import read_metadata
     from instyle.train.common import load_image
     from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
@@ -73,13 +76,17 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
     unknown = sorted(set(multipliers or {}) - {p.stem for p in styles})
     if unknown:
         raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
-    spec = LossSpec(content_weight=weights["content"], tv_weight=weights["tv"], style_balance=balance,
+    spec = LossSpec(content_weight=weights["content"] if content_weight is None else content_weight,
+                    tv_weight=weights["tv"], style_balance=balance,
                     style_weight=weights["style"] if style_weight is None else style_weight,
                     style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles],
-                    lattice_weight=weights["lattice"] if lattice_weight is None else lattice_weight)
+                    lattice_weight=weights["lattice"] if lattice_weight is None else lattice_weight,
+                    distill_weight=distill_weight)
     dev = torch.device(device)
     loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
     loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
+    if distill_weight:
+        loss.set_teacher(*load_teacher(teacher, [p.stem for p in styles]))
     train_dir, _ = split_photos(data / "content" / "train", out)
     model_out = out / "train" / "styles.safetensors"
     cfg = TrainConfig(style=[str(p) for p in styles], out=str(model_out), data=str(train_dir),
@@ -93,6 +100,20 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
             "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": spec.as_dict()}
+
+
+def load_teacher(path: Path | None, names: list[str]):
+    """(the trained zoo at `path` in fp32, its row of each of `names`); every name must be one of its styles."""
+    from instyle import checkpoint
+
+    if path is None:
+        raise ValueError("distillation needs a teacher zoo")
+    model, meta = checkpoint.load(path)
+    held = checkpoint.style_names(meta)
+    missing = [n for n in names if n not in held]
+    if missing:
+        raise ValueError(f"{path}: the teacher lacks styles {', '.join(missing)}")
+    return model.float(), [held.index(n) for n in names]
 
 
 @torch.no_grad()
