@@ -326,10 +326,14 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     from instyle import checkpoint
 
     dev = resolve_device(device)
+    slim = None
     if isinstance(model, nn.Module):
         module, meta = model, {}
     else:
         path, named = checkpoint.resolve_style(model)
+        if backend == "auto" and dev.type == "cpu" and (model is None or named is not None):
+            slim = _slim_on_this_cpu(path)
+            path = slim or path
         module, meta = checkpoint.load(path)
         if named is not None and style is None and mix is None:
             style = named
@@ -361,6 +365,8 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
         else:
             break
     line = f"instyle: backend {stylizer.backend} {stylizer.precision}"
+    if slim is not None:
+        line += f" (slim zoo: this CPU has no AMX; --model {checkpoint.FULL_ZOO} runs the full network)"
     if skipped:
         line += " (skipped " + "; ".join(skipped) + ")"
     if stylizer.notes:
@@ -369,6 +375,16 @@ def load(model=None, backend: str = "auto", precision: str = "auto", device: str
     if report is not False:
         print(line, file=report or sys.stderr, flush=True)
     return stylizer
+
+
+def _slim_on_this_cpu(path):
+    """The shipped slim twin of the shipped full zoo `path` where the full network is too slow for a CPU default:
+    without AMX (instyle/cpu.py), where even its int8 form lost to the peer's network at 1024² (bench/vs_peer.py;
+    docs in README, Styles); None elsewhere or when no slim zoo is shipped."""
+    from instyle import checkpoint
+    from instyle.cpu import has_amx
+
+    return None if has_amx() else checkpoint.slim_twin(path)
 
 
 def _copy(module: nn.Module) -> nn.Module:

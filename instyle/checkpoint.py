@@ -302,6 +302,21 @@ def shipped() -> dict[str, Path]:
     return found
 
 
+# Shipped file stems: the full network (the default) and its slim twin, distilled from it (3.6x fewer FLOPs per
+# pixel, the same styles in the same rows), which `auto` runs on a CPU without AMX (engine/stylizer.py: load).
+FULL_ZOO, SLIM_ZOO = "styles", "slim"
+
+
+def slim_twin(path: Path) -> Path | None:
+    """The shipped slim zoo when `path` is the shipped full zoo and the slim one holds the same styles in the same
+    order (so any style, index or mix means the same there); else None."""
+    zoo = shipped()
+    full, slim = zoo.get(FULL_ZOO), zoo.get(SLIM_ZOO)
+    if full is None or slim is None or Path(path).resolve() != full.resolve():
+        return None
+    return slim if style_names(read_metadata(slim)) == style_names(read_metadata(full)) else None
+
+
 def shipped_styles() -> dict[str, tuple[Path, int]]:
     """Every shipped style by name -> (file, its row in that file), styles inside multi-style files
     included, in order (the first is the default). Reads headers only."""

@@ -22,3 +22,14 @@ def isa() -> tuple[str, ...]:
 
 def has_int8_dot() -> bool:
     return any(f in isa() for f in INT8_DOT)
+
+
+def has_amx() -> bool:
+    """AMX tiles usable here: the CPU has them and oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA, which OpenVINO honours)
+    does not rule them out."""
+    import os
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap not in ("ALL", "DEFAULT") and "AMX" not in cap:
+        return False
+    return any(f.startswith("amx") for f in isa())
