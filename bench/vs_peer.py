@@ -96,7 +96,9 @@ def measure(image, iters: int, warmup: int) -> dict:
         styles.append({"style": name, "switch_ms": round(switch, 2), "first_call_ms": round(ms, 1),
                        "repeated_ms": round(again, 1), "vs_repeated": round(ms / again, 2),
                        "psnr_db": round(psnr_db(got, ref), 2), "max_abs": round(float((got - ref).abs().max()), 1)})
-    return {"ours": {"choice": f"{ours.backend} {ours.precision}", "notes": ours.notes, "load_s": round(load_s, 2)},
+    config = getattr(ours.source, "config", {})
+    return {"ours": {"choice": f"{ours.backend} {ours.precision}", "notes": ours.notes, "load_s": round(load_s, 2),
+                     "line": ours.choice, "network": {k: config.get(k) for k in ("width", "blocks", "styles")}},
             "first_call_ms": {k: round(v, 1) for k, v in first.items()}, "median_ms": med,
             "all_ms": {k: [round(t, 1) for t in v] for k, v in times.items()},
             "speedup": round(med["peer"] / med["ours"], 2),
@@ -133,7 +135,8 @@ def markdown(r: dict) -> str:
              f"load average (1/5/15 min) before {r['load_before']}, after {r['load_after']}", "",
              f"Photo {r['image']} at {r['size']}², median of {r['iters']} alternating calls after {r['warmup']} "
              f"warm-up. Ours: `instyle.load()` defaults = openvino {m['ours']['choice'].split()[-1]} "
-             f"({m['ours']['choice']}; load {m['ours']['load_s']} s).", "",
+             f"({m['ours']['choice']}; load {m['ours']['load_s']} s; network {m['ours'].get('network')}).",
+             f"Its line: `{m['ours'].get('line', '')}`", "",
              "| | ours ms | peer ms | peer / ours |", "|---|---:|---:|---:|",
              f"| PIL in → PIL out | {m['median_ms']['ours']} | {m['median_ms']['peer']} | **{m['speedup']}×** |",
              f"| network call only | {m['median_ms']['ours_network']} | {m['median_ms']['peer_network']} | "

@@ -44,4 +44,21 @@ def run(args) -> int:
         where = f"{path.name}[{index}]" if meta.get("styles") else path.name
         default = " (default)" if k == 0 else ""
         print(f"{name:<{width}}  {where}: {describe(meta)}{default}")
+    networks()
     return 0
+
+
+def networks() -> None:
+    """Where the shipped zoo has a slim twin: both networks by name (--model NAME), and which one `auto` runs here."""
+    from instyle.checkpoint import FULL_ZOO, SLIM_ZOO, read_metadata, shipped, slim_twin
+    from instyle.cpu import has_amx
+
+    zoo = shipped()
+    if FULL_ZOO not in zoo or slim_twin(zoo[FULL_ZOO]) is None:
+        return
+    here = FULL_ZOO if has_amx() else SLIM_ZOO
+    print("\nnetworks holding these styles (--model NAME; on a CPU `auto` runs the slim one unless it has AMX):")
+    for stem in (FULL_ZOO, SLIM_ZOO):
+        config = json.loads(read_metadata(zoo[stem]).get("config") or "{}")
+        mark = " (runs here by default on the CPU)" if stem == here else ""
+        print(f"  {stem:<7} johnson width {config.get('width', 32)}, {config.get('blocks', 5)} residual blocks{mark}")

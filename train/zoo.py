@@ -58,7 +58,7 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
           multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500,
           lattice_weight: float | None = None, lr: float = 1e-3, resume: bool = False,
           warmup: int | None = None, teacher: Path | None = None, distill_weight: float = 0.0,
-          content_weight: float | None = None) -> dict:
+          content_weight: float | None = None, tv_weight: float | None = None) -> dict:
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
     (default: the balanced default of the VGG file's convention). With `teacher` (a trained zoo holding every
@@ -77,7 +77,7 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
     if unknown:
         raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
     spec = LossSpec(content_weight=weights["content"] if content_weight is None else content_weight,
-                    tv_weight=weights["tv"], style_balance=balance,
+                    tv_weight=weights["tv"] if tv_weight is None else tv_weight, style_balance=balance,
                     style_weight=weights["style"] if style_weight is None else style_weight,
                     style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles],
                     lattice_weight=weights["lattice"] if lattice_weight is None else lattice_weight,
