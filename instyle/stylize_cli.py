@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend's own option, repeatable (e.g. prenorm=all for fused, graphs=off; "
-                        "README: Python API and backends)")
+                        "docs/api.md)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=int, metavar="PX", help="downscale so the longer side is at most PX")
     size.add_argument("--scale", type=float, metavar="F", help="resize by factor F before stylizing")

@@ -4,8 +4,8 @@ The exact-resume state (state.py) holds everything in fp32 and stays on the mach
 is the small one that travels (e.g. back from a GPU loan): per parameter (by name) exp_avg and exp_avg_sq in bf16
 (fp16 would underflow exp_avg_sq, ~g^2) and Adam's step count, as safetensors (~2 bytes x 2 x parameters, whatever
 the generator's size). `--init MODEL` restores it from MODEL's sibling OUT.adam.safetensors: a fresh Adam state
-moves every weight by about lr in its first steps, which undid a continued zoo's training
-(bench/results/2026-11-26-h100-warmstart).
+moves every weight by about lr in its first steps: one of the two candidate causes of a continued zoo that came
+out worse (bench/results/2026-11-26-h100-warmstart; not tested there).
 
 Instance-norm rows follow the styles by name, like the weights (finetune.row_map): a style the file lacks
 starts from the mean of the rows it holds.

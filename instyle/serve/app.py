@@ -1,4 +1,4 @@
-"""The FastAPI app: the page, the styles, POST /v1/stylize, health and metrics (README: Serve).
+"""The FastAPI app: the page, the styles, POST /v1/stylize, health and metrics (docs/serve.md).
 
 Every refusal is a JSON body {"error": "one line"} (refusals.py, the framework's own included): 400 bad input
 (not an image, damaged, unknown style, bad control), 408 body not received in time, 413 too large (bytes, or
