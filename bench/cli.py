@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from instyle.errors import UsageError  # a leaf: no torch for --help
+from instyle.specs import PRECISION_NAMES
 
-PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
 GPU_SIZES, CPU_SIZES = "256,512,1024,1920x1080,3840x2160", "256,512,1024"
 
 

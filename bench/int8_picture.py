@@ -1,4 +1,4 @@
-"""The README's int8 picture: one style on one photo, openvino bf16 | int8 | 4x |int8 - bf16|, side by side.
+"""The int8 picture of docs/int8.md: one style on one photo, openvino bf16 | int8 | 4x |int8 - bf16|, side by side.
 
     python -m instyle.bench.int8_picture --model candy --image chicago.jpg --side 768 -o docs/int8/x.jpg
 

@@ -1,5 +1,5 @@
-"""Pictures of a trained zoo (the campaign's `zoo.pictures` step, and the README's Styles pictures): the photo and one
-JPEG per style of it, and a 1:1 crop of a 3840x2160 stylization of the first style.
+"""Pictures of a trained zoo (the campaign's `zoo.pictures` step, and the pictures of README.md and
+docs/styles.md): the photo and one JPEG per style of it, and a 1:1 crop of a 3840x2160 stylization of the first style.
 
     python -m instyle.bench.zoo_pictures --model instyle/zoo/styles.safetensors --photo PHOTO --out docs/styles
         [--side 512] [--crop-photo BIG_PHOTO]

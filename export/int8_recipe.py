@@ -19,12 +19,13 @@ class Recipe:
     preset: str = "mixed"              # nncf.QuantizationPreset: asymmetric activations (ReLU/IN outputs)
     fast_bias_correction: bool = True
     float_norms: bool = True           # instance norms (and the residual adds) stay float: only convs are int8
-    ignore_first_conv: bool = True     # the RGB conv (3 input channels) in float: +1.7 dB (mosaic) to +3.5 dB
-    ignore_last_conv: bool = False     # the conv that writes the picture in float: +0.3 dB for ~1.3x the time
+    ignore_first_conv: bool = True     # the RGB conv in float: it reads the picture itself, 3 input channels
+    ignore_last_conv: bool = False     # the conv that writes the picture: float would trade time for accuracy
 
     # InstanceNorm2d as OpenVINO holds it (MVN, or its decomposition) and the elementwise ops around it: NNCF
-    # quantizes these inputs by default, which cost candy 7-8 dB (34.5 -> 42.4 dB min on the held-out photos)
-    # (MatMul: a multi-style model's style_weights @ per-style (gamma, beta), which int8 would round per style)
+    # quantizes these inputs by default, and rounding a layer's statistics to int8 shifts every pixel of it
+    # (MatMul: a multi-style model's style_weights @ per-style (gamma, beta), which int8 would round per style).
+    # The gate (GATE_DB) decides whether a recipe ships; docs/int8.md has its committed reports.
     NORM_OPS = ("MVN", "ReduceMean", "Subtract", "Multiply", "Sqrt", "Divide", "Add", "MatMul")
 
     def key(self) -> str:

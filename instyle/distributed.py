@@ -13,7 +13,7 @@ CPU per worker, a small object store, no dashboard) and shut down at the end. Wo
 outputs by path, so on several nodes INPUT and -o must be on storage every node mounts at the same path.
 
 The model file travels through the object store: the driver ray.put()s its bytes once, every actor gets them
-from its node's store and loads them from a private temporary file (see the README, "Many files: Ray").
+from its node's store and loads them from a private temporary file (see docs/distributed.md).
 """
 from __future__ import annotations
 

@@ -4,37 +4,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-# flag, type, default (Limits' own), metavar, what it limits
+# Limits field, metavar, what it limits: each is the flag --field-name, its type and default Limits' own
+# (instyle/serve/limits.py)
 LIMIT_FLAGS = (
-    ("--max-batch", int, 8, "N", "images stylized together"),
-    ("--max-wait-ms", float, 10.0, "M", "how long a request waits for others of its size to share a batch"),
-    ("--max-pixels", int, 1 << 24, "P",
-     "refuse images of more pixels (4096x4096), read from the header before decoding"),
-    ("--max-upload-mb", float, 25.0, "U", "refuse larger bodies"),
-    ("--max-inflight-mb", float, 256.0, "M",
+    ("max_batch", "N", "images stylized together"),
+    ("max_wait_ms", "M", "how long a request waits for others of its size to share a batch"),
+    ("max_pixels", "P", "refuse images of more pixels, read from the header before decoding"),
+    ("max_upload_mb", "U", "refuse larger bodies"),
+    ("max_inflight_mb", "M",
      "bytes of uploads held at once, across requests; past it a request is answered 503 with Retry-After"),
-    ("--queue", int, 64, "Q", "requests waiting at most; more are answered 503 with Retry-After"),
-    ("--timeout-s", float, 60.0, "S", "a request not stylized within S seconds is answered 504"),
-    ("--body-timeout-s", float, 30.0, "S", "an upload whose body has not arrived S seconds after its headers is "
-     "answered 408"),
-    ("--shutdown-timeout-s", float, 10.0, "S", "on SIGTERM or Ctrl-C, requests in progress get S seconds to finish"),
-    ("--keep-alive-s", float, 5.0, "S", "an idle connection is closed after S seconds"),
+    ("queue", "Q", "requests waiting at most; more are answered 503 with Retry-After"),
+    ("timeout_s", "S", "a request not stylized within S seconds is answered 504"),
+    ("body_timeout_s", "S", "an upload whose body has not arrived S seconds after its headers is answered 408"),
+    ("shutdown_timeout_s", "S", "on SIGTERM or Ctrl-C, requests in progress get S seconds to finish"),
+    ("keep_alive_s", "S", "an idle connection is closed after S seconds"),
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from instyle.specs import BACKEND_NAMES as BACKENDS  # no torch for --help
+    from instyle.serve.limits import Limits  # no FastAPI, no torch for --help
+    from instyle.specs import BACKEND_NAMES as BACKENDS
+    from instyle.specs import PRECISION_NAMES
 
     p.add_argument("--model", help="shipped style name or model file (default: the shipped styles)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto",) + PRECISION_NAMES)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--tile", default="auto", help="auto | off | tile side in pixels (exact tiled inference)")
-    for flag, kind, default, metavar, text in LIMIT_FLAGS:
-        shown = f"{default:g}" if kind is float else default
-        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default {shown})")
+    defaults = Limits()
+    for name, metavar, text in LIMIT_FLAGS:
+        default = getattr(defaults, name)
+        shown = f"{default:g}" if isinstance(default, float) else default
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, metavar=metavar,
+                       help=f"{text} (default {shown})")
     p.add_argument("--api-docs", action="store_true",
                    help="serve /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; default off: "
                         "the schema is at /openapi.json)")
@@ -42,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _limits(args):
     from instyle.errors import UsageError
-    from instyle.serve.app import Limits
+    from instyle.serve.limits import Limits
 
     for name in ("max_batch", "max_pixels", "queue"):
         if getattr(args, name) < 1:
@@ -58,10 +62,7 @@ def _limits(args):
         raise UsageError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    return Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pixels=args.max_pixels,
-                  max_upload_mb=args.max_upload_mb, max_inflight_mb=args.max_inflight_mb, queue=args.queue,
-                  timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s,
-                  shutdown_timeout_s=args.shutdown_timeout_s, keep_alive_s=args.keep_alive_s)
+    return Limits(**{name: getattr(args, name) for name, *_ in LIMIT_FLAGS})
 
 
 def run(args) -> int:

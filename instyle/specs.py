@@ -8,6 +8,8 @@ _SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
 # The engine's backends by name, here so that command lines can offer them without importing torch
 # (engine/backends/ holds the table itself and checks it against this list).
 BACKEND_NAMES = ("eager", "triton", "fused", "compile", "onnxruntime", "openvino", "tensorrt")
+# The precisions a command line offers (int8: a quantized openvino model; instyle/precision.py maps the dtypes).
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
 # Images larger than this are refused from their header (decompression bombs); --max-pixels changes it.
 DEFAULT_MAX_PIXELS = 2**28
 # The style controls' ranges, inclusive (engine/controls.py and the command line's flags check against them).

@@ -26,17 +26,17 @@ __all__ = ["add_arguments", "run", "collect", "prepare_out_dir", "target_size", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from instyle.specs import BACKEND_NAMES as BACKENDS  # no torch for --help
-    from instyle.specs import DEFAULT_MAX_PIXELS
+    from instyle.specs import DEFAULT_MAX_PIXELS, PRECISION_NAMES
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or globs")
     p.add_argument("-o", "--out-dir", default="stylized", help="output folder (default: ./stylized)")
     p.add_argument("--model", help="shipped style name or model file (.safetensors, pytorch/examples .pth)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16", "int8"))
+    p.add_argument("--precision", default="auto", choices=("auto",) + PRECISION_NAMES)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend's own option, repeatable (e.g. prenorm=all for fused, graphs=off; "
-                        "README: Python API and backends)")
+                        "docs/api.md)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=int, metavar="PX", help="downscale so the longer side is at most PX")
     size.add_argument("--scale", type=float, metavar="F", help="resize by factor F before stylizing")

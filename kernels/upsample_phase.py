@@ -13,7 +13,9 @@ input, for every H >= 1 (for H = 1 all rows are stored row 0). tests/test_upsamp
 float64 against F.interpolate + F.pad(reflect) + F.conv2d, 1- and 2-pixel-wide inputs included.
 
 This file holds the weight transform and the plain-PyTorch form (the reference a kernel is checked
-against); the fused chain's kernel path is not wired yet (see README, engine).
+against). The fused backend runs it with the option upsample="phase" (engine/backends/fused_gemm.py): the
+conv-IN GEMM's conv_in_phases (kernels/conv_in_gemm.py) launches one 2x2 conv per phase with these weights;
+"direct" stays the default until a GPU run times both.
 """
 from __future__ import annotations
 

@@ -132,7 +132,24 @@ def test_bundle_layout_and_size(tmp_path, data):
     run_sh = (bundle / "run.sh").read_text()
     assert "--target /tmp/site" in run_sh and "INSTYLE_DATA" in run_sh and "flock" in run_sh
     assert '$OUT/$name.tgz' in run_sh and 'name="${RUN_NAME:-$stage}"' in run_sh
+    assert f'-gt {campaign_bundle.RETURNED_FILE_BYTES} ]' in run_sh and "@RETURNED" not in run_sh
     assert subprocess.run(["bash", "-n", str(bundle / "run.sh")]).returncode == 0
+
+
+def test_adam_moments_of_the_full_zoo_generator_fit_a_returned_file(tmp_path):
+    """The zoo stage's Adam moments come back from the loan in its archive (a later --init continues with them)."""
+    from instyle.train.adam_state import save_moments
+    from instyle.train.trainer import TrainConfig, build_generator
+
+    cfg = TrainConfig(style=[f"s{i}.jpg" for i in range(11)], out=str(tmp_path / "z.safetensors"))
+    model = build_generator(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    path = save_moments(opt, model, tmp_path / "z.adam.safetensors", cfg.style_names)
+    assert path.stat().st_size < campaign_bundle.RETURNED_FILE_BYTES
+    assert path.stat().st_size > 4 * sum(p.numel() for p in model.parameters())  # two bf16 moments each
 
 
 def test_bundle_refuses_missing_data(tmp_path):

@@ -33,3 +33,22 @@ def test_ci_runs_the_slow_tests_the_readme_command_leaves_out_last():
     assert script.rstrip().endswith('bash -c "$slow"')
     assert script.index('bash -c "$second"') < script.index('bash -c "$slow"')
     assert "-m" not in readme_command(2).split("pytest", 1)[1]  # the README's run is the default selection
+
+
+def test_ci_builds_the_docs_strictly_before_the_tests_and_the_nav_lists_every_page():
+    """mkdocs.yml's nav names every page of docs/ (strict: a page left out fails the build), .ci/run builds the
+    site --strict outside the repository before the test suite, and the README's links into docs/ resolve."""
+    import re
+
+    config = (PROJECT_ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"^strict: true$", config, re.M) and re.search(r"^docs_dir: docs$", config, re.M)
+    nav = set(re.findall(r"^\s+- (?:(?:\"[^\"\n]+\"|[^:\n]+): )?([\w/.-]+\.md)$", config, re.M))
+    pages = {p.relative_to(PROJECT_ROOT / "docs").as_posix() for p in (PROJECT_ROOT / "docs").rglob("*.md")}
+    assert nav == pages, (sorted(pages - nav), sorted(nav - pages))
+    script = (PROJECT_ROOT / ".ci" / "run").read_text()
+    build = 'python3 -m mkdocs build --strict --site-dir "$(mktemp -d)"'
+    assert 'pip install -q -e ".[docs]"' in script and build in script
+    assert script.index(build) < script.index('bash -c "$second"')
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    linked = re.findall(r"\]\(((?:docs|bench)/[^)#\s]+)", readme)
+    assert linked and all((PROJECT_ROOT / target).exists() for target in linked), linked

@@ -297,10 +297,16 @@ def test_serve_command_line_errors(capsys, argv, text):
     assert err.startswith(f"instyle serve: error: {text}, got ") and "\n" not in err
 
 
-def test_the_command_line_defaults_are_the_limits_defaults():
-    from instyle.serve.app import Limits
-    from instyle.serve_cli import LIMIT_FLAGS
+def test_serve_flags_take_their_defaults_from_limits_and_offer_every_precision():
+    import argparse
 
-    limits = Limits()
-    for flag, kind, default, *_ in LIMIT_FLAGS:
-        assert getattr(limits, flag.removeprefix("--").replace("-", "_")) == default, flag
+    from instyle.serve.app import Limits
+    from instyle.serve_cli import _limits, add_arguments
+    from instyle.specs import PRECISION_NAMES
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert _limits(parser.parse_args([])) == Limits()
+    assert parser.parse_args(["--max-batch", "3"]).max_batch == 3
+    for precision in PRECISION_NAMES:  # int8 included: the openvino backend runs it
+        assert parser.parse_args(["--precision", precision]).precision == precision

@@ -119,6 +119,28 @@ def test_cli_train_end_to_end_and_resume(data, tmp_path, capsys):
     assert "--data" in err
 
 
+def test_a_wide_generator_checkpoints_and_resumes(data, tmp_path):
+    """--width 64: Adam's moments beside the checkpoint are ~27 MB (bf16, two per weight); a trainer saves what it
+    trains, whatever its size, and --resume goes on from the checkpoint."""
+    from instyle.train.adam_state import adam_path
+
+    out = tmp_path / "wide.safetensors"
+    argv = ["train", "--style", str(need(data / "styles" / "mosaic.jpg")),
+            "--data", str(need(data / "content" / "demo")), "--max-images", "2", "--out", str(out),
+            "--iterations", "2", "--batch-size", "1", "--image-size", "32",
+            "--width", "64", "--workers", "0", "--style-size", "64", "--checkpoint-every", "2", "--sample-every", "0",
+            "--vgg", str(need(data / "vgg" / "vgg16-features.safetensors")), "--style-layers", "relu1_2,relu2_2",
+            "--no-progress"]
+    assert main(argv) == 0
+    model, meta = checkpoint.load(out)
+    assert json.loads(meta["config"])["width"] == 64 and json.loads(meta["training"])["iterations"] == 2
+    assert adam_path(out).stat().st_size > 16 * 2**20  # over what a GPU loan's returned file may hold
+    assert main([*argv[:-1], "--iterations", "3", "--resume", "--no-progress"]) == 0
+    resumed, meta = checkpoint.load(out)
+    assert json.loads(meta["training"])["iterations"] == 3
+    assert not torch.equal(resumed.conv1.conv2d.weight, model.conv1.conv2d.weight)  # it went on training
+
+
 def test_cli_gatys_and_texture(data, tmp_path, capsys):
     vgg = need(data / "vgg" / "vgg16-features.safetensors")
     out = tmp_path / "g.png"

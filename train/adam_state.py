@@ -1,11 +1,11 @@
 """Adam's moments in a small file that travels with a trained generator, so a later run can go on from it.
 
 The exact-resume state (state.py) holds everything in fp32 and stays on the machine that trained; this file
-is what comes back from a GPU loan: per parameter (by name) exp_avg and exp_avg_sq in bf16 (fp16 would
-underflow exp_avg_sq, ~g^2) and Adam's step count, as safetensors (~2 bytes x 2 x parameters: 6.7 MiB for
-the full Johnson net, under the 16 MiB a returned file may hold). `--init MODEL` restores it from MODEL's
-sibling OUT.adam.safetensors: a fresh Adam state moves every weight by about lr in its first steps, which
-undid a continued zoo's training (bench/results/2026-11-26-h100-warmstart).
+is the small one that travels (e.g. back from a GPU loan): per parameter (by name) exp_avg and exp_avg_sq in bf16
+(fp16 would underflow exp_avg_sq, ~g^2) and Adam's step count, as safetensors (~2 bytes x 2 x parameters, whatever
+the generator's size). `--init MODEL` restores it from MODEL's sibling OUT.adam.safetensors: a fresh Adam state
+moves every weight by about lr in its first steps: one of the two candidate causes of a continued zoo that came
+out worse (bench/results/2026-11-26-h100-warmstart; not tested there).
 
 Instance-norm rows follow the styles by name, like the weights (finetune.row_map): a style the file lacks
 starts from the mean of the rows it holds.
@@ -24,7 +24,6 @@ from instyle.atomic import atomic_path
 
 FORMAT = "instyle-adam-1"
 MOMENTS = ("exp_avg", "exp_avg_sq")
-MAX_BYTES = 16 * 2**20
 
 
 def adam_path(model_path: str | os.PathLike) -> Path:
@@ -53,9 +52,6 @@ def save_moments(optimizer: torch.optim.Adam, model: nn.Module, path: str | os.P
         for k in MOMENTS:
             tensors[f"{name}.{k}"] = st[k].detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
-    size = sum(t.numel() * t.element_size() for t in tensors.values())
-    if size > MAX_BYTES:
-        raise ValueError(f"{path}: Adam moments take {size / 2**20:.1f} MiB, over {MAX_BYTES // 2**20} MiB")
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "styles": json.dumps(styles)})

@@ -8,7 +8,7 @@ from instyle.errors import UsageError  # a leaf: no torch for --help
 
 # Adding a style to a trained zoo: crops of 128 px are what the zoo's weights were calibrated at
 # (bench/results/*-zoo-sweep); 8 minutes keeps the command within a coffee break on a laptop CPU, not a
-# guarantee of passing the gate (the closing gate line says when more time is needed; README, Training).
+# guarantee of passing the gate (the closing gate line says when more time is needed; docs/styles.md).
 FINETUNE_MINUTES, FINETUNE_SIZE = 8.0, 128
 GATE_PHOTOS, GATE_SIDE = 8, 384
 

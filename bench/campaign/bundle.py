@@ -19,6 +19,9 @@ from importlib import metadata
 from pathlib import Path
 
 LIMIT_MIB = 60
+# The most one file the device returns may hold (16 MiB, with a margin): run.sh packs each run into one archive,
+# text files only when the whole would be larger. The zoo's Adam moments must fit it (a test checks).
+RETURNED_FILE_BYTES = 16_000_000
 # (bundle path, path under the shared data folder)
 DATA = [
     ("data/vgg/vgg16-features-relu4_3-fp16.safetensors", "device-bundle/vgg16-features-relu4_3-fp16.safetensors"),
@@ -69,7 +72,7 @@ if [ -n "${OUT:-}" ]; then
     [ "$stage" != zoo ] && grep -qs zoo.pictures runs/zoo/summary.json && packed+=(zoo)
     tar czf "$OUT/$name.tgz" --exclude="*.state.pt" --exclude="*.samples" --exclude="train-photos" \
         -C runs "${packed[@]}"
-    if [ "$(stat -c %s "$OUT/$name.tgz")" -gt 16000000 ]; then
+    if [ "$(stat -c %s "$OUT/$name.tgz")" -gt @RETURNED_FILE_BYTES@ ]; then
         echo "run.sh: $name.tgz is over 16 MiB, the most a returned file may hold: packing text files only" >&2
         (cd runs && find "${packed[@]}" \( -name "*.json" -o -name "*.log" -o -name "*.csv" -o -name "*.txt" \)) \
             | tar czf "$OUT/$name.tgz" -C runs -T -
@@ -124,7 +127,7 @@ def build(bundle: Path, data: Path, root: Path, *, wheels: bool = True) -> dict:
     for dst, src in DATA:
         _copy(data / src, bundle / dst)
     wheel_files = fetch_wheels(bundle / "wheels", DEVICE_MISSING) if wheels else []
-    (bundle / "run.sh").write_text(RUN_SH)
+    (bundle / "run.sh").write_text(RUN_SH.replace("@RETURNED_FILE_BYTES@", str(RETURNED_FILE_BYTES)))
     size = (tree_bytes(root) + folder_bytes(bundle)) / 2**20
     if size > LIMIT_MIB:
         raise ValueError(f"the tree and {bundle} come to {size:.1f} MiB, over the {LIMIT_MIB} MiB budget")

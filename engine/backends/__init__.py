@@ -84,8 +84,9 @@ BACKENDS = tuple(TABLE)
 assert BACKENDS == BACKEND_NAMES, "instyle.specs.BACKEND_NAMES must list the table's backends in order"
 
 # what `auto` tries, in order, per device type
-# fused first on CUDA: the fastest at every size on both H100 loans; its check_supported refuses the generators it
-# cannot run (pyramid, BN, zero padding, ...), which then move down to triton.
+# fused first on CUDA: it writes no padded, upsampled or normalized activation that the next conv can compute
+# while loading (it was the fastest in every committed H100 run: bench/results/2026-11-26-h100*/results.md); its
+# check_supported refuses the generators it cannot run (pyramid, BN, zero padding, ...), which move down to triton.
 _CHAINS = {"cuda": ("fused", "triton", "eager"), "cpu": ("openvino", "onnxruntime", "eager")}
 
 

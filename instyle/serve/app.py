@@ -1,4 +1,4 @@
-"""The FastAPI app: the page, the styles, POST /v1/stylize, health and metrics (README: Serve).
+"""The FastAPI app: the page, the styles, POST /v1/stylize, health and metrics (docs/serve.md).
 
 Every refusal is a JSON body {"error": "one line"} (refusals.py, the framework's own included): 400 bad input
 (not an image, damaged, unknown style, bad control), 408 body not received in time, 413 too large (bytes, or
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -24,36 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from instyle.serve import options, thumbnails, uploads
 from instyle.serve.batcher import Batcher, Key, QueueFull
 from instyle.serve.budget import UploadBudget
-from instyle.serve.metrics import CONTENT_TYPE, Metrics
+from instyle.serve.limits import Limits
 from instyle.serve.middleware import Answers
+from instyle.serve.prometheus import CONTENT_TYPE, Metrics
 from instyle.serve.refusals import Refused, install
 from instyle.serve.text import header_value
 
 STATIC = Path(__file__).parent / "static"
 _EXTENSIONS = {media: ext for ext, media in reversed(uploads.MEDIA_TYPES.items())}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_batch: int = 8
-    max_wait_ms: float = 10.0
-    max_pixels: int = 1 << 24
-    max_upload_mb: float = 25.0
-    max_inflight_mb: float = 256.0  # bytes of uploads held at once, across requests
-    queue: int = 64
-    timeout_s: float = 60.0
-    body_timeout_s: float = 30.0  # from the headers to the body's last byte
-    shutdown_timeout_s: float = 10.0  # graceful shutdown: then connections still open are closed
-    keep_alive_s: float = 5.0
-    retry_after_s: int = 1
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def max_inflight_bytes(self) -> int:
-        return int(self.max_inflight_mb * 1024 * 1024)
 
 
 def uvicorn_config(app, **kwargs):
@@ -224,6 +201,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def _version() -> str:
-    from instyle import __version__
+    from instyle.version import __version__
 
     return __version__

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from instyle.serve.uploads import BadUpload
+from instyle.specs import CONTROL_RANGES
 
 FIELDS = ("style", "mix", "strength", "preserve_color", "style_scale", "max_side", "format", "quality")
 _TRUE, _FALSE = {"1", "true", "on", "yes"}, {"0", "false", "off", "no", ""}
@@ -37,6 +38,11 @@ def _number(fields, name, kind, default, low, high):
     if not low <= value <= high:
         raise BadUpload(400, f"{name} must be between {low} and {high}, got {text}")
     return value
+
+
+def _control(fields, name, default):
+    """A style control (strength, style_scale), in the range the library and the CLI check (specs)."""
+    return _number(fields, name, float, default, *CONTROL_RANGES[name])
 
 
 def parse(fields: dict[str, str], stylizer) -> Controls:
@@ -75,8 +81,8 @@ def parse(fields: dict[str, str], stylizer) -> Controls:
             format_for("x." + fmt)
         except ImageError as e:
             raise BadUpload(400, "format: " + str(e).removeprefix("x." + fmt + ": ")) from None
-    return Controls(weights, _number(fields, "strength", float, stylizer.strength, 0.0, 1.0), preserve in _TRUE,
-                    _number(fields, "style_scale", float, stylizer.style_scale, 0.1, 10.0),
+    return Controls(weights, _control(fields, "strength", stylizer.strength), preserve in _TRUE,
+                    _control(fields, "style_scale", stylizer.style_scale),
                     _number(fields, "max_side", int, None, 1, 1 << 16), fmt,
                     _number(fields, "quality", int, 95, 1, 100))
 
