@@ -13,6 +13,12 @@ FINETUNE_MINUTES, FINETUNE_SIZE = 8.0, 128
 GATE_PHOTOS, GATE_SIDE = 8, 384
 
 
+def default_workers(given: int | None) -> int:
+    import os
+
+    return given if given is not None else min(4, len(os.sched_getaffinity(0)))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .common import add_loss_arguments
 
@@ -54,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup", type=int, help="steps of linear learning-rate warm-up (default 200 with --init, else 0)")
     t.add_argument("--image-size", type=int, help=f"training crop size (default 256; {FINETUNE_SIZE} with --finetune)")
     t.add_argument("--max-images", type=int, help="use a seeded random subset of N content images")
-    t.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
+    t.add_argument("--workers", type=int, help="DataLoader workers (default: 4, at most the CPUs this process may "
+                   "use; more only slows a small machine and makes torch warn)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast precision (auto: bf16 on CUDA, off on CPU); losses stay fp32")
@@ -200,7 +207,7 @@ def run(args) -> int:
         image_size=args.image_size, batch_size=args.batch_size, iterations=args.iterations,
         lr=args.lr if args.lr is not None else (1e-2 if texture else 1e-3),
         seed=args.seed, amp=args.amp, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-        compile=args.compile, fused=args.fused, workers=args.workers, max_images=args.max_images,
+        compile=args.compile, fused=args.fused, workers=default_workers(args.workers), max_images=args.max_images,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, log_every=args.log_every,
         resume=args.resume, overwrite=args.overwrite, device=str(device), save_dtype=args.save_dtype,
         finetune=args.finetune, init=args.init, warmup=args.warmup,
