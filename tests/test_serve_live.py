@@ -219,10 +219,14 @@ def test_bad_settings_and_frames_are_errors_and_the_viewer_goes_on(server, data,
         assert (header["seq"], header["width"], header["height"]) == (6, 32, 24)
 
 
-def test_a_frame_over_the_bytes_limit_closes_the_viewer(server):
-    with connect(server.ws) as ws:
-        ws.send(b"\xff\xd8\xff" + bytes(70_000))
-        assert "over the limit of 65536 bytes" in _error(ws)["error"]
+@pytest.mark.parametrize("message, error", [(b"\xff\xd8\xff" + bytes(70_000), "over the limit of 65536 bytes"),
+                                            (json.dumps({"style": "x" * 5000}), "settings message over 4096 bytes"),
+                                            (bytes(1_200_000), None)])  # past uvicorn's own bound: cut unread
+def test_a_message_over_the_bytes_limits_closes_the_viewer(server, message, error):
+    with connect(server.ws, max_size=None) as ws:
+        ws.send(message)
+        if error:
+            assert error in _error(ws)["error"]
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
     assert closed.value.rcvd.code == 1009

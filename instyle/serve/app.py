@@ -65,6 +65,7 @@ def uvicorn_config(app, **kwargs):
     limits: Limits = app.state.limits
     kwargs.setdefault("log_level", "warning")
     kwargs.setdefault("ws_max_size", app.state.live.live.max_frame_bytes + (1 << 20))  # past it: close 1009 unread
+    kwargs.setdefault("ws_per_message_deflate", False)  # live frames are JPEG: deflating them again buys nothing
     return uvicorn.Config(app, timeout_graceful_shutdown=limits.shutdown_timeout_s,
                           timeout_keep_alive=limits.keep_alive_s, http=json_refusals(app.state.metrics), **kwargs)
 

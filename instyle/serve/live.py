@@ -220,7 +220,7 @@ class Live:
                 viewer.waiting = _Frame(viewer.seq, data, time.perf_counter(), viewer.settings)
                 viewer.wake.set()
             elif text is not None:
-                if len(text) > _SETTINGS_BYTES:
+                if len(text.encode()) > _SETTINGS_BYTES:
                     await self._close(ws, sending, f"settings message over {_SETTINGS_BYTES} bytes")
                     return
                 try:
