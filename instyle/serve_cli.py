@@ -22,6 +22,7 @@ LIMIT_FLAGS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from instyle.serve import live
     from instyle.serve.limits import Limits  # no FastAPI, no torch for --help
     from instyle.specs import BACKEND_NAMES as BACKENDS
     from instyle.specs import PRECISION_NAMES
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shown = f"{default:g}" if isinstance(default, float) else default
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, metavar=metavar,
                        help=f"{text} (default {shown})")
+    live.add_arguments(p)
     p.add_argument("--api-docs", action="store_true",
                    help="serve /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; default off: "
                         "the schema is at /openapi.json)")
@@ -68,9 +70,12 @@ def _limits(args):
 def run(args) -> int:
     from instyle.errors import require
 
-    for package in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
+    for package in ("fastapi", "uvicorn", "python_multipart", "prometheus_client", "websockets"):
         require(package, "instyle serve")
     limits = _limits(args)
+    from instyle.serve import live
+
+    live_limits = live.limits_from_args(args)
     import uvicorn
 
     import instyle
@@ -83,7 +88,7 @@ def run(args) -> int:
     except ValueError as e:
         raise UsageError(f"--{e}") from None
     stylizer = instyle.load(args.model, backend=args.backend, precision=args.precision, device=args.device, tile=tile)
-    app = create_app(stylizer, limits, api_docs=args.api_docs)
+    app = create_app(stylizer, limits, api_docs=args.api_docs, live_limits=live_limits)
     _log_refusals()
     docs = "/docs" if args.api_docs else "/openapi.json"
     print(f"instyle serve: http://{args.host}:{args.port}/ (API: {docs}; Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from instyle.serve import options, thumbnails, uploads
+from instyle.serve import live, options, thumbnails, uploads
 from instyle.serve.batcher import Batcher, Key, QueueFull
 from instyle.serve.budget import UploadBudget
 from instyle.serve.limits import Limits
@@ -41,13 +41,17 @@ def uvicorn_config(app, **kwargs):
 
     limits: Limits = app.state.limits
     kwargs.setdefault("log_level", "warning")
+    kwargs.setdefault("ws_max_size", app.state.live.live.max_frame_bytes + (1 << 20))  # past it: close 1009 unread
+    kwargs.setdefault("ws_per_message_deflate", False)  # live frames are JPEG: deflating them again buys nothing
     return uvicorn.Config(app, timeout_graceful_shutdown=limits.shutdown_timeout_s,
                           timeout_keep_alive=limits.keep_alive_s, http=json_refusals(app.state.metrics), **kwargs)
 
 
-def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", api_docs: bool = False) -> FastAPI:
+def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", api_docs: bool = False,
+               live_limits: live.LiveLimits = live.LiveLimits()) -> FastAPI:
     """The app over an already loaded Stylizer (instyle.load); it is warmed and its thumbnails drawn at start-up.
-    `api_docs` serves /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; off by default)."""
+    `api_docs` serves /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; off by default);
+    `live_limits` bound the live WebSockets (serve/live.py)."""
     state: dict = {"thumbnails": {}}
 
     def run_batch(key: Key, xs, weights):
@@ -92,7 +96,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
     async def healthz():
         """200 once the model is loaded and warm."""
         return {"status": "ok", "backend": stylizer.backend, "precision": stylizer.precision,
-                "device": str(stylizer.device), "queue_depth": batcher.depth}
+                "device": str(stylizer.device), "queue_depth": batcher.depth, "live_viewers": app.state.live.viewers}
 
     @app.get("/metrics")
     async def prometheus():
@@ -183,6 +187,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
             raise Refused(499, f"{decoded.name}: the client went away while it waited; dropped from the queue")
         raise Refused(504, f"{decoded.name}: not stylized within the request timeout of {limits.timeout_s:g} s")
 
+    app.state.live = live.install(app, stylizer, batcher, metrics, limits, live_limits)
     return app
 
 

@@ -45,6 +45,7 @@ function showPicked() {
     button.classList.toggle("picked", state.picked.includes(button.dataset.name));
   }
   $("mix").textContent = state.picked.length > 1 ? "mix: " + state.picked.join(" + ") + " (equal weights)" : "";
+  document.dispatchEvent(new Event("instyle:controls"));  // live.js sends the new settings while it runs
 }
 
 function setFile(file) {
