@@ -60,6 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "input chroma)")
     g.add_argument("--style-scale", type=float, default=1.0, metavar="F",
                    help="brush strokes F times larger (F < 1: smaller) at the same output size (default 1)")
+    r = p.add_argument_group("regions (docs/regions.md)")
+    r.add_argument("--mask", metavar="PNG", help="an 8-bit greyscale or RGB image whose values name regions "
+                   "(resized to each image, nearest)")
+    r.add_argument("--regions", metavar="SPEC", help="what each mask value gets: VALUE=MIX;VALUE=MIX;... with "
+                   "VALUE a grey level 0..255, #rrggbb or * (any other), MIX none | NAME | NAME=W,NAME=W,... "
+                   "(none=W: the photo's share), e.g. '0=none;255=candy' or '#ff0000=wave;#0000ff=candy=1,mosaic=1'")
+    r.add_argument("--strength-map", metavar="PNG", help="per-pixel strength: an 8-bit greyscale image, "
+                   "0 = the photo, 255 = the full style (times --strength)")
+    r.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="soften the mask's edges over about PX pixels (a Gaussian blur of the regions; default 0)")
     video_cli.add_arguments(p)
     distributed.add_arguments(p)
 
@@ -75,6 +85,16 @@ def _validate(args) -> None:
         raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {args.quality}")
+    if bool(args.mask) != bool(args.regions):
+        raise UsageError("--mask and --regions go together: the mask's values mean nothing without --regions")
+    if args.mask and (args.style is not None or args.mix):
+        raise UsageError("--mask sets each region's style: name the styles in --regions, not --style/--mix")
+    if not args.feather >= 0 or args.feather > 1000:
+        raise UsageError(f"--feather must be between 0 and 1000 pixels, got {args.feather}")
+    if args.feather and not args.mask:
+        raise UsageError("--feather softens the edges of a --mask; give one")
+    if (args.mask or args.strength_map) and args.distributed:
+        raise UsageError("--mask/--strength-map run locally; drop --distributed")
     if args.format:
         from instyle.io import ImageError, format_for
 
@@ -97,10 +117,18 @@ def _stylizer_kwargs(args) -> dict:
         check_control("style_scale", args.style_scale, "--style-scale")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile,
+    from instyle import masks
+
+    regions = masks.build(args, lambda line: print(f"instyle: {line}", file=sys.stderr))
+    backend = args.backend
+    if regions is not None and backend == "auto" and masks.distinct_styles(regions.mixes) > 1:
+        backend = "eager"  # the one backend chain member that takes per-pixel style maps everywhere
+        print("instyle: --regions with several styles runs backend eager (per-pixel style maps)", file=sys.stderr)
+    return dict(backend=backend, precision=args.precision, device=args.device, tile=tile,
                 style=args.style, mix=parse_mix(args.mix) if args.mix else None, strength=args.strength,
                 preserve_color=args.preserve_color, style_scale=args.style_scale,
-                options=_backend_options(args.backend, args.device, args.backend_option))
+                options=_backend_options(backend, args.device, args.backend_option),
+                **({"regions": regions} if regions is not None else {}))
 
 
 def _backend_options(backend: str, device: str, texts: list[str]) -> dict:
@@ -170,7 +198,7 @@ def _load(model, kwargs):
     try:
         return instyle.load(model, **kwargs)
     except StyleError as e:
-        raise UsageError(f"--style/--mix: {e}") from None
+        raise UsageError(f"{'--regions' if kwargs.get('regions') is not None else '--style/--mix'}: {e}") from None
 
 
 def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
