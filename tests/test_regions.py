@@ -141,6 +141,26 @@ def test_strength_map_and_single_style_none():
     assert torch.equal(st(x, strength_map=torch.zeros(1, 1, 21, 30)), x)
 
 
+def test_pyramid_takes_maps_tiled_and_untiled():
+    """The pyramid's norms run from 1/4 to 1 of the input here: constant map = mix; tiled = untiled."""
+    torch.manual_seed(0)
+    net = models.build("pyramid", dict(ratios=[4, 2, 1], channels=4, styles=3)).eval()
+    for p in net.parameters():
+        if p.dim() == 2:
+            p.data.normal_(0, 0.5)
+    x = torch.rand(1, 3, 45, 61) * 255
+    xp, _ = pad_to_multiple(x, net.stride_multiple, net.min_size)
+    w = torch.tensor([[0.25, 0.75, 0.0]])
+    with torch.no_grad():
+        assert (net(xp, w) - net(xp, w[:, :, None, None].expand(1, 3, *xp.shape[-2:]))).abs().max() <= 1e-4
+    m = torch.zeros(1, 3, 45, 61)
+    m[:, 0, :, :30], m[:, 2, :, 30:] = 1, 1
+    ref = Stylizer(copy.deepcopy(net), tile="off")(x, style_map=m)
+    assert torch.allclose(Stylizer(copy.deepcopy(net), tile=32)(x, style_map=m), ref, atol=1e-3)
+    y = Stylizer(copy.deepcopy(net), tile="off", style_scale=2)(x, style_map=m)  # the map follows the resize
+    assert y.shape == x.shape
+
+
 def test_map_errors():
     with pytest.raises(ValueError, match="style_map must be"):
         split(torch.ones(1, 3, 4, 5), None, 4, (1, 3, 4, 5))
