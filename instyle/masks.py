@@ -82,27 +82,3 @@ def distinct_styles(mixes: tuple) -> int:
         if total > 0:
             seen.add(tuple(sorted((str(k), round(w / total, 6)) for k, w in styled.items())))
     return len(seen)
-
-
-def build(args, print_note) -> object | None:
-    """The engine's Regions for --mask/--regions/--strength-map/--feather (None when none is given)."""
-    if not (args.mask or args.strength_map):
-        return None
-    import torch
-
-    from instyle.engine.regions import Regions
-    from instyle.specs import parse_regions
-
-    labels = mixes = strength = None
-    if args.mask:
-        try:
-            spec = parse_regions(args.regions)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        labels, mixes = read_mask(args.mask, spec, args.max_pixels)
-    if args.strength_map:
-        strength = read_strength_map(args.strength_map, args.max_pixels)
-    return Regions(labels=None if labels is None else torch.from_numpy(labels), mixes=mixes or (),
-                   strength=None if strength is None else torch.from_numpy(strength), feather=args.feather or 0.0,
-                   notify=print_note, source=f"--mask {args.mask}",
-                   strength_source=f"--strength-map {args.strength_map}")

@@ -119,7 +119,7 @@ def _stylizer_kwargs(args) -> dict:
         raise UsageError(str(e)) from None
     from instyle import masks
 
-    regions = masks.build(args, lambda line: print(f"instyle: {line}", file=sys.stderr))
+    regions = _regions(args)
     backend = args.backend
     if regions is not None and backend == "auto" and masks.distinct_styles(regions.mixes) > 1:
         backend = "eager"  # the one backend chain member that takes per-pixel style maps everywhere
@@ -129,6 +129,32 @@ def _stylizer_kwargs(args) -> dict:
                 preserve_color=args.preserve_color, style_scale=args.style_scale,
                 options=_backend_options(backend, args.device, args.backend_option),
                 **({"regions": regions} if regions is not None else {}))
+
+
+def _regions(args):
+    """The engine's Regions for --mask/--regions/--strength-map/--feather (None when none is given); files are
+    read here, once, so a bad mask stops the run before any output."""
+    if not (args.mask or args.strength_map):
+        return None
+    import torch
+
+    from instyle import masks
+    from instyle.engine.regions import Regions
+    from instyle.specs import parse_regions
+
+    labels = mixes = strength = None
+    if args.mask:
+        try:
+            spec = parse_regions(args.regions)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        labels, mixes = masks.read_mask(args.mask, spec, args.max_pixels)
+    if args.strength_map:
+        strength = masks.read_strength_map(args.strength_map, args.max_pixels)
+    return Regions(labels=None if labels is None else torch.from_numpy(labels), mixes=mixes or (),
+                   strength=None if strength is None else torch.from_numpy(strength), feather=args.feather,
+                   notify=lambda line: print(f"instyle: {line}", file=sys.stderr), source=f"--mask {args.mask}",
+                   strength_source=f"--strength-map {args.strength_map}")
 
 
 def _backend_options(backend: str, device: str, texts: list[str]) -> dict:
