@@ -89,6 +89,7 @@ class Regions:
 
     def __post_init__(self):
         self._noted: set = set()
+        self._last: tuple | None = None  # (key, maps) of the last size: batches and video frames repeat it
         if self.labels is not None and (self.labels.dim() != 2 or int(self.labels.max()) >= len(self.mixes)):
             raise ValueError("Regions: labels must be H x W indices into mixes")
         if self.strength is not None and self.strength.dim() != 2:
@@ -109,6 +110,9 @@ class Regions:
     def maps(self, names: Sequence[str], n: int, h: int, w: int, device) -> tuple[torch.Tensor | None,
                                                                                   torch.Tensor | None]:
         """(style map N x (S+1) x h x w or None, strength map N x 1 x h x w or None) for an image of h x w."""
+        key = (tuple(names), n, h, w, str(device))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         style_map = strength = None
         if self.labels is not None:
             self._note(self.source, tuple(self.labels.shape), (h, w))
@@ -126,6 +130,7 @@ class Regions:
                 s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False,
                                   antialias=h < s.shape[-2] or w < s.shape[-1]).clamp_(0, 1)
             strength = s.expand(n, -1, -1, -1)
+        self._last = (key, (style_map, strength))
         return style_map, strength
 
 
