@@ -234,6 +234,7 @@ def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
     from instyle.video import is_video
 
     stylizer = _load(args.model, kwargs)
+    _check_regions_backend(stylizer)
     videos = [j for j in todo if is_video(j.src)]
     images = [j for j in todo if j not in videos]
     video_cli.stylize_jobs(stylizer, videos, args, target_size)
@@ -244,6 +245,18 @@ def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
 
         stylize_images(stylizer, images, ImageOptions.from_args(args), done)
     return todo
+
+
+def _check_regions_backend(stylizer) -> None:
+    """Regions with several styles need a backend that takes per-pixel style maps: say so before any output."""
+    from instyle import masks
+
+    regions = stylizer.regions
+    if regions is None or masks.distinct_styles(regions.mixes) < 2:
+        return
+    if not stylizer.takes_style_map and not isinstance(stylizer.tile, int):
+        raise UsageError(f"--backend {stylizer.backend} cannot take per-pixel style maps (--regions with several "
+                         "styles); use --backend eager (or onnxruntime)")
 
 
 def _run_ray(args, todo: list[Job], kwargs) -> list[Job]:

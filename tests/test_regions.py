@@ -296,3 +296,19 @@ def test_cli_bad_masks_exit_2_with_one_line(tmp_path, photo_file, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and cause in err, err
         assert not (tmp_path / "o" / "photo.png").exists()
+
+
+def test_cli_backend_without_maps_is_a_usage_error(tmp_path, photo_file, capsys, monkeypatch):
+    """A backend that cannot take style maps (openvino, fused, ...) stops the run before any output."""
+    mask = np.zeros((67, 99), np.uint8)
+    mask[:, 50:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    monkeypatch.setattr(Stylizer, "takes_style_map", property(lambda self: False))
+    code = stylize(photo_file, "-o", tmp_path / "out", "--mask", tmp_path / "mask.png", "--backend", "eager",
+                   "--regions", "0=candy;255=wave")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--backend eager" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "photo.png").exists()
+    # one style and none: a strength map, which every backend runs
+    assert stylize(photo_file, "-o", tmp_path / "out", "--mask", tmp_path / "mask.png", "--backend", "eager",
+                   "--regions", "0=candy;255=none") == 0
