@@ -44,7 +44,11 @@ def preserve_color(stylized: torch.Tensor, original: torch.Tensor) -> torch.Tens
     return to_rgb(torch.cat([y, cbcr], dim=1)).clamp_(0, 255)
 
 
-def blend(stylized: torch.Tensor, original: torch.Tensor, strength: float) -> torch.Tensor:
+def blend(stylized: torch.Tensor, original: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
+    """strength: a number, or a per-pixel map (N x 1 x H x W, 0..1); where it is 0 the result is the input, exactly."""
+    if isinstance(strength, torch.Tensor):
+        s = strength.to(stylized.dtype)
+        return stylized * s + original.to(stylized.dtype) * (1 - s)
     if strength >= 1:
         return stylized
     return stylized * strength + original.to(stylized.dtype) * (1 - strength)

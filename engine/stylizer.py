@@ -18,11 +18,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from instyle.errors import BackendUnavailable
+from instyle.models.norm import resize_style_map
 from instyle.models.styles import StyleError, bake, mix_weights, style_count
 from instyle.precision import DTYPES, module_dtype
 from instyle.specs import resolve_device
 
-from . import backends, controls, memory, plan, tiled
+from . import backends, controls, memory, plan, regions, tiled
 from .padding import crop, pad_to_multiple
 
 PRECISIONS = DTYPES  # name -> dtype (instyle/precision.py)
@@ -52,13 +54,16 @@ class Stylizer:
     pick the style of a multi-style model: an input of the one runner of a style-input backend (engine/backends),
     else baked into a single-style copy that the backend runs;
     `strength`, `preserve_color` and `style_scale` act around the generator (engine/controls.py).
+    `regions` (engine/regions.py: a label image and a style, mix or `none` per label, and/or a strength image)
+    sets them per pixel instead; per call, `style_map` / `strength_map` tensors do the same.
     `set_style` changes the style later; the controls can also be passed per call. `options` are the
     backend's own keyword options (engine/backends TABLE, e.g. {"prenorm": "all"} for "fused")."""
 
     def __init__(self, model: nn.Module, *, backend: str = "eager", precision: str = "fp32",
                  device: str | torch.device = "cpu", metadata: dict | None = None, tile="auto",
                  style: str | int | None = None, mix: dict | None = None, strength: float = 1.0,
-                 preserve_color: bool = False, style_scale: float = 1.0, options: dict | None = None):
+                 preserve_color: bool = False, style_scale: float = 1.0, options: dict | None = None,
+                 regions: regions.Regions | None = None):
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (choose from auto, {', '.join(PRECISIONS)})")
         controls.check(strength, style_scale)
@@ -82,7 +87,20 @@ class Stylizer:
         self.style_input = self.source is not None and spec is not None and spec.style_input
         self._run = None
         self._mix_cache: OrderedDict[tuple, Stylizer] = OrderedDict()  # baked backends' per-sample mixes
+        self._source_steps = None  # the multi-style model's plan, for tiled runs with a style map
         self._build(model, style, mix)
+        self.set_regions(regions)
+
+    def set_regions(self, value: regions.Regions | None) -> None:
+        """Per-pixel controls applied to every call (None: off); StyleError for a style the model lacks."""
+        if value is not None:
+            value.vectors(self.style_names or ["style"])
+        self.regions = value
+
+    @property
+    def takes_style_map(self) -> bool:
+        """Whether the backend's runner takes a per-pixel style map (eager; onnxruntime through a second graph)."""
+        return self.style_input and (self.backend == "eager" or bool(getattr(self._run, "style_map", False)))
 
     def _names(self, model: nn.Module) -> list[str]:
         """The metadata's style names when they fit the model; placeholders for an unnamed multi-style one."""
@@ -178,9 +196,19 @@ class Stylizer:
             return None
         return self._auto_tile(x)
 
-    def _tiled(self, x: torch.Tensor, tile: int, style_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact tiled inference of the baked network; per-sample mixes bake one network per distinct row."""
+    def _tiled(self, x: torch.Tensor, tile: int, style_weights: torch.Tensor | None = None,
+               style_map: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact tiled inference of the baked network; per-sample mixes bake one network per distinct row; a
+        style map runs the multi-style network's plan with per-pixel (gamma, beta)."""
         self.last_tile = tile
+        if style_map is not None:
+            if self._source_steps is None:  # its own copy: the source stays as baking needs it
+                import copy
+
+                src = self.source if self.style_input else copy.deepcopy(self.source)
+                self._source_steps = self._plan(self._on_device(src))
+            return tiled.run_tiled(self._source_steps, x, tile, dtype=self.dtype, channels_last=self.channels_last,
+                                   style_map=style_map)
         if style_weights is None:
             return tiled.run_tiled(self.steps, x, tile, dtype=self.dtype, channels_last=self.channels_last)
         parts = {}
@@ -195,13 +223,15 @@ class Stylizer:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, *, strength: float | None = None, preserve_color: bool | None = None,
-                 style_scale: float | None = None, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+                 style_scale: float | None = None, style_weights: torch.Tensor | None = None,
+                 style_map: torch.Tensor | None = None, strength_map: torch.Tensor | None = None) -> torch.Tensor:
         """N,3,H,W (float 0..255 or uint8, any device) -> float32 0..255 on the Stylizer's device.
 
         The controls default to the Stylizer's own (see the class docstring). style_weights (N x S, a
         multi-style model only): each sample its own mix. A backend with the style as an input runs the batch in
         one call of its one network; on the others, samples that share a mix run as one batch of a network
-        with that mix baked in (a few of those are kept, MIX_CACHE)."""
+        with that mix baked in (a few of those are kept, MIX_CACHE). style_map / strength_map: per-pixel
+        styles and strength (engine/regions.py; they replace the Stylizer's `regions` for this call)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
         strength = self.strength if strength is None else float(strength)
@@ -209,16 +239,35 @@ class Stylizer:
         scale = self.style_scale if style_scale is None else float(style_scale)
         controls.check(strength, scale)
         x = x.to(self.device, torch.float32)
-        if strength == 0:
-            return x.clone()
         h, w = x.shape[-2:]
+        if style_map is None and strength_map is None and self.regions is not None:
+            style_map, strength_map = self.regions.maps(self.style_names or ["style"], x.shape[0], h, w, self.device)
+        pixel = None
+        if style_map is not None or strength_map is not None:
+            if style_weights is not None:
+                raise ValueError("style_weights and a style map exclude each other: a map sets each pixel's mix")
+            to = dict(device=self.device)
+            style_map, pixel = regions.split(None if style_map is None else style_map.to(**to),
+                                             None if strength_map is None else strength_map.to(**to),
+                                             max(1, len(self.style_names)), tuple(x.shape))
+            if style_map is not None and regions.is_constant(style_map):
+                style_weights, style_map = style_map[:, :, 0, 0], None  # one mix per sample: any backend runs it
+            if style_map is not None and not self.takes_style_map and not isinstance(self.tile, int):
+                # (an explicit tile side runs the PyTorch plan whatever the backend: it takes maps)
+                raise BackendUnavailable(f"backend {self.backend!r} cannot take a per-pixel style map (regions "
+                                         "with several styles); use --backend eager (or onnxruntime)")
+        if strength == 0 or (pixel is not None and not bool(pixel.any())):
+            return x.clone()
         xs = controls.resize(x, controls.scaled_size(h, w, scale)) if scale != 1 else x
-        y = self._generate(xs) if style_weights is None else self._generate_per_sample(xs, style_weights)
+        if style_map is not None:
+            y = self._generate(xs, style_map=resize_style_map(style_map, tuple(xs.shape[-2:])))
+        else:
+            y = self._generate(xs) if style_weights is None else self._generate_per_sample(xs, style_weights)
         if scale != 1:
             y = controls.resize(y, (h, w))
         if preserve:
             y = controls.preserve_color(y, x)
-        return controls.blend(y, x, strength)
+        return controls.blend(y, x, strength if pixel is None else pixel * strength)
 
     def _generate_per_sample(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         if self.source is None:
@@ -251,18 +300,22 @@ class Stylizer:
                                   mix={i: v for i, v in enumerate(row.tolist()) if v > 0})
         return cache[key]
 
-    def _generate(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def _generate(self, x: torch.Tensor, style_weights: torch.Tensor | None = None,
+                  style_map: torch.Tensor | None = None) -> torch.Tensor:
         """The generator on x, padded and cropped back, clamped: float32 0..255. style_weights (N x S, normalized):
-        per-sample mixes of a style-input backend; None: the Stylizer's style."""
+        per-sample mixes of a style-input backend; None: the Stylizer's style. style_map (N x S x H x W): per-pixel
+        mixes, padded as the image is."""
         padded, size = pad_to_multiple(x, self.stride_multiple, self.min_size)
         del x
+        if style_map is not None:
+            style_map = pad_to_multiple(style_map, self.stride_multiple, self.min_size)[0]
         tile = self.plan_tile(padded)
         if tile is not None:
-            y = self._tiled(padded, tile, style_weights)
+            y = self._tiled(padded, tile, style_weights, style_map)
         else:
             self.last_tile = None
             try:
-                y = self._call(padded, style_weights)
+                y = self._call(padded, style_weights if style_map is None else style_map)
             except Exception as e:  # noqa: BLE001 -- only out-of-memory errors are handled
                 if not is_out_of_memory(e) or self.tile == "off" or self.steps is None:
                     raise
@@ -272,7 +325,7 @@ class Stylizer:
             if oom:  # outside the except block, so the failed run's tensors are freed first
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                y = self._tiled(padded, self._auto_tile(padded), style_weights)
+                y = self._tiled(padded, self._auto_tile(padded), style_weights, style_map)
         return crop(y, size).float().clamp_(0, 255)
 
     def _call(self, x: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor:

@@ -16,6 +16,9 @@ time over the whole image, tile by tile:
      in place: y = act(v * scale + offset) + residual with scale = rstd * w and
      offset = (shift - mean) * scale + b, computed in fp32 on the compute device.
   Local norms (BatchNorm in eval mode, none) are applied per tile in step 1.
+  A conditional instance norm with a per-pixel style map (regions, models/norm.py) is normalized the same
+  way, then scaled and shifted by per-pixel (gamma, beta) from the map resized to the layer's resolution
+  (resize_style_map, the function the untiled forward uses) and cut to the band: the same values.
 
 Each step's input is released as soon as its last reader is done. Device memory holds only tile
 windows (bounded by the tile size, see memory.tile_bytes) plus the caller's input and the final output;
@@ -42,6 +45,8 @@ import ctypes.util
 from fractions import Fraction
 
 import torch
+
+from instyle.models.norm import resize_style_map
 
 from . import memory, plan
 
@@ -71,9 +76,12 @@ class _Stats:
             self.count = total
         return t - self.shift[..., None, None]
 
-    def affine(self, norm: torch.nn.InstanceNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        """scale, offset (fp32, N x C x 1 x 1) mapping a stored value v to the normalized output."""
+    def affine(self, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """scale, offset (fp32, N x C x 1 x 1) mapping a stored value v to the normalized output (a conditional
+        norm: to the normalized value before its per-pixel gamma and beta)."""
         rstd = (self.m2 / self.count + norm.eps).rsqrt()
+        if getattr(norm, "conditional", False):
+            return rstd.float()[..., None, None], ((self.shift.double() - self.mean) * rstd).float()[..., None, None]
         scale = rstd if norm.weight is None else rstd * norm.weight.double()
         offset = (self.shift.double() - self.mean) * scale
         if norm.bias is not None:
@@ -139,10 +147,14 @@ def choose_storage(steps: list[plan.Step], shape: tuple[int, ...], dtype: torch.
 
 
 def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torch.dtype | None = None,
-              storage: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+              storage: torch.dtype | None = None, channels_last: bool = False,
+              style_map: torch.Tensor | None = None) -> torch.Tensor:
     """Run the plan on x (N,C,H,W, padded to the strides, on the compute device) in tiles of `tile`
     image pixels; returns the raw fp32 output on x's device. `storage` is the inter-layer store dtype
-    (None: choose_storage); `channels_last` lays the device windows out as the model's weights are."""
+    (None: choose_storage); `channels_last` lays the device windows out as the model's weights are.
+    `style_map` (N x S x H x W, padded as x): the per-pixel styles of a plan with conditional norms."""
+    if any(getattr(s.norm, "conditional", False) for s in steps) and style_map is None:
+        raise ValueError("tiled inference of a multi-style plan needs a style map (N x S x H x W)")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     dtype = dtype or x.dtype
     device = x.device
@@ -182,7 +194,9 @@ def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torc
                 del y
             trim_host_heap()
         if stats is not None:
-            _normalize(out, step, stats, residual, device, side)
+            maps = None if not getattr(step.norm, "conditional", False) else \
+                resize_style_map(style_map.to(device), tuple(shapes[i][2:]))
+            _normalize(out, step, stats, residual, device, side, maps)
         acts[i] = out
         del out, residual
         for k in [k for k in acts if 0 < k <= i and last.get(k, 0) <= i and not (final and k == i)]:
@@ -192,12 +206,16 @@ def run_tiled(steps: list[plan.Step], x: torch.Tensor, tile: int, *, dtype: torc
 
 
 def _normalize(out: torch.Tensor, step: plan.Step, stats: _Stats, residual: torch.Tensor | None,
-               device: torch.device, side: int) -> None:
-    """In place, in row bands of about one tile's worth of elements, on the compute device."""
+               device: torch.device, side: int, style_map: torch.Tensor | None = None) -> None:
+    """In place, in row bands of about one tile's worth of elements, on the compute device. `style_map`: a
+    conditional norm's per-pixel styles at this layer's resolution."""
     scale, offset = stats.affine(step.norm)
     rows = max(1, side * side // out.shape[3])
     for r0 in range(0, out.shape[2], rows):
         band = torch.addcmul(offset, out[:, :, r0:r0 + rows].to(device), scale)  # fp32
+        if style_map is not None:
+            gamma, beta = step.norm.affine_map(style_map[:, :, r0:r0 + rows])
+            band = torch.addcmul(beta, band, gamma)
         if step.relu:
             band.relu_()
         if residual is not None:

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: convolutions in fp16, instance norms in fp32; input/output stay float32")
     p.add_argument("--static", metavar="HxW", help="fix H and W (batch stays dynamic)")
+    p.add_argument("--spatial", action="store_true", help="a multi-style model's graph takes a per-pixel "
+                   "style_map (N x S x H x W, regions: docs/regions.md) instead of style_weights (N x S)")
     p.add_argument("--check", action="store_true",
                    help="compare ONNX Runtime with the PyTorch fp32 reference on photos at odd sizes")
 
@@ -99,8 +101,13 @@ def _run_onnx(args) -> int:
         raise _usage(f"--opset {args.opset}: must be {onnx_export.MIN_OPSET} or newer")
     static = _parse_size(args.static) if args.static else None
     model, meta = _load_model(args.model)
-    proto = onnx_export.to_onnx_proto(model, precision=args.precision, opset=args.opset, static=static,
-                                      metadata=meta)
+    try:
+        proto = onnx_export.to_onnx_proto(model, precision=args.precision, opset=args.opset, static=static,
+                                          metadata=meta, spatial=args.spatial)
+    except ValueError as e:
+        if not args.spatial:
+            raise
+        raise _usage(f"--spatial: {e}") from None
     import onnx
 
     from instyle.atomic import atomic_path

@@ -3,11 +3,14 @@
 The graph takes `image` (float32 N,3,H,W, RGB 0..255, dynamic N/H/W) and returns `stylized` (same shape,
 float32, clamped 0..255). A multi-style generator's graph also takes `style_weights` (float32 N x S, each
 row a convex mix of the S styles; a one-hot row is one style), so one exported file serves every style and
-mix, sample by sample. The stride padding lives in the graph: H and W are reflect-padded bottom/right up
-to the next multiple of m, the generator's stride multiple (the amount, (-H) mod m as in engine/padding.py,
-is computed from the input's shape at run time), and the output is cropped back, so a Triton-server or
-TensorRT user can send any H, W >= the generator's `min_size`. Smaller images are padded by the engine's
-runner (engine/padding.py), which also replicates where reflection cannot reach far enough.
+mix, sample by sample. Its `spatial=True` variant takes `style_map` instead (float32 N x S x H x W, the image's
+size, each pixel's weights summing to 1: regions, models/norm.py), padded in-graph as the image is; every
+conditional norm averages it down to its own resolution (AveragePool) and applies per-pixel (gamma, beta).
+The stride padding lives in the graph: H and W are reflect-padded bottom/right up to the next multiple of m,
+the generator's stride multiple (the amount, (-H) mod m as in engine/padding.py, is computed from the
+input's shape at run time), and the output is cropped back, so a Triton-server or TensorRT user can send any
+H, W >= the generator's `min_size`. Smaller images are padded by the engine's runner (engine/padding.py),
+which also replicates where reflection cannot reach far enough.
 
 Exporter choice: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript). With torch 2.13 it emits
 native `InstanceNormalization` nodes (epsilon kept) and plain `Pad(mode=reflect)`, with dynamic N/H/W from
@@ -40,7 +43,7 @@ from instyle.precision import dtype_of
 
 from .cache import cache_dir, model_key
 
-INPUT_NAME, OUTPUT_NAME, STYLE_INPUT = "image", "stylized", "style_weights"
+INPUT_NAME, OUTPUT_NAME, STYLE_INPUT, STYLE_MAP_INPUT = "image", "stylized", "style_weights", "style_map"
 INPUT_CONTRACT = "RGB 0..255 float32 NCHW"
 DEFAULT_OPSET = 18
 EXPORT_FORMAT = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
@@ -77,6 +80,8 @@ class ImageContract(nn.Module):
         # pooled scales need, but not the same of h + (-h) % m.)
         hp, wp = (h + m - 1) // m * m, (w + m - 1) // m * m
         x = F.pad(image, (0, wp - w, 0, hp - h), mode="reflect")
+        if style_weights is not None and style_weights.dim() == 4:  # a style map is padded as the image is
+            style_weights = F.pad(style_weights, (0, wp - w, 0, hp - h), mode="reflect")
         extra = () if style_weights is None else (style_weights,)
         y = self.generator(x.to(self.compute_dtype), *extra)[..., :h, :w]
         return y.float().clamp(0.0, 255.0)
@@ -108,7 +113,7 @@ def contract_module(model: nn.Module, precision: str = "fp32") -> ImageContract:
 
 
 def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision: str = "fp32",
-                   opset: int = DEFAULT_OPSET) -> dict[str, str]:
+                   opset: int = DEFAULT_OPSET, spatial: bool = False) -> dict[str, str]:
     """The strings stored in the ONNX file's metadata_props."""
     from instyle.version import __version__
 
@@ -125,6 +130,7 @@ def model_metadata(model: nn.Module, metadata: dict | None = None, *, precision:
         "opset": str(opset),
         "training": meta.get("training", "{}"),
         **({"styles": meta.get("styles", "[]")} if getattr(model, "styles", 1) > 1 else {}),
+        **({"style_input": STYLE_MAP_INPUT} if spatial else {}),
     }
 
 
@@ -196,12 +202,15 @@ def _quiet_exporter():
 
 
 def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                  static: tuple[int, int] | None = None, metadata: dict | None = None):
-    """Export `model` (an instyle generator) under the image contract; returns the onnx.ModelProto."""
+                  static: tuple[int, int] | None = None, metadata: dict | None = None, spatial: bool = False):
+    """Export `model` (an instyle generator) under the image contract; returns the onnx.ModelProto.
+    spatial: a multi-style model's graph takes a per-pixel `style_map` (N x S x H x W) for `style_weights`."""
     import onnx
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if spatial and int(getattr(model, "styles", 1)) < 2:
+        raise ValueError("a spatial graph (per-pixel style_map input) needs a multi-style model")
     static = _parse_static(static)
     wrapper = contract_module(model, precision)
     m, lo = wrapper.multiple, int(model.min_size)
@@ -215,7 +224,11 @@ def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEF
         dims.update({2: torch.export.Dim("height", min=lo), 3: torch.export.Dim("width", min=lo)})
     styles = int(getattr(model, "styles", 1))
     args, names, shapes = (sample,), [INPUT_NAME], {"image": dims}
-    if styles > 1:  # one mix per sample: N x S, batch dimension shared with the image
+    if spatial:  # one mix per pixel: N x S x H x W, every dimension but S shared with the image
+        style_map = torch.full((2, styles, *sample.shape[-2:]), 1.0 / styles)
+        args, names = (sample, style_map), [INPUT_NAME, STYLE_MAP_INPUT]
+        shapes = {"image": dims, "style_weights": {k: d for k, d in dims.items()}}
+    elif styles > 1:  # one mix per sample: N x S, batch dimension shared with the image
         args, names = (sample, torch.full((2, styles), 1.0 / styles)), [INPUT_NAME, STYLE_INPUT]
         shapes = {"image": dims, "style_weights": {0: batch}}
     with _quiet_exporter(), torch.no_grad():
@@ -226,7 +239,8 @@ def to_onnx_proto(model: nn.Module, *, precision: str = "fp32", opset: int = DEF
     proto = program.model_proto
     if opset == 17:
         _relabel_opset_17(proto)
-    onnx.helper.set_model_props(proto, model_metadata(model, metadata, precision=precision, opset=opset))
+    onnx.helper.set_model_props(proto, model_metadata(model, metadata, precision=precision, opset=opset,
+                                                      spatial=spatial))
     proto.producer_name = "instyle"
     proto.doc_string = f"instyle generator: image ({INPUT_CONTRACT}) -> stylized (clamped 0..255)"
     onnx.checker.check_model(proto)
@@ -244,12 +258,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, **kwargs) -> Path:
     return path
 
 
-def cache_path(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:
+def cache_path(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+               spatial: bool = False) -> Path:
     """Where the cache keeps the ONNX export of `model` (whether or not it is there yet)."""
     from instyle.version import __version__
 
-    key = model_key(model, precision=precision, opset=opset, export_format=EXPORT_FORMAT, instyle=__version__)
-    return cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}-{key}.onnx"
+    extra = {"spatial": True} if spatial else {}  # the plain graphs keep their keys
+    key = model_key(model, precision=precision, opset=opset, export_format=EXPORT_FORMAT, instyle=__version__,
+                    **extra)
+    return cache_dir("onnx") / f"{model.arch}-{precision}-op{opset}{'-spatial' if spatial else ''}-{key}.onnx"
 
 
 def cached_onnx(model: nn.Module, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,

@@ -2,7 +2,9 @@
 
 CPU by default; on a CUDA device it asks for the TensorRT and CUDA execution providers when this build of
 onnxruntime has them, and binds torch CUDA tensors to the session directly (IO binding, no host copies).
-A multi-style model's graph takes `style_weights` (N x S) too: one session serves every style and mix.
+A multi-style model's graph takes `style_weights` (N x S) too: one session serves every style and mix. On the
+CPU a per-pixel style map (N x S x H x W, regions) runs the graph's spatial variant (export/onnx.py,
+spatial=True), exported and cached like the first on the first call with a map.
 
 The runner never fails on its cache: a cached file ONNX Runtime cannot load (truncated, corrupt) is deleted
 and exported again once; an unwritable cache means running the export from memory. Both are reported in
@@ -104,9 +106,9 @@ def make_session(path: str | os.PathLike | bytes, device: torch.device | str = "
                                 providers=providers, provider_options=options)
 
 
-def _export(model: nn.Module, precision: str) -> bytes:
+def _export(model: nn.Module, precision: str, spatial: bool = False) -> bytes:
     try:
-        return onnx_export.to_onnx_proto(model, precision=precision).SerializeToString()
+        return onnx_export.to_onnx_proto(model, precision=precision, spatial=spatial).SerializeToString()
     except ImportError as e:
         raise BackendUnavailable(f"backend 'onnxruntime' needs the package {e.name or 'onnx'} to export the "
                                  "model (pip install 'instyle[onnx]')") from None
@@ -114,11 +116,12 @@ def _export(model: nn.Module, precision: str) -> bytes:
         raise BackendUnavailable(f"backend 'onnxruntime': ONNX export failed ({why(e)})") from None
 
 
-def cached_session(model: nn.Module, precision: str, device: torch.device):
-    """(session, source, notes): source is the cached file, or the serialized model when the cache is unusable."""
+def cached_session(model: nn.Module, precision: str, device: torch.device, spatial: bool = False):
+    """(session, source, notes): source is the cached file, or the serialized model when the cache is unusable.
+    spatial: the graph with a per-pixel style_map input."""
     notes: list[str] = []
     try:
-        path = onnx_export.cache_path(model, precision=precision)
+        path = onnx_export.cache_path(model, precision=precision, spatial=spatial)
         present = path.is_file()
     except OSError as e:
         path, present = None, False
@@ -132,7 +135,7 @@ def cached_session(model: nn.Module, precision: str, device: torch.device):
             notes.append(f"cached {path.name} was unusable ({why(e)}): rebuilt it")
             with contextlib.suppress(OSError):
                 path.unlink()
-    data = _export(model, precision)
+    data = _export(model, precision, spatial)
     source: Path | bytes = data
     if path is not None:
         try:
@@ -163,19 +166,27 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype):
         run = _cuda_runner(session, device)
         run.notes = notes
         return run
-    sessions = {True: session}  # arena -> session; the lean one is made on the first large input
+    sessions = {(False, True): session}  # (spatial, arena) -> session; others are made on first use
+    sources = {False: source}
 
     def run(x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         feed = {onnx_export.INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        spatial = style_weights is not None and style_weights.dim() == 4
         if style_weights is not None:
-            feed[onnx_export.STYLE_INPUT] = style_weights.detach().to("cpu", torch.float32).contiguous().numpy()
+            name = onnx_export.STYLE_MAP_INPUT if spatial else onnx_export.STYLE_INPUT
+            feed[name] = style_weights.detach().to("cpu", torch.float32).contiguous().numpy()
         arena = x.shape[0] * x.shape[-2] * x.shape[-1] <= LEAN_ABOVE_PIXELS
-        if arena not in sessions:
-            sessions[arena] = make_session(source, device, arena=arena)
-        (out,) = sessions[arena].run([onnx_export.OUTPUT_NAME], feed)
+        if (spatial, arena) not in sessions:
+            if spatial not in sources:
+                sessions[(True, True)], sources[True], more = cached_session(model, name_of(dtype), device, True)
+                notes.extend(more)
+            if (spatial, arena) not in sessions:
+                sessions[(spatial, arena)] = make_session(sources[spatial], device, arena=arena)
+        (out,) = sessions[(spatial, arena)].run([onnx_export.OUTPUT_NAME], feed)
         return torch.from_numpy(out)
 
     run.notes = notes
+    run.style_map = int(getattr(model, "styles", 1)) > 1  # per-pixel maps: the spatial graph, made on first use
     return run
 
 

@@ -51,8 +51,9 @@ def photo_batch(n: int, height: int, width: int, paths: list[Path] | None = None
 
 
 def reference(model: nn.Module, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The PyTorch fp32 CPU result of the engine's eager backend; with `style_weights` (N x S), the
-    multi-style generator run with each sample's own mix (padded and cropped as the engine does)."""
+    """The PyTorch fp32 CPU result of the engine's eager backend; with `style_weights` (N x S, or a style map
+    N x S x H x W), the multi-style generator run with each sample's own mix (padded and cropped as the engine
+    does)."""
     from instyle.engine import Stylizer
     from instyle.engine.padding import crop, pad_to_multiple
 
@@ -60,6 +61,8 @@ def reference(model: nn.Module, x: torch.Tensor, style_weights: torch.Tensor | N
         return Stylizer(copy.deepcopy(model).float().cpu(), backend="eager", precision="fp32", device="cpu")(x)
     net = copy.deepcopy(model).float().cpu().eval()
     padded, size = pad_to_multiple(x.float(), net.stride_multiple, net.min_size)
+    if style_weights.dim() == 4:
+        style_weights = pad_to_multiple(style_weights.float(), net.stride_multiple, net.min_size)[0]
     with torch.no_grad():
         return crop(net(padded, style_weights), size).clamp(0, 255)
 
@@ -71,6 +74,13 @@ def mixed_weights(n: int, styles: int, seed: int = 0) -> torch.Tensor:
     w[0] = 0
     w[0, (n - 1) % styles] = 1
     return w / w.sum(dim=1, keepdim=True)
+
+
+def ramp_map(n: int, styles: int, height: int, width: int) -> torch.Tensor:
+    """A style map (N x S x H x W) that blends two of mixed_weights' rows from the left edge to the right."""
+    rows = mixed_weights(n + 1, styles)
+    t = torch.linspace(0, 1, width).view(1, 1, 1, width)
+    return (rows[:n, :, None, None] * (1 - t) + rows[1:, :, None, None] * t).expand(n, styles, height, width)
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -88,16 +98,20 @@ def passes(stats: dict[str, float], precision: str) -> bool:
 def check_onnx(path: str | os.PathLike, model: nn.Module, *, precision: str = "fp32",
                shapes: list[tuple[int, int, int]] | None = None) -> list[dict]:
     """Run the ONNX file in ONNX Runtime (CPU) and the PyTorch reference on photos; one row per N,H,W."""
-    from .onnx import INPUT_NAME, STYLE_INPUT
+    from .onnx import INPUT_NAME, STYLE_INPUT, STYLE_MAP_INPUT
     from .ort_runner import make_session
 
     session = make_session(path, "cpu")
     styles = int(getattr(model, "styles", 1))
+    spatial = STYLE_MAP_INPUT in {i.name for i in session.get_inputs()}
     rows = []
     for n, h, w in shapes or [(1, *CHECK_SIZES[0]), (1, *CHECK_SIZES[1]), (3, *CHECK_SIZES[0])]:
         x = photo_batch(n, h, w)
         feed, weights = {INPUT_NAME: x.numpy()}, None
-        if styles > 1:
+        if spatial:
+            weights = ramp_map(n, styles, h, w).contiguous()
+            feed[STYLE_MAP_INPUT] = weights.numpy()
+        elif styles > 1:
             weights = mixed_weights(n, styles)
             feed[STYLE_INPUT] = weights.numpy()
         (out,) = session.run(None, feed)

@@ -58,3 +58,53 @@ def parse_option(text: str) -> tuple[str, bool | int | float | str]:
         except ValueError:
             pass
     return key, value
+
+
+_GREY = re.compile(r"^\d{1,3}$")
+_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
+REGIONS_SYNTAX = ("VALUE=MIX;VALUE=MIX;...  VALUE: a grey level 0..255, a colour #rrggbb, or * (every other value); "
+                  "MIX: none, NAME, or NAME=W,NAME=W,... (none=W is the photo's share)")
+
+
+def parse_regions(text: str) -> list[tuple[tuple[int, int, int] | str, dict[str, float]]]:
+    """'0=none;255=candy' or '#ff0000=wave;#0000ff=candy=1,mosaic=1;*=none' -> [(value, mix), ...].
+
+    Regions are separated by `;`, a region's value from its mix by the first `=`, a mix's items by `,`, and an
+    item's name from its weight by its last `=` (an item without a weight weighs 1). A value is a grey level
+    (0..255, the colour (v, v, v)), a colour #rrggbb, or `*` for every value not listed. A mix is `none` (the
+    photo), a style name or index, or weighted items, `none` among them: `candy=0.6,none=0.4` is candy at
+    strength 0.6. ValueError (one line, quoting the bad part) when malformed."""
+    regions, seen = [], set()
+    parts = [p.strip() for p in text.split(";")]
+    if not text.strip() or any(not p for p in parts[:-1]):
+        raise ValueError(f"--regions {text!r}: expected {REGIONS_SYNTAX}")
+    for part in filter(None, parts):
+        value, sep, mix_text = (s.strip() for s in part.partition("="))
+        if _GREY.match(value) and int(value) <= 255:
+            key: tuple[int, int, int] | str = (int(value),) * 3
+        elif _COLOUR.match(value):
+            key = tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+        elif value == "*":
+            key = "*"
+        else:
+            raise ValueError(f"--regions: {value!r} is not a grey level 0..255, a colour #rrggbb or *")
+        if not sep or not mix_text:
+            raise ValueError(f"--regions: region {part!r} has no mix; expected VALUE=MIX, e.g. 255=candy")
+        if key in seen:
+            raise ValueError(f"--regions: the value {value} is given twice")
+        seen.add(key)
+        mix: dict[str, float] = {}
+        for item in mix_text.split(","):
+            name, eq, weight = (s.strip() for s in item.rpartition("=")) if "=" in item else (item.strip(), "", "1")
+            try:
+                w = float(weight)
+            except ValueError:
+                w = -1.0
+            if not name or not w >= 0 or w == float("inf") or (eq and not weight):
+                raise ValueError(f"--regions: {item.strip()!r} in region {part!r}: expected NAME or NAME=WEIGHT "
+                                 "with a weight >= 0")
+            mix[name] = mix.get(name, 0.0) + w
+        if not sum(mix.values()) > 0:
+            raise ValueError(f"--regions: region {part!r} has weights summing to 0")
+        regions.append((key, mix))
+    return regions

@@ -60,6 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "input chroma)")
     g.add_argument("--style-scale", type=float, default=1.0, metavar="F",
                    help="brush strokes F times larger (F < 1: smaller) at the same output size (default 1)")
+    r = p.add_argument_group("regions (docs/regions.md)")
+    r.add_argument("--mask", metavar="PNG", help="an 8-bit greyscale or RGB image whose values name regions "
+                   "(resized to each image, nearest)")
+    r.add_argument("--regions", metavar="SPEC", help="what each mask value gets: VALUE=MIX;VALUE=MIX;... with "
+                   "VALUE a grey level 0..255, #rrggbb or * (any other), MIX none | NAME | NAME=W,NAME=W,... "
+                   "(none=W: the photo's share), e.g. '0=none;255=candy' or '#ff0000=wave;#0000ff=candy=1,mosaic=1'")
+    r.add_argument("--strength-map", metavar="PNG", help="per-pixel strength: an 8-bit greyscale image, "
+                   "0 = the photo, 255 = the full style (times --strength)")
+    r.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="soften the mask's edges over about PX pixels (a Gaussian blur of the regions; default 0)")
     video_cli.add_arguments(p)
     distributed.add_arguments(p)
 
@@ -75,6 +85,16 @@ def _validate(args) -> None:
         raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {args.quality}")
+    if bool(args.mask) != bool(args.regions):
+        raise UsageError("--mask and --regions go together: the mask's values mean nothing without --regions")
+    if args.mask and (args.style is not None or args.mix):
+        raise UsageError("--mask sets each region's style: name the styles in --regions, not --style/--mix")
+    if not args.feather >= 0 or args.feather > 1000:
+        raise UsageError(f"--feather must be between 0 and 1000 pixels, got {args.feather}")
+    if args.feather and not args.mask:
+        raise UsageError("--feather softens the edges of a --mask; give one")
+    if (args.mask or args.strength_map) and args.distributed:
+        raise UsageError("--mask/--strength-map run locally; drop --distributed")
     if args.format:
         from instyle.io import ImageError, format_for
 
@@ -97,10 +117,44 @@ def _stylizer_kwargs(args) -> dict:
         check_control("style_scale", args.style_scale, "--style-scale")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return dict(backend=args.backend, precision=args.precision, device=args.device, tile=tile,
+    from instyle import masks
+
+    regions = _regions(args)
+    backend = args.backend
+    if regions is not None and backend == "auto" and masks.distinct_styles(regions.mixes) > 1:
+        backend = "eager"  # the one backend chain member that takes per-pixel style maps everywhere
+        print("instyle: --regions with several styles runs backend eager (per-pixel style maps)", file=sys.stderr)
+    return dict(backend=backend, precision=args.precision, device=args.device, tile=tile,
                 style=args.style, mix=parse_mix(args.mix) if args.mix else None, strength=args.strength,
                 preserve_color=args.preserve_color, style_scale=args.style_scale,
-                options=_backend_options(args.backend, args.device, args.backend_option))
+                options=_backend_options(backend, args.device, args.backend_option),
+                **({"regions": regions} if regions is not None else {}))
+
+
+def _regions(args):
+    """The engine's Regions for --mask/--regions/--strength-map/--feather (None when none is given); files are
+    read here, once, so a bad mask stops the run before any output."""
+    if not (args.mask or args.strength_map):
+        return None
+    import torch
+
+    from instyle import masks
+    from instyle.engine.regions import Regions
+    from instyle.specs import parse_regions
+
+    labels = mixes = strength = None
+    if args.mask:
+        try:
+            spec = parse_regions(args.regions)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        labels, mixes = masks.read_mask(args.mask, spec, args.max_pixels)
+    if args.strength_map:
+        strength = masks.read_strength_map(args.strength_map, args.max_pixels)
+    return Regions(labels=None if labels is None else torch.from_numpy(labels), mixes=mixes or (),
+                   strength=None if strength is None else torch.from_numpy(strength), feather=args.feather,
+                   notify=lambda line: print(f"instyle: {line}", file=sys.stderr), source=f"--mask {args.mask}",
+                   strength_source=f"--strength-map {args.strength_map}")
 
 
 def _backend_options(backend: str, device: str, texts: list[str]) -> dict:
@@ -170,7 +224,7 @@ def _load(model, kwargs):
     try:
         return instyle.load(model, **kwargs)
     except StyleError as e:
-        raise UsageError(f"--style/--mix: {e}") from None
+        raise UsageError(f"{'--regions' if kwargs.get('regions') is not None else '--style/--mix'}: {e}") from None
 
 
 def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
@@ -180,6 +234,7 @@ def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
     from instyle.video import is_video
 
     stylizer = _load(args.model, kwargs)
+    _check_regions_backend(stylizer)
     videos = [j for j in todo if is_video(j.src)]
     images = [j for j in todo if j not in videos]
     video_cli.stylize_jobs(stylizer, videos, args, target_size)
@@ -190,6 +245,18 @@ def _run_local(args, todo: list[Job], kwargs) -> list[Job]:
 
         stylize_images(stylizer, images, ImageOptions.from_args(args), done)
     return todo
+
+
+def _check_regions_backend(stylizer) -> None:
+    """Regions with several styles need a backend that takes per-pixel style maps: say so before any output."""
+    from instyle import masks
+
+    regions = stylizer.regions
+    if regions is None or masks.distinct_styles(regions.mixes) < 2:
+        return
+    if not stylizer.takes_style_map and not isinstance(stylizer.tile, int):
+        raise UsageError(f"--backend {stylizer.backend} cannot take per-pixel style maps (--regions with several "
+                         "styles); use --backend eager (or onnxruntime)")
 
 
 def _run_ray(args, todo: list[Job], kwargs) -> list[Job]:

@@ -58,7 +58,8 @@ class Step:
 
     @property
     def instance_norm(self) -> bool:
-        return isinstance(self.norm, nn.InstanceNorm2d)
+        """A norm with global statistics: instance norm, or conditional instance norm (models/norm.py)."""
+        return isinstance(self.norm, nn.InstanceNorm2d) or getattr(self.norm, "conditional", False)
 
     @property
     def ratio(self) -> Fraction:
