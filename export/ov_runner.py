@@ -368,9 +368,10 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
         notes.append("this CPU reports no BF16 capability: running fp32")
     build, key = None, None
     if precision == "int8":  # int8 runs only what was quantized ahead of time: shipped, else cached
-        shipped, _ = zoo_int8.find(model)
+        shipped, note = zoo_int8.find(model, failed_gate_ok=True)  # asked for by name: a failed gate is a note
         if shipped is not None:
             build, key = functools.partial(_core().read_model, str(shipped.xml)), {"ir": shipped.ir_sha256}
+            notes += [note] if note else []
         else:
             build = _no_int8
     compiled, cache_notes = compiled_model(model, precision, threads(), build=build, key=key)

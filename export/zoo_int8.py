@@ -86,9 +86,10 @@ def _zoo_digest(zoo_file: Path, stamp: tuple) -> str:
     return weights_digest(checkpoint.load(zoo_file)[0])
 
 
-def find(model: nn.Module) -> tuple[Shipped | None, str | None]:
+def find(model: nn.Module, *, failed_gate_ok: bool = False) -> tuple[Shipped | None, str | None]:
     """(the usable shipped int8 model of `model`, None) or (None, a one-line note when `model` is a shipped file's
-    network whose int8 model is stale, missing or failed; None for any other model)."""
+    network whose int8 model is stale, missing or failed; None for any other model). `failed_gate_ok`: an intact,
+    current model whose gate failed is usable too (an explicit `--precision int8`), with its note."""
     from instyle import checkpoint
 
     digest = weights_digest(model)
@@ -96,9 +97,11 @@ def find(model: nn.Module) -> tuple[Shipped | None, str | None]:
         meta = sidecar(zoo_file)
         if meta is not None and meta.get("weights_digest") == digest:
             xml, bin_, _ = files(zoo_file)
-            if meta.get("gate", {}).get("passed") and _intact(xml, bin_, meta.get("xml_sha256"),
-                                                               meta.get("bin_sha256")):
+            intact = _intact(xml, bin_, meta.get("xml_sha256"), meta.get("bin_sha256"))
+            if intact and meta.get("gate", {}).get("passed"):
                 return Shipped(xml, meta), None
+            if intact and failed_gate_ok and meta.get("zoo_sha256") == sha256_file(zoo_file):
+                return Shipped(xml, meta), "; ".join(problems(zoo_file))
             return None, "; ".join(problems(zoo_file))
         stat = zoo_file.stat()
         if _zoo_digest(zoo_file, (stat.st_size, stat.st_mtime_ns)) == digest:
