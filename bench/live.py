@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from instyle.bench.serve import HOST, _batches, _free_port, _loadavg, _percentile, wait_healthy
+from instyle.bench.serve import HOST, _batches, _free_port, _loadavg, _percentile, stop_server, wait_healthy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,12 +129,7 @@ def run_config(args, photo: Path, sizes, counts, max_batch: int) -> list[dict]:
                                      load_before, load_after))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     return rows
 
 

@@ -75,6 +75,16 @@ def start_server(args, max_batch: int, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Terminate the server, and kill it if it is still up 30 s later."""
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def wait_healthy(client, server: subprocess.Popen, timeout_s: float = 300) -> dict:
     import httpx
 
@@ -140,12 +150,7 @@ def run_config(args, body: bytes, max_batch: int) -> dict:
             load_after = _loadavg()
             after = client.get("/metrics").text
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     ok = measured["statuses"].get("200", 0)
     lat = sorted(measured["latencies"])
     batches = _batches(before, after)
