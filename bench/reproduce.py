@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # name -> (arch, constructor arguments); the paper's comparisons are pairs of these
 RUNS = {
@@ -36,29 +35,20 @@ def train_run(name: str, out: Path, data: Path, style: Path, *, steps: int, size
     """Train (or resume, or skip when finished) run `name`; returns its model file."""
     from instyle.checkpoint import read_metadata
     from instyle.train import zoo as Z
-    from instyle.train.common import load_image
-    from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
     from instyle.train.state import state_path
     from instyle.train.trainer import TrainConfig, Trainer
-    from instyle.train.vgg import infer_convention, load_vgg, resolve_path
 
     model = out / name / "model.safetensors"
     if model.is_file() and json.loads(read_metadata(model).get("training") or "{}").get("iterations", 0) >= steps:
         return model
-    vgg_path = resolve_path(data / "vgg")
-    convention = infer_convention(read_metadata(vgg_path), vgg_path)
-    w = default_weights(convention, "gram")  # the calibrated weights; no lattice term: the paper had none
-    spec = LossSpec(content_weight=w["content"], style_weight=w["style"], tv_weight=w["tv"], style_balance="gram")
-    loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path), spec)
-    loss.set_styles([load_image(style, 512)])
+    loss, vgg_info = Z.perceptual_loss(data, [style], lattice=0)  # calibrated weights; the paper had no lattice
     train_dir, _ = Z.split_photos(data / "content" / "train", out)
     arch, config = RUNS[name]
     resume = state_path(model).is_file()
     cfg = TrainConfig(style=[str(style)], out=str(model), data=str(train_dir), arch=arch, model_config=config,
                       image_size=size, batch_size=batch, iterations=steps, seed=seed, workers=1,
                       checkpoint_every=100, sample_every=0, log_every=25, device="cpu", progress=False,
-                      resume=resume, overwrite=not resume, warmup=0,
-                      vgg_info={"file": vgg_path.name, "convention": convention})
+                      resume=resume, overwrite=not resume, warmup=0, vgg_info=vgg_info)
     print(f"{name}: {steps} steps of {batch} at {size} px" + (" (resumed)" if resume else ""), flush=True)
     t0 = time.perf_counter()
     Trainer(cfg, loss).fit()
@@ -75,15 +65,11 @@ def border_error(model, photos: list[Path], *, side: int, margin: int = 64, band
     instance statistics; near it, the crop alone shows what the padding does. Returns the mean absolute
     difference (0..255) on a `band`-pixel frame along the border, on the interior, and the border's excess
     over the interior (batch norm at test time has no image statistics: its interior difference is ~0)."""
-    from instyle.io import read_image, to_tensor
+    from instyle.train.zoo import photo_batch
 
     bands, inner = [], []
     for p in photos:
-        x = to_tensor([read_image(p)]).float()
-        h, w = x.shape[-2:]
-        s = min(h, w)
-        x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        big = F.interpolate(x, size=(side + 2 * margin,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        big = photo_batch([p], side + 2 * margin, "cpu")
         alone = model(big[..., margin:-margin, margin:-margin]).clamp(0, 255)
         context = model(big).clamp(0, 255)[..., margin:-margin, margin:-margin]
         diff = (alone - context).abs().mean(dim=1)[0]

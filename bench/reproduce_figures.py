@@ -46,16 +46,6 @@ def curves(logs: dict[str, Path], out: Path) -> Path:
     return out
 
 
-def _square(path: Path, side: int) -> torch.Tensor:
-    from instyle.io import read_image, to_tensor
-
-    x = to_tensor([read_image(path)]).float()
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-
-
 def _grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
     """Rows of 1,3,h,w cells (equal sizes) -> one 3,H,W image with white gaps."""
     h, w = rows[0][0].shape[-2:]
@@ -81,10 +71,11 @@ def _save(image: torch.Tensor, path: Path) -> Path:
 @torch.no_grad()
 def pictures(models: dict[str, Path], photos: list[Path], out: Path, *, sides: list[int]) -> list[Path]:
     from instyle import checkpoint
+    from instyle.train.zoo import photo_batch
 
     nets = {name: checkpoint.load(path)[0].float().eval() for name, path in models.items()}
     shown = photos[:4]
-    inputs = [_square(p, SHOW) for p in shown]
+    inputs = [photo_batch([p], SHOW, "cpu") for p in shown]
     written = []
     for arch in ("johnson", "pyramid"):
         bn, inorm = nets.get(f"{arch}-bn"), nets.get(f"{arch}-in")
@@ -103,7 +94,7 @@ def pictures(models: dict[str, Path], photos: list[Path], out: Path, *, sides: l
     if reflect is not None:
         cells = []
         for side in sides:
-            y = reflect(_square(shown[0], side)).clamp(0, 255)
+            y = reflect(photo_batch([shown[0]], side, "cpu")).clamp(0, 255)
             cells.append(F.interpolate(y, size=(SHOW, SHOW), mode="bilinear", antialias=True, align_corners=False))
         written.append(_save(_grid([cells]), out / "resolutions.jpg"))
     return written

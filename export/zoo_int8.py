@@ -62,8 +62,12 @@ def problems(zoo_file: Path) -> list[str]:
     if not _intact(xml, bin_, meta.get("xml_sha256"), meta.get("bin_sha256")):
         out.append(f"the shipped int8 model beside {zoo_file.name} is missing or damaged (rebuild it with `{REBUILD}`)")
     if not meta.get("gate", {}).get("passed"):
-        out.append(f"the shipped int8 model of {zoo_file.name} did not pass its quality gate")
+        out.append(_failed_gate(zoo_file))
     return out
+
+
+def _failed_gate(zoo_file: Path) -> str:
+    return f"the shipped int8 model of {zoo_file.name} did not pass its quality gate"
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,12 +101,13 @@ def find(model: nn.Module, *, failed_gate_ok: bool = False) -> tuple[Shipped | N
         meta = sidecar(zoo_file)
         if meta is not None and meta.get("weights_digest") == digest:
             xml, bin_, _ = files(zoo_file)
-            intact = _intact(xml, bin_, meta.get("xml_sha256"), meta.get("bin_sha256"))
-            if intact and meta.get("gate", {}).get("passed"):
+            if meta.get("gate", {}).get("passed") and _intact(xml, bin_, meta.get("xml_sha256"),
+                                                               meta.get("bin_sha256")):
                 return Shipped(xml, meta), None
-            if intact and failed_gate_ok and meta.get("zoo_sha256") == sha256_file(zoo_file):
-                return Shipped(xml, meta), "; ".join(problems(zoo_file))
-            return None, "; ".join(problems(zoo_file))
+            found = problems(zoo_file)  # one pass over the files: staleness, damage, the gate
+            if failed_gate_ok and found == [_failed_gate(zoo_file)]:
+                return Shipped(xml, meta), found[0]
+            return None, "; ".join(found)
         stat = zoo_file.stat()
         if _zoo_digest(zoo_file, (stat.st_size, stat.st_mtime_ns)) == digest:
             return None, "; ".join(problems(zoo_file)) or f"no usable int8 model shipped beside {zoo_file.name}"

@@ -62,29 +62,16 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
     (default: the balanced default of the VGG file's convention). With `teacher` (a trained zoo holding every
-    style, by name) the `distill_weight` term pulls the output towards the teacher's (models/ distillation:
-    the slim zoo learns from the full one)."""
-    from instyle.checkpoint import read_metadata
-    from instyle.train.common import load_image
-    from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
+    style, by name) the `distill_weight` term pulls the output towards the teacher's (how the slim zoo learns
+    from the full one)."""
     from instyle.train.trainer import TrainConfig, Trainer
-    from instyle.train.vgg import infer_convention, load_vgg, resolve_path
 
-    vgg_path = resolve_path(data / "vgg")
-    convention = infer_convention(read_metadata(vgg_path), vgg_path)
-    weights = default_weights(convention, balance)
     unknown = sorted(set(multipliers or {}) - {p.stem for p in styles})
     if unknown:
         raise ValueError(f"style weight multipliers for styles not trained: {', '.join(unknown)}")
-    spec = LossSpec(content_weight=weights["content"] if content_weight is None else content_weight,
-                    tv_weight=weights["tv"] if tv_weight is None else tv_weight, style_balance=balance,
-                    style_weight=weights["style"] if style_weight is None else style_weight,
-                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles],
-                    lattice_weight=weights["lattice"] if lattice_weight is None else lattice_weight,
-                    distill_weight=distill_weight)
-    dev = torch.device(device)
-    loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
-    loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
+    loss, vgg_info = perceptual_loss(data, styles, device=device, balance=balance, style_size=style_size,
+                                     multipliers=multipliers, content=content_weight, style=style_weight,
+                                     tv=tv_weight, lattice=lattice_weight, distill=distill_weight)
     if distill_weight:
         loss.set_teacher(*load_teacher(teacher, [p.stem for p in styles]))
     train_dir, _ = split_photos(data / "content" / "train", out)
@@ -93,13 +80,38 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
                       model_config=model_config, image_size=image_size, batch_size=batch, iterations=iterations,
                       workers=workers, checkpoint_every=checkpoint_every, sample_every=checkpoint_every,
                       log_every=25, device=device, save_dtype="fp16", progress=False, time_budget=budget,
-                      overwrite=not resume, resume=resume, vgg_info={"file": vgg_path.name, "convention": convention},
+                      overwrite=not resume, resume=resume, vgg_info=vgg_info,
                       fused=fused, init=str(init) if init else None, lr=lr, warmup=warmup)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
-            "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": spec.as_dict()}
+            "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": loss.spec.as_dict()}
+
+
+def perceptual_loss(data: Path, styles: list[Path], *, device: str = "cpu", balance: str = "gram",
+                    style_size: int = 512, multipliers: dict[str, float] | None = None, **weights: float | None):
+    """(the zoo's loss for `styles`, the vgg_info a checkpoint records): the VGG file of `data`, the calibrated
+    weights of its convention, each of `weights` (content, style, tv, lattice, distill; None keeps the default)
+    replacing its default, and per-style `multipliers` by name. The style targets are set; a teacher is not."""
+    from instyle.checkpoint import read_metadata
+    from instyle.train.common import load_image
+    from instyle.train.losses import LossSpec, PerceptualLoss, default_weights
+    from instyle.train.vgg import infer_convention, load_vgg, resolve_path
+
+    unknown = sorted(set(weights) - {"content", "style", "tv", "lattice", "distill"})
+    if unknown:
+        raise TypeError(f"unknown loss weights {', '.join(unknown)}")
+    vgg_path = resolve_path(data / "vgg")
+    convention = infer_convention(read_metadata(vgg_path), vgg_path)
+    w = {"distill": 0.0, **default_weights(convention, balance), **{k: v for k, v in weights.items() if v is not None}}
+    spec = LossSpec(content_weight=w["content"], style_weight=w["style"], tv_weight=w["tv"], style_balance=balance,
+                    style_multipliers=[float((multipliers or {}).get(p.stem, 1.0)) for p in styles],
+                    lattice_weight=w["lattice"], distill_weight=w["distill"])
+    dev = torch.device(device)
+    loss = PerceptualLoss(load_vgg(spec.layers(), vgg_path, device=dev), spec)
+    loss.set_styles([load_image(p, style_size).to(dev) for p in styles])
+    return loss, {"file": vgg_path.name, "convention": convention}
 
 
 def load_teacher(path: Path | None, names: list[str]):
@@ -117,7 +129,7 @@ def load_teacher(path: Path | None, names: list[str]):
 
 
 @torch.no_grad()
-def _photo_batch(paths: list[Path], side: int, device) -> torch.Tensor:
+def photo_batch(paths: list[Path], side: int, device) -> torch.Tensor:
     """Center square crops resized to side x side: one N,3,side,side batch, 0..255."""
     from instyle.io import read_image, to_tensor
 
@@ -149,7 +161,7 @@ def gate(model_path: Path, data: Path, photos: list[Path], *, side: int, device:
     names = checkpoint.style_names(meta)
     sources = checkpoint.style_entries(meta)
     vgg = load_vgg(M.METRIC_LAYERS, resolve_path(vgg_path or data / "vgg"), device=dev).float()
-    x = _photo_batch(photos, side, dev)
+    x = photo_batch(photos, side, dev)
     fx = vgg(x)
     result = {}
     for s, name in enumerate(names):
