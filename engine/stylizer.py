@@ -129,6 +129,7 @@ class Stylizer:
             self.weights = None
         if self.style_input and self._run is not None:  # the style is the runner's input: nothing to rebuild
             self._set_model(model)
+            self._follow_style()
             return
         self.precision, auto_notes = self.requested_precision, []
         if self.precision == "auto":  # decided on the network that runs
@@ -139,11 +140,32 @@ class Stylizer:
         self.channels_last = self.device.type == "cuda" and backends.TABLE[self.backend].runs_module
         self._set_model(model)
         net = self._on_device(self.source) if self.style_input else self.model
-        self._run = backends.factory(self.backend)(net, self.device, self._backend_dtype, **self.options)
+        make = backends.factory(self.backend)
+        options = self.options
+        if self.requested_precision == "auto":  # e.g. openvino: int8 only for the styles whose gate passed
+            options = {**dict(backends.TABLE[self.backend].auto_options), **options}
+        self._run = make(net, self.device, self._backend_dtype, **options)
         # what the runner really does, where it differs from what was asked (e.g. bf16 on a CPU without BF16)
         self.precision = getattr(self._run, "precision", self.precision)
-        self.notes: list[str] = auto_notes + list(getattr(self._run, "notes", ()))
+        self._auto_notes = auto_notes
         self.last_tile: int | None = None  # tile side of the last call (None: whole image)
+        self._follow_style()
+
+    def _follow_style(self) -> None:
+        """Precision and notes for the current style: a runner that picks its network per style (openvino int8
+        gated per style: export/ov_per_style.py) builds the one this style needs now, not at the first call."""
+        run, per_style_note = self._run, None
+        if hasattr(run, "precision_for") and self.weights is not None:
+            run.prepare(self.weights)
+            self.precision = run.precision_for(self.weights)
+            per_style_note = run.note_for(self.weights)
+        self.notes: list[str] = self._auto_notes + list(getattr(run, "notes", ())) + (
+            [per_style_note] if per_style_note else [])
+
+    def warm(self) -> None:
+        """Build every network a request may use (a server before its first client)."""
+        if hasattr(self._run, "prepare"):
+            self._run.prepare(None)
 
     def _on_device(self, model: nn.Module) -> nn.Module:
         model = model.eval().to(self.device, self.dtype)

@@ -85,16 +85,25 @@ def bf16_supported() -> bool:
 def auto_precision(device: torch.device, model: nn.Module | None = None) -> tuple[str, list[str]]:
     """(precision, notes) for precision="auto": int8 where a quantized form of `model` (the network that runs) passed
     its quality gate -- the one shipped with the zoo, on a CPU with int8 dot products (VNNI/AMX), or the one
-    `instyle quantize` cached -- else bf16 where the CPU has BF16, else fp32. Never quantizes."""
+    `instyle quantize` cached; for a multi-style network, where it passed for some of its styles (the others then run
+    float: export/ov_per_style.py) -- else bf16 where the CPU has BF16, else fp32. Never quantizes."""
+    from instyle.models.styles import style_count
+
+    from .ov_per_style import gate_verdicts
+
+    def usable(gate: dict | None) -> bool:
+        verdicts = gate_verdicts(gate, style_count(model))
+        return bool(gate) and (gate.get("passed") or any(ok for _, ok, _ in verdicts or ()))
+
     notes: list[str] = []
     try:
         if model is not None:
             if has_int8_dot():
-                shipped, note = zoo_int8.find(model)
-                if shipped is not None:
+                shipped, note = zoo_int8.find(model, failed_gate_ok=True)
+                if shipped is not None and usable(shipped.meta.get("gate")):
                     return "int8", notes
                 notes += [note] if note else []
-            if int8_gate_passed(model):
+            if usable((int8_entry(model) or {}).get("gate")):
                 return "int8", notes
         return ("bf16" if bf16_supported() else "fp32"), notes
     except Exception:  # noqa: BLE001 -- no openvino: the factory will say so with the install hint
@@ -349,11 +358,15 @@ class OpenVINORunner:
         return torch.from_numpy(out[OUTPUT_NAME])
 
 
-def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> OpenVINORunner:
-    """Backend factory (engine/backends/)."""
+def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, int8_styles: str = "all"):
+    """Backend factory (engine/backends/). int8_styles (int8 of a multi-style network gated per style): "all" runs
+    every style in int8, "passed" only the styles whose gate passed, the others in the float precision
+    (export/ov_per_style.py; what `auto` asks for)."""
     _openvino()
     if torch.device(device).type != "cpu":
         raise BackendUnavailable("backend 'openvino' runs on the CPU (use triton or tensorrt on CUDA)")
+    if int8_styles not in ("all", "passed"):
+        raise ValueError(f"backend option int8_styles must be 'all' or 'passed', got {int8_styles!r}")
     precision = name_of(dtype)
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"backend 'openvino' runs fp32, bf16 or int8 on the CPU, not {precision or dtype} "
@@ -366,13 +379,29 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype) -> O
     if precision == "bf16" and not bf16_supported():
         precision = "fp32"
         notes.append("this CPU reports no BF16 capability: running fp32")
-    build, key = None, None
+    build, key, gate = None, None, None
     if precision == "int8":  # int8 runs only what was quantized ahead of time: shipped, else cached
         shipped, note = zoo_int8.find(model, failed_gate_ok=True)  # asked for by name: a failed gate is a note
         if shipped is not None:
             build, key = functools.partial(_core().read_model, str(shipped.xml)), {"ir": shipped.ir_sha256}
-            notes += [note] if note else []
+            gate = shipped.meta.get("gate")
         else:
-            build = _no_int8
-    compiled, cache_notes = compiled_model(model, precision, threads(), build=build, key=key)
-    return OpenVINORunner(compiled, precision, notes + cache_notes)
+            build, note = _no_int8, None
+            gate = (int8_entry(model) or {}).get("gate")
+        from instyle.models.styles import style_count
+
+        from .ov_per_style import PerStyleRunner, gate_verdicts, worth_splitting
+
+        if int8_styles == "passed" and worth_splitting(gate, style_count(model)):
+            floating = _float_hint("int8")
+            return PerStyleRunner(
+                lambda: _runner(model, "int8", build=build, key=key),
+                lambda: _runner(model, floating), floating, gate_verdicts(gate, style_count(model)),
+                float(gate.get("gate_db", 40.0)), notes)
+        notes += [note] if note else []
+    return _runner(model, precision, notes, build=build, key=key)
+
+
+def _runner(model: nn.Module, precision: str, notes: list[str] | None = None, **how) -> OpenVINORunner:
+    compiled, cache_notes = compiled_model(model, precision, threads(), **how)
+    return OpenVINORunner(compiled, precision, (notes or []) + cache_notes)

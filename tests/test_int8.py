@@ -130,19 +130,22 @@ def test_cache_key_follows_recipe_and_model():
     assert blob_path(narrow(), "bf16") != base
 
 
-def _set_gate(net, recipe, passed):
+def _set_gate(net, recipe, passed, per_style=None):
+    """Overwrite the cached entry's verdicts: overall `passed`, every style the same unless `per_style` {name: bool}."""
     from instyle.export import ov_runner
 
     sidecar = ov_runner.blob_path(net, "int8", recipe).with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     meta["gate"]["passed"] = passed
+    for name, row in meta["gate"].get("styles", {}).items():
+        row["passed"] = (per_style or {}).get(name, passed)
     sidecar.write_text(json.dumps(meta))
 
 
 def test_a_multi_style_network_is_quantized_once_and_gated_per_style(dirs, monkeypatch):
     """One cache entry for the whole two-style network (style_weights an input), a report per style and for the even
-    mix; auto picks int8 only when all of them passed, and then every style, mix and per-sample mix runs through
-    that one int8 network, each close to the baked eager fp32 result."""
+    mix; auto picks int8 for the styles whose gate passed (the others run float), and with every verdict passed every
+    style, mix and per-sample mix runs through that one int8 network, each close to the baked eager fp32 result."""
     from instyle.export import ov_quant, ov_runner
     from instyle.export.int8_recipe import Recipe
     from instyle.models.styles import bake
@@ -158,6 +161,10 @@ def test_a_multi_style_network_is_quantized_once_and_gated_per_style(dirs, monke
     assert len(list(ov_runner.blob_path(two, "int8", recipe).parent.glob("*-int8-*.blob"))) == 1
     _set_gate(two, recipe, False)
     assert ov_runner.auto_precision(cpu, two)[0] == plain
+    _set_gate(two, recipe, False, {"a": True})  # one style passed: it runs int8, the other float
+    assert ov_runner.auto_precision(cpu, two)[0] == "int8"
+    assert load(two, device="cpu", style=0, report=False).precision == "int8"
+    assert load(two, device="cpu", style=1, report=False).precision == plain
     _set_gate(two, recipe, True)
     assert ov_runner.auto_precision(cpu, two)[0] == "int8"
     st = load(two, backend="auto", device="cpu", style=1, report=False)

@@ -62,7 +62,7 @@ def baked_eager(model, x, w):
 def _cases():
     yield "eager", "fp32"
     yield pytest.param("onnxruntime", "fp32", marks=pytest.mark.skipif(not HAVE_ORT, reason="needs instyle[onnx]"))
-    for precision in ("fp32", "bf16", "int8"):
+    for precision in ("fp32", "bf16", "int8", "auto"):  # auto: int8 per style, the gate's failed styles float
         yield pytest.param("openvino", precision, marks=pytest.mark.skipif(not HAVE_OV, reason="needs openvino"))
 
 
@@ -79,9 +79,14 @@ def test_per_sample_mixes_equal_the_baked_eager_result(zoo, photos, backend, pre
 
         if zoo_int8.find(model)[0] is None:
             pytest.skip(f"no usable shipped int8 model: {zoo_int8.find(model)[1]}")
+    if precision == "auto":
+        from instyle.export import ov_runner
+
+        if ov_runner.auto_precision(torch.device("cpu"), model)[0] != "int8":
+            pytest.skip("auto runs no int8 here (no int8 dot products, or no style passed the shipped gate)")
     w = rows(model.styles)
     st = Stylizer(model, backend=backend, precision=precision, metadata=meta, tile="off")
-    assert st.style_input and st.precision == precision
+    assert st.style_input and st.precision == ("int8" if precision == "auto" else precision)
     got = st(photos, style_weights=w)
     ref = baked_eager(model, photos, w)
     assert got.shape == photos.shape

@@ -60,24 +60,33 @@ def test_the_shipped_zoo_stays_small():
 
 @needs_ov
 def test_auto_runs_the_shipped_int8_where_the_cpu_has_int8_dot_products(tmp_path, monkeypatch):
-    """A shipped IR whose gate passed runs under auto on an int8-dot CPU (a copy of the zoo whose sidecar records a
-    pass); one whose gate failed runs float with the reason in one note."""
+    """A shipped IR runs under auto on an int8-dot CPU for the styles whose gate passed (a copy of the zoo whose
+    sidecar records the verdicts); a style whose gate failed runs float with its name and PSNR in one note; with no
+    style passed, everything runs float with the reason in one note."""
     from instyle.export import ov_runner
 
     plain = "bf16" if ov_runner.bf16_supported() else "fp32"
     monkeypatch.setattr(ov_runner, "has_int8_dot", lambda: True)
     copy, (_, _, sidecar) = _copy_zoo(tmp_path, monkeypatch)
     meta = json.loads(sidecar.read_text())
-    gate_passed = meta["gate"]["passed"]
+    names = checkpoint.style_names(checkpoint.read_metadata(copy))
+    styles = {n: {**r, "passed": n != names[1]} for n, r in meta["gate"]["styles"].items()}
+    styles[names[1]]["min_psnr_db"] = 37.25
+    sidecar.write_text(json.dumps({**meta, "gate": {**meta["gate"], "styles": styles, "passed": False}}))
     st = load(device="cpu", report=False)
-    if gate_passed:
-        assert (st.backend, st.precision, st.notes) == ("openvino", "int8", [])
-    else:
-        assert (st.backend, st.precision) == ("openvino", plain) and len(st.notes) == 1
-        assert "did not pass its quality gate" in st.notes[0]
-        sidecar.write_text(json.dumps({**meta, "gate": {**meta["gate"], "passed": True}}))
-        st = load(device="cpu", report=False)
-        assert (st.backend, st.precision, st.notes) == ("openvino", "int8", [])
+    assert (st.backend, st.precision, st.notes) == ("openvino", "int8", [])
+    st.set_style(names[1])
+    assert st.precision == plain and st.notes == [f"int8 failed its 40 dB quality gate for {names[1]} 37.2 dB: "
+                                                  f"that style runs {plain}"]
+    assert load(names[1], device="cpu", report=False).precision == plain
+    every_failed = {n: {**r, "passed": False} for n, r in styles.items()}
+    sidecar.write_text(json.dumps({**meta, "gate": {**meta["gate"], "styles": every_failed, "passed": False}}))
+    st = load(device="cpu", report=False)
+    assert (st.backend, st.precision) == ("openvino", plain) and len(st.notes) == 1
+    assert "did not pass its quality gate" in st.notes[0]
+    sidecar.write_text(json.dumps({**meta, "gate": {**meta["gate"], "passed": True}}))
+    st = load(device="cpu", report=False)
+    assert (st.backend, st.precision, st.notes) == ("openvino", "int8", [])
     monkeypatch.setattr(ov_runner, "has_int8_dot", lambda: False)
     assert load(device="cpu", report=False).precision == plain
 

@@ -58,6 +58,7 @@ class Backend:
     auto_precision: str | None = None            # "module:function(device, model) -> (precision, notes)" for "auto"
     graphs: bool = False                         # behind a CUDA-graph LRU per shape (options graphs, cache_size)
     style_input: bool = False                    # runs a multi-style model with style_weights as an input
+    auto_options: tuple[tuple[str, object], ...] = ()  # options the factory gets when precision was "auto"
 
     def __post_init__(self):
         if self.graphs:
@@ -75,8 +76,9 @@ TABLE: dict[str, Backend] = {
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),
                            requires=("onnxruntime",), hint="pip install 'instyle[onnx]'", style_input=True),
     "openvino": Backend("instyle.export.ov_runner:make_runner", devices=("cpu",), precisions=("fp32", "bf16", "int8"),
-                        requires=("openvino",), hint="pip install openvino",
-                        auto_precision="instyle.export.ov_runner:auto_precision", style_input=True),
+                        requires=("openvino",), hint="pip install openvino", options=("int8_styles",),
+                        auto_precision="instyle.export.ov_runner:auto_precision", style_input=True,
+                        auto_options=(("int8_styles", "passed"),)),  # int8 for the styles it passed for
     "tensorrt": Backend("instyle.export.trt_runner:make_runner", devices=("cuda",), precisions=("fp32", "fp16"),
                         hint="pip install 'instyle[tensorrt]'", style_input=True),
 }

@@ -70,6 +70,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
     def warm_up():
         import torch
 
+        stylizer.warm()  # every network a request's style may need (int8 for some styles, float for others)
         state["thumbnails"] = thumbnails.render(stylizer)
         stylizer(torch.full((1, 3, 64, 64), 128.0))  # the backend's first call (compilation) before any client
 
