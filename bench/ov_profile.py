@@ -1,6 +1,7 @@
 """Where OpenVINO's CPU time goes in a shipped network: per op type and the slowest layers (its perf counters).
 
-    python -m instyle.bench.ov_profile [--model slim] [--precision fp32|int8] [--size 1024] [--out FILE.json]
+    python -m instyle.bench.ov_profile [--model slim] [--precision fp32|int8] [--size 1024] [--shapes static|dynamic]
+                                       [--out FILE.json]
 
 fp32 profiles the graph the openvino backend builds (two-pass instance norms); int8 the shipped int8 IR beside
 the zoo file (export/zoo_int8.py), whatever its gate said. One warm-up call, then the median of --iters calls;
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 
-def profile(model: str, precision: str, size: int, iters: int) -> dict:
+def profile(model: str, precision: str, size: int, iters: int, shapes: str = "static") -> dict:
     import numpy as np
     import openvino as ov
 
@@ -35,14 +36,16 @@ def profile(model: str, precision: str, size: int, iters: int) -> dict:
         graph = core.read_model(str(xml))
     else:
         graph = ov_runner.convert(net.float().eval(), precision)
-    config = dict(ov_runner.compile_config(precision, ov_runner.threads()), PERF_COUNT=True)
-    request = core.compile_model(graph, "CPU", config).create_infer_request()
     feed = {ov_runner.INPUT_NAME: (np.random.default_rng(0).random((1, 3, size, size)) * 255).astype(np.float32)}
     styles = len(checkpoint.style_names(meta))
     if styles > 1:
         weights = np.zeros((1, styles), np.float32)
         weights[0, 0] = 1
         feed[ov_runner.STYLE_INPUT] = weights
+    if shapes == "static":  # what the runner compiles (export/ov_runner.py OpenVINORunner)
+        graph.reshape({name: list(v.shape) for name, v in feed.items()})
+    config = dict(ov_runner.compile_config(precision, ov_runner.threads()), PERF_COUNT=True)
+    request = core.compile_model(graph, "CPU", config).create_infer_request()
     request.infer(feed)
     times = []
     for _ in range(iters):
@@ -55,7 +58,8 @@ def profile(model: str, precision: str, size: int, iters: int) -> dict:
         ms = p.real_time.total_seconds() * 1e3
         by_type[p.node_type] += ms
         layers.append({"ms": round(ms, 2), "type": p.node_type, "exec": p.exec_type, "name": p.node_name})
-    return {"model": path.name, "precision": precision, "size": size, "median_ms": round(statistics.median(times), 1),
+    return {"model": path.name, "precision": precision, "shapes": shapes, "size": size,
+            "median_ms": round(statistics.median(times), 1),
             "counted_ms": round(sum(by_type.values()), 1),
             "by_type_ms": {k: round(v, 1) for k, v in by_type.most_common()},
             "slowest": sorted(layers, key=lambda r: -r["ms"])[:15]}
@@ -69,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--shapes", default="static", choices=("static", "dynamic"),
+                   help="compile for the one input shape, as the backend does (default), or with dynamic N/H/W")
     p.add_argument("--out", type=Path, help="write the profile as JSON here")
     a = p.parse_args(argv)
     before = [round(v, 2) for v in os.getloadavg()]
-    r = profile(a.model, a.precision, a.size, a.iters)
+    r = profile(a.model, a.precision, a.size, a.iters, a.shapes)
     r.update(cpu=cpu_name(), date=now(), git_rev=git_rev(), versions=versions(), load_before=before,
              load_after=[round(v, 2) for v in os.getloadavg()])
-    print(f"{r['model']} {r['precision']} {r['size']}²: median {r['median_ms']} ms, counters {r['counted_ms']} ms")
+    print(f"{r['model']} {r['precision']} {r['shapes']} {r['size']}²: median {r['median_ms']} ms, "
+          f"counters {r['counted_ms']} ms")
     for kind, ms in list(r["by_type_ms"].items())[:10]:
         print(f"  {kind:<16} {ms:8.1f} ms  {100 * ms / r['counted_ms']:5.1f} %")
     for layer in r["slowest"][:8]:

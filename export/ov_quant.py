@@ -162,8 +162,7 @@ def _quantized_and_gated(model, recipe, calibration, held_out, names, progress, 
     from . import ov_runner as ov
 
     quantized = quantize(model, recipe, calibration, progress)
-    compiled = ov._core().compile_model(quantized, "CPU", ov.compile_config("int8", ov.threads()))
-    return quantized, compiled, gate(ov.OpenVINORunner(compiled, "int8", []), model, names, held_out, max_side)
+    return quantized, gate(ov.OpenVINORunner(quantized, "int8", []), model, names, held_out, max_side)
 
 
 def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Path], *, names: list[str] | None = None,
@@ -177,9 +176,9 @@ def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Pa
     entry = None if force else ov.int8_entry(model, recipe)
     if entry and "styles" in entry.get("gate", {}):
         return entry["gate"], True
-    _, compiled, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
-    blob = ov.blob_path(model, "int8", recipe)
-    ov._write_cache(compiled, blob, "int8", {"recipe": dataclasses.asdict(recipe), "gate": report})
+    quantized, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
+    ov._write_cache(quantized, ov.entry_path(model, "int8", recipe), "int8",
+                    {"recipe": dataclasses.asdict(recipe), "gate": report})
     return report, False
 
 
@@ -201,7 +200,7 @@ def ship(zoo_file: Path, recipe: Recipe, calibration: Path, held_out: list[Path]
     model, meta = checkpoint.load(zoo_file)
     model = model.float().eval()
     names = checkpoint.style_names(meta)
-    quantized, _, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
+    quantized, report = _quantized_and_gated(model, recipe, calibration, held_out, names, progress, max_side)
     return zoo_int8.write(zoo_file, quantized, {
         "weights_digest": weights_digest(model), "recipe": dataclasses.asdict(recipe),
         "calibration": {"folder": calibration.name, "photos": len(photos(calibration))},

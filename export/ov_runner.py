@@ -2,7 +2,7 @@
 
 Conversion: `openvino.convert_model` straight from the PyTorch module (no ONNX, so no onnx/onnxscript
 install is needed), input `image` with dynamic N/H/W, output `stylized`, the names of the export contract.
-A multi-style model keeps its second input `style_weights` (N x S): one compiled model per model serves every
+A multi-style model keeps its second input `style_weights` (N x S): one network per model serves every
 style, mix and per-sample mix.
 The engine pads to the stride multiple before calling the runner and crops/clamps after, as for every backend.
 
@@ -12,22 +12,19 @@ the BF16 optimization capability (AVX512-BF16 or AMX); elsewhere a bf16 request 
 says so in `notes`. fp16 is refused: the CPU plugin would not run it as fp16 on these CPUs, and calling
 an fp32 or bf16 run "fp16" would be a lie. Threads: one per physical core.
 
-Cache: the compiled model is written with `CompiledModel.export_model` into $INSTYLE_CACHE/openvino/
-(export/cache.py), named by the model hash + precision + OpenVINO version + the CPU (name and
-capabilities: a blob compiled for one CPU is not for another), with a JSON sidecar holding the blob's
-size and sha256. A second process verifies the sidecar and `import_model`s the blob: no PyTorch tracing,
-no conversion, no compilation. Why export/import rather than OpenVINO's CACHE_DIR property: CACHE_DIR
-keys blobs by hashing an ov.Model or a model file, so a second process would still have to trace and
-convert the PyTorch module (most of the setup time) or keep an IR file beside it; with our own key the
-whole setup is one file read, written atomically (instyle.atomic) and checked before use. A blob that
-fails its check or its import is deleted and rebuilt once; an unwritable cache means running uncached.
+Cache: the converted graph is written as OpenVINO IR (.xml + .bin, weights as they are) into
+$INSTYLE_CACHE/openvino/ (export/cache.py), named by the model hash + precision + OpenVINO version, with a JSON
+sidecar holding both files' sha256. A second process verifies the sidecar and reads the IR: no PyTorch tracing
+and no conversion (most of the setup time). Our own key rather than OpenVINO's CACHE_DIR: CACHE_DIR keys by
+hashing an ov.Model or a model file, so a second process would still have to trace and convert the module first.
+An entry that fails its check or its read is deleted and rebuilt once; an unwritable cache means running uncached.
 Both are reported in `notes`, not raised.
+
+Shapes: the graph keeps dynamic N/H/W, and the runner compiles it per input shape, static (OpenVINORunner:
+why, and what it costs).
 
 int8 runs only what was quantized ahead of time: the model shipped with the zoo (export/zoo_int8.py), or what
 `instyle quantize` put in the cache (export/ov_quant.py); neither needs nncf to run.
-
-Kernels for a new input shape are still compiled by the plugin at the first call with that shape; the
-bench reports that first-call time separately (first_call_s).
 """
 from __future__ import annotations
 
@@ -37,6 +34,7 @@ import functools
 import json
 import logging
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +54,9 @@ PRECISIONS = ("fp32", "bf16", "int8")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
 _TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spells them
 NO_INT8 = "no quantized model of this network in the cache (build it with `instyle quantize --model M`)"
-CACHE_FORMAT = "2"  # bump when the converted graph changes for the same weights (invalidates caches)
+CACHE_FORMAT = "3"  # bump when the converted graph changes for the same weights (invalidates caches)
 HINT = "pip install openvino"
+SHAPES = 8  # input shapes kept compiled per runner (each ~0.3 s to compile, a few MB)
 
 
 def _openvino():
@@ -231,90 +230,89 @@ def convert(model: nn.Module, precision: str = "fp32"):
     return ov_model
 
 
-def blob_path(model: nn.Module, precision: str, recipe=None, **extra) -> Path:
-    """The cache entry; int8 entries are keyed by the calibration recipe (and the nncf version) too, the compiled
-    form of a shipped int8 model by its IR (`extra`)."""
+def entry_path(model: nn.Module, precision: str, recipe=None, **extra) -> Path:
+    """The cache entry (IR .xml; its .bin and .json sidecar beside it); int8 entries are keyed by the calibration
+    recipe (and the nncf version) too."""
     from instyle.version import __version__
 
     ov = _openvino()
-    cpu = _core().get_property("CPU", "FULL_DEVICE_NAME")
     if precision == "int8" and not extra:
         extra = {"recipe": (recipe or Recipe()).key()}
-    key = model_key(model, precision=precision, openvino=ov.get_version(), cpu=cpu,
-                    capabilities=cpu_capabilities(), format=CACHE_FORMAT, instyle=__version__, **extra)
-    return cache_dir("openvino") / f"{getattr(model, 'arch', 'model')}-{precision}-{key}.blob"
+    key = model_key(model, precision=precision, openvino=ov.get_version(), format=CACHE_FORMAT, instyle=__version__,
+                    **extra)
+    return cache_dir("openvino") / f"{getattr(model, 'arch', 'model')}-{precision}-{key}.xml"
 
 
-def _sidecar(blob: Path) -> Path:
-    return blob.with_suffix(".json")
+def _files(xml: Path) -> tuple[Path, Path, Path]:
+    """(IR graph, IR weights, sidecar) of a cache entry."""
+    return xml, xml.with_suffix(".bin"), xml.with_suffix(".json")
 
 
-def _import_cached(blob: Path, precision: str, n_threads: int):
-    """The compiled model from `blob`, after checking it against its sidecar; raises on any mismatch."""
-    meta = json.loads(_sidecar(blob).read_text())
-    if blob.stat().st_size != meta["bytes"] or sha256_file(blob) != meta["sha256"]:
-        raise ValueError("size or sha256 differs from its sidecar (truncated or corrupt)")
-    # the same config as at compile time: without the precision hint an imported model runs the plugin's
-    # default precision (bf16 on a BF16 CPU), not the one it was compiled for
-    compiled = _core().import_model(blob.read_bytes(), "CPU", compile_config(precision, n_threads))
-    got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-    if _TYPE_NAME[_float_hint(precision)] not in got:
-        raise ValueError(f"imported model runs {got}, not {precision}")
-    return compiled
+def _sidecar(xml: Path) -> Path:
+    return _files(xml)[2]
 
 
-def _write_cache(compiled, blob: Path, precision: str, extra: dict | None = None) -> None:
+def _read_cached(xml: Path):
+    """The ov.Model of the entry `xml`, after checking both files against its sidecar; raises on any mismatch."""
+    _, bin_, side = _files(xml)
+    meta = json.loads(side.read_text())
+    for path, field in ((xml, "xml_sha256"), (bin_, "bin_sha256")):
+        if sha256_file(path) != meta[field]:
+            raise ValueError(f"{path.name}: sha256 differs from its sidecar (truncated or corrupt)")
+    return _core().read_model(str(xml))
+
+
+def _write_cache(graph, xml: Path, precision: str, extra: dict | None = None) -> None:
+    """Save the ov.Model as IR (float weights kept as they are), then its sidecar: a reader never sees a half entry."""
     ov = _openvino()
-    import io
-
-    buffer = io.BytesIO()
-    compiled.export_model(buffer)
-    with atomic_path(blob) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-    meta = {"bytes": blob.stat().st_size, "sha256": sha256_file(blob), "openvino": ov.get_version(),
+    _, bin_, side = _files(xml)
+    tmp_xml = xml.with_name(f".{xml.stem}.tmp.xml")  # save_model writes the .bin beside the .xml it is given
+    ov.save_model(graph, str(tmp_xml), compress_to_fp16=False)
+    tmp_xml.with_suffix(".bin").replace(bin_)
+    tmp_xml.replace(xml)  # the xml names its weights by offset, not by file name: renaming both is safe
+    meta = {"xml_sha256": sha256_file(xml), "bin_sha256": sha256_file(bin_), "openvino": ov.get_version(),
             "precision": precision, **(extra or {})}
-    with atomic_path(_sidecar(blob)) as tmp:
+    with atomic_path(side) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
 
 
-def _forget(blob: Path) -> None:
-    for p in (blob, _sidecar(blob)):
+def _forget(xml: Path) -> None:
+    for p in _files(xml):
         with contextlib.suppress(OSError):
             p.unlink()
 
 
-def compiled_model(model: nn.Module, precision: str, n_threads: int, *, use_cache: bool = True, build=None,
-                   key: dict | None = None):
-    """(CompiledModel, notes): from the disk cache when a valid entry exists, else `build()` (an ov.Model; default:
-    the converted module) compiled (and written to the cache when it is writable). `key`: more of the entry's key."""
+def graph_of(model: nn.Module, precision: str, *, use_cache: bool = True, build=None,
+             key: dict | None = None):
+    """(ov.Model, notes): from the disk cache when a valid entry exists, else `build()` (an ov.Model; default: the
+    converted module), written to the cache when it is writable. `key`: more of the entry's key."""
     notes: list[str] = []
-    blob = blob_path(model, precision, **(key or {})) if use_cache else None
-    if blob is not None:
+    xml = entry_path(model, precision, **(key or {})) if use_cache else None
+    if xml is not None:
         try:
-            present = blob.is_file()
+            present = xml.is_file()
         except OSError as e:
-            present, blob = False, None
+            present, xml = False, None
             notes.append(f"cache unreadable ({why(e)}): running without a cache")
         if present:
             try:
-                return _import_cached(blob, precision, n_threads), notes
+                return _read_cached(xml), notes
             except Exception as e:  # noqa: BLE001 -- any unusable entry is rebuilt once
-                notes.append(f"cached {blob.name} was unusable ({why(e)}): rebuilt it")
-                _forget(blob)
+                notes.append(f"cached {xml.name} was unusable ({why(e)}): rebuilt it")
+                _forget(xml)
     try:
-        ov_model = build() if build is not None else convert(model, precision)
-        compiled = _core().compile_model(ov_model, "CPU", compile_config(precision, n_threads))
+        graph = build() if build is not None else convert(model, precision)
     except BackendUnavailable:
         raise
-    except Exception as e:  # noqa: BLE001 -- a failed conversion or compilation: the backend cannot run
+    except Exception as e:  # noqa: BLE001 -- a failed conversion: the backend cannot run
         raise BackendUnavailable(f"backend 'openvino': conversion failed ({why(e)})") from None
-    if blob is not None:
+    if xml is not None:
         try:
-            _write_cache(compiled, blob, precision)
+            _write_cache(graph, xml, precision)
         except Exception as e:  # noqa: BLE001 -- read-only or full disk: run from memory
-            _forget(blob)
-            notes.append(f"cannot write the cache in {blob.parent} ({why(e)}): running without a cache")
-    return compiled, notes
+            _forget(xml)
+            notes.append(f"cannot write the cache in {xml.parent} ({why(e)}): running without a cache")
+    return graph, notes
 
 
 def _no_int8():
@@ -323,7 +321,7 @@ def _no_int8():
 
 def int8_entry(model: nn.Module, recipe: Recipe | None = None) -> dict | None:
     """The sidecar of `model`'s cached int8 entry (its quality report under "gate"), None when there is none."""
-    sidecar = _sidecar(blob_path(model, "int8", recipe))
+    sidecar = _sidecar(entry_path(model, "int8", recipe))
     try:
         return json.loads(sidecar.read_text()) if sidecar.is_file() else None
     except (OSError, ValueError):
@@ -338,13 +336,21 @@ def int8_gate_passed(model: nn.Module, recipe: Recipe | None = None) -> bool:
 
 
 class OpenVINORunner:
-    """Runs a compiled model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output."""
+    """Runs an ov.Model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output.
 
-    def __init__(self, compiled, precision: str, notes: list[str]):
-        self.compiled = compiled
-        self.request = compiled.create_infer_request()
+    Compiled per input shape, static (an LRU of `shapes`): with dynamic N/H/W the CPU plugin reorders every
+    instance norm's output between layouts around the per-sample (gamma, beta) multiply and runs no fused subgraphs
+    -- the slim zoo's int8 network took 567 ms at 1024² dynamic, 337 ms static on the 2-vCPU Xeon
+    (bench/results/2026-12-07-intel-xeon-static-shapes/). A new shape costs one compilation (~0.3 s), about what
+    the dynamic model's first call of a shape cost in kernel compilation."""
+
+    def __init__(self, graph, precision: str, notes: list[str], shapes: int = SHAPES):
+        self.graph = graph
         self.precision = precision
         self.notes = notes
+        self.shapes = shapes
+        self._requests: OrderedDict[tuple, object] = OrderedDict()
+        self.compiled_shapes = 0  # compilations so far (tests; a server's warm-up)
 
     def inputs(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """The request's inputs: the image, and a multi-style model's N x S style weights."""
@@ -353,8 +359,27 @@ class OpenVINORunner:
             feed[STYLE_INPUT] = style_weights.detach().to("cpu", torch.float32).contiguous().numpy()
         return feed
 
+    def request(self, shapes: dict[str, tuple]) -> object:
+        """The infer request compiled for these input shapes (compiled now if new; the least recent one dropped)."""
+        key = tuple(sorted(shapes.items()))
+        if key in self._requests:
+            self._requests.move_to_end(key)
+            return self._requests[key]
+        graph = self.graph.clone()
+        graph.reshape({name: list(shape) for name, shape in shapes.items()})
+        compiled = _core().compile_model(graph, "CPU", compile_config(self.precision, threads()))
+        got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        if _TYPE_NAME[_float_hint(self.precision)] not in got:
+            raise BackendUnavailable(f"backend 'openvino': the compiled model runs {got}, not {self.precision}")
+        self.compiled_shapes += 1
+        if len(self._requests) >= self.shapes:
+            self._requests.popitem(last=False)
+        self._requests[key] = compiled.create_infer_request()
+        return self._requests[key]
+
     def __call__(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.request.infer(self.inputs(x, style_weights), share_inputs=True)
+        feed = self.inputs(x, style_weights)
+        out = self.request({k: v.shape for k, v in feed.items()}).infer(feed, share_inputs=True)
         return torch.from_numpy(out[OUTPUT_NAME])
 
 
@@ -379,11 +404,11 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, i
     if precision == "bf16" and not bf16_supported():
         precision = "fp32"
         notes.append("this CPU reports no BF16 capability: running fp32")
-    build, key, gate = None, None, None
+    build, key, gate = None, {}, None
     if precision == "int8":  # int8 runs only what was quantized ahead of time: shipped, else cached
         shipped, note = zoo_int8.find(model, failed_gate_ok=True)  # asked for by name: a failed gate is a note
         if shipped is not None:
-            build, key = functools.partial(_core().read_model, str(shipped.xml)), {"ir": shipped.ir_sha256}
+            build, key = functools.partial(_core().read_model, str(shipped.xml)), {"use_cache": False}
             gate = shipped.meta.get("gate")
         else:
             build, note = _no_int8, None
@@ -395,13 +420,13 @@ def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, i
         if int8_styles == "passed" and worth_splitting(gate, style_count(model)):
             floating = _float_hint("int8")
             return PerStyleRunner(
-                lambda: _runner(model, "int8", build=build, key=key),
+                lambda: _runner(model, "int8", build=build, **key),
                 lambda: _runner(model, floating), floating, gate_verdicts(gate, style_count(model)),
                 float(gate.get("gate_db", 40.0)), notes)
         notes += [note] if note else []
-    return _runner(model, precision, notes, build=build, key=key)
+    return _runner(model, precision, notes, build=build, **key)
 
 
 def _runner(model: nn.Module, precision: str, notes: list[str] | None = None, **how) -> OpenVINORunner:
-    compiled, cache_notes = compiled_model(model, precision, threads(), **how)
-    return OpenVINORunner(compiled, precision, (notes or []) + cache_notes)
+    graph, cache_notes = graph_of(model, precision, **how)
+    return OpenVINORunner(graph, precision, (notes or []) + cache_notes)

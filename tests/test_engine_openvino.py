@@ -140,14 +140,14 @@ def test_precisions(monkeypatch):
 
 
 @needs_ov
-def test_second_build_imports_the_compiled_model(monkeypatch, cache):
+def test_second_build_reads_the_cached_graph(monkeypatch, cache):
     from instyle.export import ov_runner
 
     real_convert = ov_runner.convert
     x = torch.rand(2, 3, 21, 30) * 255
     y1 = Stylizer(narrow(), backend="openvino", precision="fp32", tile="off")(x)
-    blobs = list((cache / "openvino").glob("*.blob"))
-    assert len(blobs) == 1 and blobs[0].with_suffix(".json").is_file()
+    entries = list((cache / "openvino").glob("*.xml"))
+    assert len(entries) == 1 and all(entries[0].with_suffix(ext).is_file() for ext in (".bin", ".json"))
     monkeypatch.setattr(ov_runner, "convert", lambda *a: pytest.fail("converted again despite the cache"))
     s = Stylizer(narrow(), backend="openvino", precision="fp32", tile="off")
     assert s.notes == []
@@ -156,26 +156,42 @@ def test_second_build_imports_the_compiled_model(monkeypatch, cache):
     if ov_runner.bf16_supported():
         monkeypatch.setattr(ov_runner, "convert", real_convert)
         Stylizer(narrow(), backend="openvino", precision="bf16", tile="off")
-        assert len(list((cache / "openvino").glob("*.blob"))) == 2
+        assert len(list((cache / "openvino").glob("*.xml"))) == 2
 
 
 @needs_ov
-@pytest.mark.parametrize("damage", ["truncate", "garbage-with-matching-sidecar", "no-sidecar"])
+def test_each_input_shape_is_compiled_once_and_the_oldest_dropped(cache):
+    """Static shapes (export/ov_runner.py OpenVINORunner): one compilation per shape, reused; the LRU keeps SHAPES."""
+    s = Stylizer(narrow(), backend="openvino", precision="fp32", tile="off")
+    run = s._run
+    run.shapes = 2
+    ref = Stylizer(narrow(), backend="eager", precision="fp32", tile="off")
+    for size in ((20, 24), (28, 20), (20, 24), (36, 36), (20, 24)):
+        x = torch.rand(1, 3, *size) * 255
+        assert (s(x) - ref(x)).abs().max() <= 1.0
+    assert run.compiled_shapes == 3  # (20, 24) stayed the most recent; (28, 20) made way for (36, 36)
+    s(torch.rand(1, 3, 28, 20) * 255)
+    assert run.compiled_shapes == 4 and len(run._requests) == 2
+
+
+@needs_ov
+@pytest.mark.parametrize("damage", ["truncate-bin", "garbage-with-matching-sidecar", "no-sidecar"])
 def test_damaged_cache_entry_is_rebuilt_once(cache, capsys, damage):
     import hashlib
     import json
 
     x = torch.rand(1, 3, 24, 24) * 255
     ref = Stylizer(narrow(), backend="openvino", precision="fp32", tile="off")(x)
-    (blob,) = (cache / "openvino").glob("*.blob")
-    sidecar = blob.with_suffix(".json")
-    data = blob.read_bytes()
-    if damage == "truncate":
-        blob.write_bytes(data[: len(data) // 3])
+    (xml,) = (cache / "openvino").glob("*.xml")
+    bin_, sidecar = xml.with_suffix(".bin"), xml.with_suffix(".json")
+    data = bin_.read_bytes()
+    if damage == "truncate-bin":
+        bin_.write_bytes(data[: len(data) // 3])
     elif damage == "garbage-with-matching-sidecar":
-        bad = data[:64] + bytes(len(data) - 64)
-        blob.write_bytes(bad)
-        sidecar.write_text(json.dumps({"bytes": len(bad), "sha256": hashlib.sha256(bad).hexdigest()}))
+        bad = b"<not an IR>"
+        xml.write_bytes(bad)
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "xml_sha256": hashlib.sha256(bad).hexdigest()}))
     else:
         sidecar.unlink()
     s = load(narrow(), precision="fp32", device="cpu", tile="off")
@@ -183,7 +199,7 @@ def test_damaged_cache_entry_is_rebuilt_once(cache, capsys, damage):
     assert s.backend == "openvino" and line.startswith("instyle: backend openvino fp32")
     assert "was unusable" in line and "rebuilt" in line
     assert torch.equal(s(x), ref)
-    assert blob.read_bytes() == data or blob.stat().st_size > len(data) // 3  # a whole entry again
+    assert bin_.read_bytes() == data  # a whole entry again
     load(narrow(), precision="fp32", device="cpu", tile="off")
     assert "unusable" not in one_line(capsys)
 

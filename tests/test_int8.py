@@ -120,21 +120,21 @@ def test_int8_stylizer_runs_the_cached_model(dirs, monkeypatch):
 
 def test_cache_key_follows_recipe_and_model():
     from instyle.export.int8_recipe import Recipe
-    from instyle.export.ov_runner import blob_path
+    from instyle.export.ov_runner import entry_path
 
-    base = blob_path(narrow(), "int8", Recipe())
-    assert blob_path(narrow(), "int8", Recipe()) == base
-    assert blob_path(narrow(), "int8", Recipe(crops=299)) != base
-    assert blob_path(narrow(), "int8", Recipe(ignore_last_conv=True)) != base
-    assert blob_path(narrow(seed=1), "int8", Recipe()) != base
-    assert blob_path(narrow(), "bf16") != base
+    base = entry_path(narrow(), "int8", Recipe())
+    assert entry_path(narrow(), "int8", Recipe()) == base
+    assert entry_path(narrow(), "int8", Recipe(crops=299)) != base
+    assert entry_path(narrow(), "int8", Recipe(ignore_last_conv=True)) != base
+    assert entry_path(narrow(seed=1), "int8", Recipe()) != base
+    assert entry_path(narrow(), "bf16") != base
 
 
 def _set_gate(net, recipe, passed, per_style=None):
     """Overwrite the cached entry's verdicts: overall `passed`, every style the same unless `per_style` {name: bool}."""
     from instyle.export import ov_runner
 
-    sidecar = ov_runner.blob_path(net, "int8", recipe).with_suffix(".json")
+    sidecar = ov_runner.entry_path(net, "int8", recipe).with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     meta["gate"]["passed"] = passed
     for name, row in meta["gate"].get("styles", {}).items():
@@ -158,7 +158,7 @@ def test_a_multi_style_network_is_quantized_once_and_gated_per_style(dirs, monke
     assert ov_runner.auto_precision(cpu, two)[0] == plain  # nothing cached: never quantizes
     report, _ = ov_quant.build(two, recipe, dirs[0], dirs[1][:1], names=["a", "b"], max_side=64)
     assert list(report["styles"]) == ["a", "b", ov_quant.EVEN_MIX]
-    assert len(list(ov_runner.blob_path(two, "int8", recipe).parent.glob("*-int8-*.blob"))) == 1
+    assert len(list(ov_runner.entry_path(two, "int8", recipe).parent.glob("*-int8-*.xml"))) == 1
     _set_gate(two, recipe, False)
     assert ov_runner.auto_precision(cpu, two)[0] == plain
     _set_gate(two, recipe, False, {"a": True})  # one style passed: it runs int8, the other float

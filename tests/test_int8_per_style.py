@@ -91,8 +91,8 @@ def test_a_warm_server_has_built_both_networks(zoo, photo, monkeypatch):
     st = load("calm", device="cpu", report=False)
     st.warm()
     builds = []
-    real = ov_runner.compiled_model
-    monkeypatch.setattr(ov_runner, "compiled_model", lambda *a, **k: builds.append(a[1]) or real(*a, **k))
+    real = ov_runner.graph_of
+    monkeypatch.setattr(ov_runner, "graph_of", lambda *a, **k: builds.append(a[1]) or real(*a, **k))
     for name in NAMES:
         st.set_style(name)
         st(photo[:1])

@@ -24,7 +24,7 @@ def test_switching_among_every_shipped_style_builds_nothing(data, tmp_path, monk
     stylizer = instyle.load(None, backend="openvino", precision="fp32", device="cpu", report=False)
     runner = stylizer._run
     builds = []
-    for name in ("compiled_model", "convert"):
+    for name in ("graph_of", "convert"):
         real = getattr(ov_runner, name)
         monkeypatch.setattr(ov_runner, name, lambda *a, _real=real, _name=name, **k: builds.append(_name) or
                             _real(*a, **k))
