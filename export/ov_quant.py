@@ -31,7 +31,7 @@ from torch import nn
 from instyle.errors import BackendUnavailable
 from instyle.metrics import psnr_db
 
-from .int8_recipe import GATE_DB, Recipe
+from .int8_recipe import CHECK_SIDE, GATE_DB, Recipe
 
 HINT = "pip install 'instyle[int8]'"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -112,13 +112,13 @@ def quantize(model: nn.Module, recipe: Recipe, folder: Path, progress: Callable[
 
 
 def float_convs(ov_model, recipe: Recipe) -> list[str]:
-    """The names of the convolutions `recipe` keeps in float (the first and/or the last)."""
+    """The names of the convolutions `recipe` keeps in float (the first `float_head`, and/or the last)."""
     convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    return convs[:1] * recipe.ignore_first_conv + convs[-1:] * recipe.ignore_last_conv
+    return convs[:recipe.float_head] + convs[recipe.float_head:][-1:] * recipe.ignore_last_conv
 
 
 def check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, files: list[Path],
-          max_side: int = 512) -> dict:
+          max_side: int = CHECK_SIDE) -> dict:
     """PSNR and max |Δ| of `run` against the eager fp32 `model` on `files` (each scaled to <= max_side, padded to
     the stride multiple): {"photos": [{"photo", "psnr_db", "max_abs"}], "min_psnr_db", "passed"}."""
     m = int(model.stride_multiple)
@@ -141,7 +141,7 @@ EVEN_MIX = "even mix"  # the gate's extra row for a multi-style model: every sty
 
 
 def gate(run: Callable[..., torch.Tensor], model: nn.Module, names: list[str], files: list[Path],
-         max_side: int = 512) -> dict:
+         max_side: int = CHECK_SIDE) -> dict:
     """`check` per style of `model` (run(x, style_weights) for a multi-style model) and on the even mix of all:
     {"styles": {name: check's report}, "min_psnr_db", "passed", "gate_db"}."""
     from instyle.models.styles import bake, style_count
@@ -167,7 +167,7 @@ def _quantized_and_gated(model, recipe, calibration, held_out, names, progress, 
 
 def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Path], *, names: list[str] | None = None,
           progress: Callable[[Iterable], Iterable] = iter, force: bool = False,
-          max_side: int = 512) -> tuple[dict, bool]:
+          max_side: int = CHECK_SIDE) -> tuple[dict, bool]:
     """Quantize `model` (the network that runs: one style, or all styles of a multi-style one), check it and cache
     it with its report (see `gate`): (report, cache hit). A valid cached entry with a report is a hit and is not
     rebuilt unless `force`."""
@@ -183,7 +183,7 @@ def build(model: nn.Module, recipe: Recipe, calibration: Path, held_out: list[Pa
 
 
 def ship(zoo_file: Path, recipe: Recipe, calibration: Path, held_out: list[Path], *,
-         progress: Callable[[Iterable], Iterable] = iter, max_side: int = 512) -> dict:
+         progress: Callable[[Iterable], Iterable] = iter, max_side: int = CHECK_SIDE) -> dict:
     """Quantize and gate the network of a shipped zoo file and write it beside the file (export/zoo_int8.py), with
     what it was built from. Returns the sidecar; its gate says whether `auto` will run it."""
     import time

@@ -1,7 +1,8 @@
 """`instyle quantize`: build and cache the int8 OpenVINO model of a network ahead of time (a multi-style one once,
 for all its styles) and print its quality report per style (PSNR and max |Δ| vs eager fp32 on held-out photos).
-`auto` uses int8 only where every style passed the gate. `--ship` writes the model of the shipped zoo file into
-the package instead (export/zoo_int8.py), which `auto` runs on a CPU with VNNI/AMX with no step of the user's.
+`auto` uses int8 for the styles that passed the gate (export/ov_per_style.py). `--ship` writes the model of the
+shipped zoo file into the package instead (export/zoo_int8.py), which `auto` runs on a CPU with VNNI/AMX with no
+step of the user's.
 Heavy imports happen inside run()."""
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import json
 import sys
 from pathlib import Path
 
+from .int8_recipe import CHECK_SIDE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="shipped style name or .safetensors/.pth path (default: the shipped styles)")
     parser.add_argument("--ship", action="store_true",
                         help="write the shipped zoo file's int8 model into the package (instyle/zoo/), not the cache")
     parser.add_argument("--crops", type=int, help="calibration crops (default: the recipe's, 128)")
-    parser.add_argument("--side", type=int, help="calibration crop side in pixels (default 256)")
+    parser.add_argument("--side", type=int, help="calibration crop side in pixels (default: the recipe's, 512)")
     parser.add_argument("--calibration", type=Path, help="calibration photos (default: DATA/content/train)")
     parser.add_argument("--held-out", type=Path, help="photos for the quality report (default: DATA/content/demo)")
-    parser.add_argument("--check-side", type=int, default=512,
-                        help="held-out photos are scaled to this longest side (default 512)")
+    parser.add_argument("--check-side", type=int, default=CHECK_SIDE,
+                        help=f"held-out photos are scaled to this longest side (default {CHECK_SIDE})")
     parser.add_argument("--force", action="store_true", help="rebuild even when a cached entry exists")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -77,8 +80,14 @@ def run(args: argparse.Namespace) -> int:
                   f"  (worst: {worst['photo']})  {'pass' if r['passed'] else 'FAIL'}"
                   f"{'  [cached]' if r['cached'] else ''}")
     failed = [n for n, r in report.items() if not r["passed"]]
-    verdict = "passed: auto picks int8" if not failed else \
-        f"{', '.join(failed)} not passed: auto keeps bf16/fp32 for this network (--precision int8 still runs it)"
+    styles = [n for n in report if n != ov_quant.EVEN_MIX]
+    if not failed:
+        verdict = "passed: auto picks int8"
+    elif len(styles) > 1 and set(failed) != set(report):
+        verdict = (f"{', '.join(failed)} not passed: auto runs int8 for the other styles and bf16/fp32 for "
+                   f"{'that one' if len(failed) == 1 else 'those'} (--precision int8 runs int8 for all)")
+    else:
+        verdict = f"{', '.join(failed)} not passed: auto keeps bf16/fp32 (--precision int8 still runs it)"
     print(f"gate (>= {GATE_DB:g} dB vs eager fp32 on {len(held_out)} held-out photos, per style): {verdict}",
           file=sys.stderr)
     return 0

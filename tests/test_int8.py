@@ -88,18 +88,20 @@ def _quantized_inputs(q):
 
 
 def test_recipe_decides_what_stays_float(dirs):
-    """Default: the RGB conv reads float, every other conv int8, and nothing of the instance norms is quantized
-    (NNCF's own default quantizes the norms' inputs, which cost candy ~8 dB); each switch does what it says."""
+    """Default: the first convs (RGB, downsampling) read float, every other conv int8, and
+    nothing of the instance norms is quantized (NNCF's own default quantizes the norms' inputs, which cost candy
+    ~8 dB); each switch does what it says."""
     from instyle.export import ov_quant
     from instyle.export.int8_recipe import Recipe
 
     fed, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(**TINY), dirs[0]))
-    assert not convs[0] and all(convs[1:]), convs
+    head = Recipe().float_head
+    assert not any(convs[:head]) and all(convs[head:]), convs
     assert set(fed) <= {"Pad", "Convolution", "Interpolate"}, fed  # nearest x2 of int8 is exact
     fed, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(float_norms=False, **TINY), dirs[0]))
     assert {"MVN", "Multiply"} & set(fed), fed  # the recipe's switch is what keeps them out
-    _, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(ignore_first_conv=False, ignore_last_conv=True,
-                                                                    **TINY), dirs[0]))
+    _, convs = _quantized_inputs(ov_quant.quantize(narrow(), Recipe(float_head=0, ignore_last_conv=True, **TINY),
+                                                   dirs[0]))
     assert convs[0] and not convs[-1] and all(convs[1:-1]), convs
 
 
