@@ -22,8 +22,7 @@ class Recipe:
     float_norms: bool = True           # instance norms (and the residual adds) stay float: only convs are int8
     float_head: int = 3                # the first convs in float: the RGB conv and the two downsampling convs, where
     #                                    int8 cost the most PSNR at 1024 px (the slim zoo: candy 39.9 -> 42.0 dB for
-    #                                    5 % of its multiply-adds; the first residual block too: 43.7 dB, but ~20 %
-    #                                    slower; docs/int8.md)
+    #                                    5 % of its multiply-adds; bench/results/*-int8-per-style/NOTE.md)
     ignore_last_conv: bool = False     # the conv that writes the picture: float would trade time for accuracy
 
     # InstanceNorm2d as OpenVINO holds it (MVN, or its decomposition) and the elementwise ops around it: NNCF

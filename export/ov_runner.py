@@ -339,10 +339,10 @@ class OpenVINORunner:
     """Runs an ov.Model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output.
 
     Compiled per input shape, static (an LRU of `shapes`): with dynamic N/H/W the CPU plugin reorders every
-    instance norm's output between layouts around the per-sample (gamma, beta) multiply and runs no fused subgraphs
-    -- the slim zoo's int8 network took 567 ms at 1024² dynamic, 337 ms static on the 2-vCPU Xeon
-    (bench/results/2026-12-07-intel-xeon-static-shapes/). A new shape costs one compilation (~0.3 s), about what
-    the dynamic model's first call of a shape cost in kernel compilation."""
+    instance norm's output between layouts around the per-sample (gamma, beta) multiply and fuses no subgraphs --
+    the slim zoo's shipped int8 network took 613 ms at 1024² dynamic, 319 ms static on the 2-vCPU Xeon
+    (bench/results/2026-12-07-intel-xeon-int8-per-style/profile-*.json). A new shape costs one compilation
+    (~0.3 s), about what the dynamic model's first call of a shape spent compiling kernels."""
 
     def __init__(self, graph, precision: str, notes: list[str], shapes: int = SHAPES):
         self.graph = graph
