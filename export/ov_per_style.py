@@ -84,10 +84,11 @@ class PerStyleRunner:
 
     def __call__(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         rows = self.int8_rows(style_weights)
-        if rows.all():
-            return self._runner("int8")(x, style_weights)
-        if not rows.any():
-            return self._runner(self.float_precision)(x, style_weights)
+        if rows.all() or not rows.any():
+            kind = "int8" if rows.all() else self.float_precision
+            y = self._runner(kind)(x, style_weights)
+            self._same_shapes(kind, x, style_weights)
+            return y
         out = None
         for kind, pick in (("int8", rows), (self.float_precision, ~rows)):
             idx = pick.nonzero().flatten()
@@ -96,3 +97,11 @@ class PerStyleRunner:
                 out = y.new_empty((x.shape[0], *y.shape[1:]))
             out[idx] = y
         return out
+
+    def _same_shapes(self, ran: str, x: torch.Tensor, style_weights: torch.Tensor) -> None:
+        """Once both networks are built (a warm server), a shape one of them compiles is compiled for the other
+        too, now: a request switching to a style of the other network at a size already seen compiles nothing."""
+        other = next(k for k in self._build if k != ran)
+        if other in self._runners:
+            runner = self._runners[other]
+            runner.request({k: v.shape for k, v in runner.inputs(x, style_weights).items()})

@@ -85,7 +85,7 @@ def test_the_failed_style_alone_runs_float_with_one_note_and_explicit_int8_runs_
     assert (asked(photo[:1]) - eager(other, row, photo[:1])).abs().max() < 0.05
 
 
-def test_a_warm_server_has_built_both_networks(zoo, photo, monkeypatch):
+def test_a_warm_server_switches_styles_without_building_or_compiling(zoo, photo, monkeypatch):
     from instyle.export import ov_runner
 
     st = load("calm", device="cpu", report=False)
@@ -93,7 +93,11 @@ def test_a_warm_server_has_built_both_networks(zoo, photo, monkeypatch):
     builds = []
     real = ov_runner.graph_of
     monkeypatch.setattr(ov_runner, "graph_of", lambda *a, **k: builds.append(a[1]) or real(*a, **k))
+    st(photo[:1])  # the first call of this size compiles it for both networks
+    compiled = {kind: r.compiled_shapes for kind, r in st._run._runners.items()}
+    assert len(compiled) == 2
     for name in NAMES:
         st.set_style(name)
         st(photo[:1])
     assert builds == []
+    assert {kind: r.compiled_shapes for kind, r in st._run._runners.items()} == compiled  # no shape compiled again
