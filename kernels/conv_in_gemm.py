@@ -173,23 +173,28 @@ def _gemm_columns(pid_n, Cout, PIX: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE: tl.constexpr):
+def _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE: tl.constexpr,
+              APPLY: tl.constexpr):
     """act((a - mean) * scale + beta) [+ skip] in fp32 for an input tile a of channels ci (skip at s_off);
-    masked lanes are 0 (they pad K)."""
-    NORM, RELU, HAS_SKIP = PROLOGUE
-    a = a.to(tl.float32)
-    if NORM:
-        # norm [N, 3, Cin] fp32: mean, gamma * rstd, beta of the input's pending IN
-        nb = norm_ptr + n * 3 * Cin + ci
-        mean = tl.load(nb, mask=k_mask, other=0.0)
-        scale = tl.load(nb + Cin, mask=k_mask, other=0.0)
-        beta = tl.load(nb + 2 * Cin, mask=k_mask, other=0.0)
-        a = (a - mean[None, :]) * scale[None, :] + beta[None, :]
-    if RELU:
-        a = tl.maximum(a, 0.0)
-    if HAS_SKIP:
-        a += tl.load(skip_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
-    return tl.where(mask, a, 0.0)
+    masked lanes are 0 (they pad K). APPLY = any of PROLOGUE, a constexpr of its own (the elements of a
+    constexpr tuple are not static to `if`): without it the tile passes through as loaded -- its masked lanes
+    were loaded as 0 -- with no fp32 round trip or select compiled in (the RGB conv's input)."""
+    if APPLY:
+        NORM, RELU, HAS_SKIP = PROLOGUE
+        a = a.to(tl.float32)
+        if NORM:
+            # norm [N, 3, Cin] fp32: mean, gamma * rstd, beta of the input's pending IN
+            nb = norm_ptr + n * 3 * Cin + ci
+            mean = tl.load(nb, mask=k_mask, other=0.0)
+            scale = tl.load(nb + Cin, mask=k_mask, other=0.0)
+            beta = tl.load(nb + 2 * Cin, mask=k_mask, other=0.0)
+            a = (a - mean[None, :]) * scale[None, :] + beta[None, :]
+        if RELU:
+            a = tl.maximum(a, 0.0)
+        if HAS_SKIP:
+            a += tl.load(skip_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+        a = tl.where(mask, a, 0.0)
+    return a
 
 
 @triton.jit
@@ -213,7 +218,8 @@ def _is_interior_tile(pid_m, Hin, Win, Hout, Wout, PAD: tl.constexpr, BLOCK_M: t
 
 @triton.jit
 def _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV: tl.constexpr,
-                 PROLOGUE: tl.constexpr, DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr, REFLECT: tl.constexpr):
+                 PROLOGUE: tl.constexpr, APPLY: tl.constexpr, DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr,
+                 REFLECT: tl.constexpr):
     """The flat-K main loop: k -> (tap, ci) per column (PIX = 1). REFLECT=False: interior tile at stride 1,
     no upsampling -- x offset = pixel part [BLOCK_M] + (ky, kx, ci) part [BLOCK_K]."""
     x_ptr, sxn, sxc, sxh, sxw = x
@@ -241,7 +247,7 @@ def _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CO
             s_off = x_off  # no skip on this path
         # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw) of tap k's (ky, kx), channel ci
         a = tl.load(x_ptr + x_off, mask=mask, other=0.0)
-        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE, APPLY)
         # weight tile [BLOCK_K, BLOCK_N]: packed row k, column co
         w = tl.load(w_ptr + k[:, None] * Cout + co[None, :], mask=k_mask[:, None] & j_mask[None, :], other=0.0)
         acc = _mma(acc, a.to(w.dtype), w, DOT_IEEE)
@@ -265,13 +271,14 @@ def _store_next_skip(x, skip, skip_out_ptr, norm_ptr, rows, kr, Cin, PROLOGUE: t
         mask = m_mask[:, None] & k_mask[None, :]
         s_off = s_pix[:, None] + ci[None, :] * ssc
         a = tl.load(x_ptr + x_pix[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
-        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE, True)
         tl.store(skip_out_ptr + s_off, a.to(skip_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV: tl.constexpr,
-                    PROLOGUE: tl.constexpr, PIX: tl.constexpr, DOT_IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+                    PROLOGUE: tl.constexpr, APPLY: tl.constexpr, PIX: tl.constexpr, DOT_IEEE: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     """The tap-outer main loop: per step one reflected/upsampled row address per pixel, then a run of
     BLOCK_K channels. One flat loop over (tap, channel block) rather than two nested ones: the compiler
     pipelines (num_stages) the innermost loop, and Cin = 32 with BLOCK_K = 32 would leave it one step long."""
@@ -299,7 +306,7 @@ def _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout,
         # x tile [BLOCK_M, BLOCK_K]: image n, pixel (ih, iw), channels ci (contiguous in NHWC)
         a = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=mask, other=0.0)
         s_off = (n * ssn + ih * ssh + iw * ssw)[:, None] + ci[None, :] * ssc  # same pixels in skip(_out)
-        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE)
+        a = _prologue(a, mask, s_off, ci, k_mask, n, Cin, norm_ptr, skip_ptr, PROLOGUE, APPLY)
         a = a.to(w_ptr.dtype.element_ty)
         # weight tile [BLOCK_K, BLOCK_N]: packed row tap*Cin + ci, column j
         w = tl.load(w_ptr + (tap * Cin + ci)[:, None] * (PIX * Cout) + j[None, :],
@@ -382,6 +389,7 @@ def _conv_in_kernel(
     KWE: tl.constexpr = KW + PIX - 1                       # kernel columns one GEMM row reads
     CONV: tl.constexpr = (KH, KWE, STRIDE, PAD, UPSAMPLE, PHASE)
     PROLOGUE: tl.constexpr = (NORM, RELU, HAS_SKIP)
+    APPLY: tl.constexpr = NORM or RELU or HAS_SKIP      # any prologue at all (compiled out when not)
     # window_input's pixels are WINDOW_C = 4 elements apart (a constant the compiler can see) and its rows
     # start 16-element aligned: a K run starts on 4 elements, so it loads as vectors
     x = (x_ptr, sxn, sxc, sxh, WINDOW_C if PADDED else sxw)
@@ -404,16 +412,16 @@ def _conv_in_kernel(
             interior = _is_interior_tile(pid_m, Hin, Win, Hout, Wout, PAD, BLOCK_M)
         if interior:
             acc = _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
-                               DOT_IEEE, BLOCK_K, REFLECT=False)
+                               APPLY, DOT_IEEE, BLOCK_K, REFLECT=False)
         else:
             acc = _flat_k_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
-                               DOT_IEEE, BLOCK_K, REFLECT=True)
+                               APPLY, DOT_IEEE, BLOCK_K, REFLECT=True)
     else:  # tap-outer: per step one reflected/upsampled row address per pixel, then a channel run
         if WRITE_SKIP:
             if pid_n == 0:  # the next skip x_k, stored once per pixel by the first channel tile
                 _store_next_skip(x, skip, skip_out_ptr, norm_ptr, rows, kr, Cin, PROLOGUE, BLOCK_K)
         acc = _tap_outer_loop(acc, x, skip, norm_ptr, w_ptr, rows, cols, kr, x_size, Cout, CONV, PROLOGUE,
-                              PIX, DOT_IEEE, BLOCK_K)
+                              APPLY, PIX, DOT_IEEE, BLOCK_K)
 
     # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
     y_tile = _store_output(acc, b_ptr, y, rows, cols, Cout, Wout, HAS_BIAS, PIX)

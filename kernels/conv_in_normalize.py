@@ -1,6 +1,6 @@
 """The statistics side of kernels/conv_in_gemm.py: `finalize` (Chan-merge the epilogue's per-tile partials into
-per-(n, c) norm params) and `in_apply`, which applies a finalized instance norm once,
-y = act((x - mean) * scale + beta) [+ skip], in one NHWC pass.
+per-(n, c) norm params; the kernel is kernels/stats_finalize.py, the torch form finalize_ref) and `in_apply`,
+which applies a finalized instance norm once, y = act((x - mean) * scale + beta) [+ skip], in one NHWC pass.
 
 Why a separate pass exists beside conv_in's prologue. The prologue normalizes every input element each
 time the implicit GEMM loads it: KH*KW times, x4 more behind a nearest x2 upsampling. That is ~6
@@ -44,7 +44,30 @@ class Stats(NamedTuple):
 
 
 def finalize(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Chan-merge the partials -> fp32 [N, 3, C]: (mean, weight * rstd, bias) for the next prologue.
+    """fp32 [N, 3, C] (mean, weight * rstd, bias) for the next prologue: two Triton launches
+    (kernels/stats_finalize.py) on CUDA or under the interpreter, else finalize_ref."""
+    if not (stats.pmean.is_cuda or _INTERPRET):
+        return finalize_ref(stats, weight, bias, eps)
+    from .stats_finalize import finalize as kernel
+
+    return kernel(stats.pmean, stats.pm2, stats.hw, stats.stat_m, weight, bias, eps)
+
+
+def finalize_groups(groups: list[Stats], weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """finalize for one output written by several launches of equal pixel counts (the four phases of
+    kernels/conv_in_gemm.conv_in_phases): their partials concatenated, one kernel call."""
+    if not (groups[0].pmean.is_cuda or _INTERPRET):
+        return finalize_groups_ref(groups, weight, bias, eps)
+    from .stats_finalize import finalize as kernel
+
+    g = groups[0]
+    assert all((s.hw, s.stat_m, s.pmean.shape) == (g.hw, g.stat_m, g.pmean.shape) for s in groups)
+    return kernel(torch.cat([s.pmean for s in groups], 1), torch.cat([s.pm2 for s in groups], 1), g.hw, g.stat_m,
+                  weight, bias, eps, groups=len(groups))
+
+
+def finalize_ref(stats: Stats, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Chan-merge the partials in torch -> fp32 [N, 3, C]: (mean, weight * rstd, bias); the kernel's reference.
 
     All tiles but the last hold stat_m pixels, so their means merge with one torch.var_mean (Welford)
     over T - 1 tiles: M2_full = sum(M2_t) + stat_m * (T - 1) * var(m_t); the ragged last tile joins with
@@ -73,10 +96,10 @@ def _params(mean, m2, count, weight, bias, eps):
     return torch.stack([mean, scale, bias.float().expand_as(mean)], 1)
 
 
-def finalize_groups(groups: list[Stats], weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """finalize for one output written by several launches of equal pixel counts (the four phases of
-    kernels/conv_in_gemm.conv_in_phases): each group merged as in finalize, then the groups' means and M2s
-    with the equal-count form of Chan's formula, M2 = sum(M2_g) + hw * sum((mean_g - mean)^2)."""
+def finalize_groups_ref(groups: list[Stats], weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float = 1e-5) -> torch.Tensor:
+    """finalize_groups in torch: each group merged as in finalize_ref, then the groups' means and M2s with the
+    equal-count form of Chan's formula, M2 = sum(M2_g) + hw * sum((mean_g - mean)^2)."""
     hw = groups[0].hw
     assert all(g.hw == hw for g in groups)
     means, m2s = zip(*(_merge(g) for g in groups))

@@ -27,7 +27,7 @@ from pathlib import Path
 from instyle.interpreter import interpreting
 
 MODULES = ("instyle.kernels.instance_norm_forward", "instyle.kernels.instance_norm_backward",
-           "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize")
+           "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize", "instyle.kernels.stats_finalize")
 TYPES = {"*float16": "*fp16", "*bfloat16": "*bf16", "*float32": "*fp32", "i32": "i32", "i32:16": "i32",
          "i64": "i64", "fp32": "fp32"}  # census key -> Triton type ("1" is a constant, see `specialize`)
 OPTIONS = ("num_warps", "num_stages")

@@ -3,7 +3,8 @@ built from the net's own step list (models/graph.py) like the other runners.
 
 Each of the net's convs is one kernel launch that reads its raw input once, applies the previous IN
 (+ReLU, +skip) while loading, and writes its raw output once with the next IN's partial statistics;
-between launches a few torch ops on [N, T, C] finalize those statistics into (mean, gamma*rstd, beta).
+between launches two Triton launches (kernels/stats_finalize.py) finalize those statistics into
+(mean, gamma*rstd, beta).
 No padded or upsampled activation is ever written; normalized ones only where they must exist (the
 residual stream x_k, which the next block's conv1 stores as a by-product of its center tap) or where
 re-normalizing per load would cost more than one extra pass (the deconvs' inputs, see below).
