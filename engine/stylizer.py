@@ -253,7 +253,8 @@ class Stylizer:
         multi-style model only): each sample its own mix. A backend with the style as an input runs the batch in
         one call of its one network; on the others, samples that share a mix run as one batch of a network
         with that mix baked in (a few of those are kept, MIX_CACHE). style_map / strength_map: per-pixel
-        styles and strength (engine/regions.py; they replace the Stylizer's `regions` for this call)."""
+        styles and strength (engine/regions.py; they replace the Stylizer's `regions` for this call); a
+        strength map alone goes with style_weights (each sample its mix, each pixel its strength)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N,3,H,W tensor, got shape {tuple(x.shape)}")
         strength = self.strength if strength is None else float(strength)
@@ -266,7 +267,7 @@ class Stylizer:
             style_map, strength_map = self.regions.maps(self.style_names or ["style"], x.shape[0], h, w, self.device)
         pixel = None
         if style_map is not None or strength_map is not None:
-            if style_weights is not None:
+            if style_weights is not None and style_map is not None:  # a strength map goes with any mix
                 raise ValueError("style_weights and a style map exclude each other: a map sets each pixel's mix")
             to = dict(device=self.device)
             style_map, pixel = regions.split(None if style_map is None else style_map.to(**to),

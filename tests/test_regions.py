@@ -141,6 +141,19 @@ def test_strength_map_and_single_style_none():
     assert torch.equal(st(x, strength_map=torch.zeros(1, 1, 21, 30)), x)
 
 
+def test_strength_map_with_per_sample_mixes(zoo, data):
+    """A strength map goes with style_weights (what the server sends): each sample its own mix, then each pixel
+    its strength; a style map with style_weights stays an error."""
+    x = torch.cat([photo_tensor(data, size=(23, 17)), photo_tensor(data, "chicago", size=(23, 17))])
+    w = torch.zeros(2, len(zoo.style_names))
+    w[0, CANDY], w[1, WAVE], w[1, MOSAIC] = 1, 0.5, 0.5
+    s = torch.rand(2, 1, 17, 23, generator=torch.Generator().manual_seed(0))
+    full = zoo(x, style_weights=w)
+    assert (zoo(x, style_weights=w, strength_map=s) - (full * s + x * (1 - s))).abs().max() <= 1e-3
+    with pytest.raises(ValueError, match="exclude each other"):
+        zoo(x, style_weights=w, style_map=torch.ones(2, len(zoo.style_names), 17, 23))
+
+
 def test_pyramid_takes_maps_tiled_and_untiled():
     """The pyramid's norms run from 1/4 to 1 of the input here: constant map = mix; tiled = untiled."""
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from instyle.serve import live, options, thumbnails, uploads
+from instyle.serve import live, options, regions, thumbnails, uploads
 from instyle.serve.batcher import Batcher, Key, QueueFull
 from instyle.serve.budget import UploadBudget
 from instyle.serve.limits import Limits
@@ -53,13 +53,17 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
     `api_docs` serves /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN; off by default);
     `live_limits` bound the live WebSockets (serve/live.py)."""
     state: dict = {"thumbnails": {}}
+    with_maps = regions.MapRunner(stylizer)
 
     def run_batch(key: Key, xs, weights):
         import torch
 
         w = torch.stack(weights) if weights[0] is not None else None
-        y = stylizer(torch.cat(xs), strength=key.strength, preserve_color=key.preserve_color,
-                     style_scale=key.style_scale, style_weights=w)
+        scalars = dict(strength=key.strength, preserve_color=key.preserve_color, style_scale=key.style_scale)
+        if key.maps is not None:  # a batch of one (its key is its own)
+            y = with_maps(torch.cat(xs), key.maps, w, **scalars)
+        else:
+            y = stylizer(torch.cat(xs), style_weights=w, **scalars)
         return list(y.cpu())
 
     batcher = Batcher(run_batch, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000,
@@ -85,6 +89,7 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
                   docs_url="/docs" if api_docs else None, redoc_url="/redoc" if api_docs else None,
                   description=description or "Fast neural style transfer: the page at /, the API under /v1.")
     app.state.metrics, app.state.batcher, app.state.limits, app.state.budget = metrics, batcher, limits, budget
+    app.state.maps = with_maps
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Answers, metrics=metrics)
     install(app, metrics)
@@ -111,7 +116,8 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
         default = next(iter(stylizer.mix), names[0]) if len(stylizer.mix) == 1 else names[0]
         return {"styles": [{"name": n, "index": i, "default": n == default,
                             "thumbnail": f"/v1/styles/{n}/thumbnail.png"} for i, n in enumerate(names)],
-                "multi_style": stylizer.source is not None, "controls": list(options.FIELDS),
+                "multi_style": stylizer.source is not None, "controls": list(options.FIELDS + regions.TEXT),
+                "files": ["image", *regions.FILES],
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_batch": limits.max_batch, "timeout_s": limits.timeout_s}}
 
@@ -126,7 +132,8 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
     async def stylize(request: Request):
         """The image as the body (raw bytes) or as the one file field of a multipart form; the controls as query
         parameters or form fields: style | mix (a=2,b=1), strength (0..1), preserve_color, style_scale
-        (0.1..10), max_side, format (jpg, png, webp, ...; default: the upload's), quality."""
+        (0.1..10), max_side, format (jpg, png, webp, ...; default: the upload's), quality. Regions (a multipart
+        form, docs/regions.md): the file fields mask and strength_map, the fields regions and feather."""
         started = time.perf_counter()
         holding = budget.hold()
         try:
@@ -139,17 +146,23 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
     async def _stylize(request: Request, started: float, holding) -> Response:
         body = await uploads.read_body(request, limits.max_upload_bytes, holding=holding,
                                        timeout_s=limits.body_timeout_s)
-        fields = dict(request.query_params)
+        fields, files = dict(request.query_params), {}
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media == "multipart/form-data":
-            data, name, form = await uploads.split_multipart(request, body, max_fields=len(options.FIELDS))
+            data, name, form, files = await uploads.split_multipart(
+                request, body, max_fields=len(options.FIELDS + regions.TEXT), named_files=regions.FILES)
             fields.update(form)
         else:
             data, name = body, "upload" + ("." + _EXTENSIONS[media] if media in _EXTENSIONS else "")
-        controls = options.parse(fields, stylizer)
+        controls = options.parse(fields, stylizer, also=regions.FIELDS)
+        warnings: list[str] = []  # the engine's, when it resizes a map to the image (in the worker thread)
+        maps = None
+        if files or not fields.keys().isdisjoint(regions.FIELDS):
+            maps = await run_in_threadpool(regions.parse, fields, files, stylizer, max_pixels=limits.max_pixels,
+                                           notify=warnings.append)
         decoded = await run_in_threadpool(uploads.decode, data, name, max_pixels=limits.max_pixels,
                                           max_side=controls.max_side)
-        y = await _queued(request, decoded, controls)
+        y = await _queued(request, decoded, controls, maps)
         fmt = controls.format or (Path(name).suffix.lower().lstrip(".") or "png")
         fmt = fmt if fmt in uploads.MEDIA_TYPES else "png"
         try:
@@ -157,16 +170,17 @@ def create_app(stylizer, limits: Limits = Limits(), *, description: str = "", ap
         except ValueError as e:
             raise uploads.BadUpload(400, f"{name}: {str(e).split(': ', 1)[-1]}") from None  # not the temp path
         metrics.latency.observe(time.perf_counter() - started)
-        headers = {"X-Instyle-Warnings": header_value(" | ".join(decoded.warnings))} if decoded.warnings else {}
+        warnings = decoded.warnings + warnings
+        headers = {"X-Instyle-Warnings": header_value(" | ".join(warnings))} if warnings else {}
         return Response(encoded, media_type=uploads.MEDIA_TYPES[fmt], headers=headers)
 
-    async def _queued(request: Request, decoded, controls):
+    async def _queued(request: Request, decoded, controls, maps=None):
         """The stylized tensor; Refused 503/504/500, or 499 when the client goes away while it waits."""
         from instyle import io
 
         x = io.to_tensor([decoded.picture])
         h, w = x.shape[-2:]
-        key = Key(int(h), int(w), controls.strength, controls.preserve_color, controls.style_scale)
+        key = Key(int(h), int(w), controls.strength, controls.preserve_color, controls.style_scale, maps)
         job = asyncio.ensure_future(batcher.submit(x, key, controls.weights))
         gone = asyncio.ensure_future(_client_gone(request))
         try:

@@ -25,13 +25,15 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Key:
-    """What a batch's samples must share: the input size and the controls the Stylizer takes as scalars."""
+    """What a batch's samples must share: the input size and the controls the Stylizer takes as scalars. A request
+    with per-pixel maps (serve/regions.py) holds them here, equal to no other request's: a batch of its own."""
 
     height: int
     width: int
     strength: float
     preserve_color: bool
     style_scale: float
+    maps: object = None  # serve.regions.Maps, compared by identity
 
 
 @dataclass(eq=False)  # one request is one item: found and removed by identity, never by its tensors

@@ -45,14 +45,15 @@ def _control(fields, name, default):
     return _number(fields, name, float, default, *CONTROL_RANGES[name])
 
 
-def parse(fields: dict[str, str], stylizer) -> Controls:
-    """Controls from the request's fields, against the loaded model's styles (unknown ones: 400 listing them)."""
+def parse(fields: dict[str, str], stylizer, also: tuple[str, ...] = ()) -> Controls:
+    """Controls from the request's fields, against the loaded model's styles (unknown ones: 400 listing them);
+    the fields in `also` are known, and left to their own parser (/v1/stylize's regions)."""
     from instyle.io import ImageError, format_for
     from instyle.models.styles import StyleError, mix_weights
 
-    unknown = sorted(set(fields) - set(FIELDS))
+    unknown = sorted(set(fields) - set(FIELDS + also))
     if unknown:
-        raise BadUpload(400, f"unknown field {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        raise BadUpload(400, f"unknown field {unknown[0]!r} (known: {', '.join(FIELDS + also)})")
     style, mix = fields.get("style") or None, fields.get("mix") or None
     if style and mix:
         raise BadUpload(400, "give style or mix, not both")

@@ -60,22 +60,33 @@ async def _next(stream):
     return await stream.__anext__()
 
 
-async def split_multipart(request, body: bytes, max_fields: int) -> tuple[bytes, str, dict[str, str]]:
-    """(file bytes, file name, other form fields) of a multipart/form-data body already read by read_body; one
-    file and at most `max_fields` other fields, else the framework's 400."""
+async def split_multipart(request, body: bytes, max_fields: int, named_files: tuple[str, ...] = ()):
+    """(image bytes, image name, text fields, {name: (bytes, file name)} of the file fields in `named_files`) of a
+    multipart/form-data body already read by read_body: one image file (the file field not in `named_files`),
+    each named file at most once, at most `max_fields` text fields, else a 400 (the framework's past its limits)."""
     from starlette.requests import Request
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form(max_files=1, max_fields=max_fields)
-    files = [(k, v) for k, v in form.multi_items() if not isinstance(v, str)]
-    if len(files) != 1:
-        raise BadUpload(400, f"multipart body: expected one image file field, got {len(files)}")
-    upload = files[0][1]
-    data = await upload.read()
-    await form.close()
-    return data, upload.filename or "upload", {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    form = await Request(request.scope, replay).form(max_files=1 + len(named_files), max_fields=max_fields)
+    try:
+        images, named = [], {}
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                continue
+            if key not in named_files:
+                images.append(value)
+            elif key in named:
+                raise BadUpload(400, f"{key}: sent twice; send one file")
+            else:
+                named[key] = (await value.read(), value.filename or key)
+        if len(images) != 1:
+            raise BadUpload(400, f"multipart body: expected one image file field, got {len(images)}")
+        text = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        return await images[0].read(), images[0].filename or "upload", text, named
+    finally:
+        await form.close()
 
 
 @dataclass
