@@ -56,7 +56,9 @@ _TYPE_NAME = {"fp32": "'float32'", "bf16": "'bfloat16'"}  # as str(ov.Type) spel
 NO_INT8 = "no quantized model of this network in the cache (build it with `instyle quantize --model M`)"
 CACHE_FORMAT = "3"  # bump when the converted graph changes for the same weights (invalidates caches)
 HINT = "pip install openvino"
-SHAPES = 8  # input shapes kept compiled per runner (each ~0.3 s to compile, a few MB)
+SHAPES = 8  # input shapes kept compiled per runner (each ~0.3 s to compile)
+SHAPE_PIXELS = 2 * 3840 * 2160  # and at most this many image pixels among them: each compiled shape holds its
+#                                 activations (the slim int8 network: ~620 MB per 2048² shape, measured)
 
 
 def _openvino():
@@ -338,18 +340,19 @@ def int8_gate_passed(model: nn.Module, recipe: Recipe | None = None) -> bool:
 class OpenVINORunner:
     """Runs an ov.Model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output.
 
-    Compiled per input shape, static (an LRU of `shapes`): with dynamic N/H/W the CPU plugin reorders every
+    Compiled per input shape, static (an LRU of `shapes`, holding at most `pixels` image pixels, since each
+    compiled shape keeps its activations allocated): with dynamic N/H/W the CPU plugin reorders every
     instance norm's output between layouts around the per-sample (gamma, beta) multiply and fuses no subgraphs --
     the slim zoo's shipped int8 network took 613 ms at 1024² dynamic, 319 ms static on the 2-vCPU Xeon
     (bench/results/2026-12-07-intel-xeon-int8-per-style/profile-*.json). A new shape costs one compilation
     (~0.3 s), about what the dynamic model's first call of a shape spent compiling kernels."""
 
-    def __init__(self, graph, precision: str, notes: list[str], shapes: int = SHAPES):
+    def __init__(self, graph, precision: str, notes: list[str], shapes: int = SHAPES, pixels: int = SHAPE_PIXELS):
         self.graph = graph
         self.precision = precision
         self.notes = notes
-        self.shapes = shapes
-        self._requests: OrderedDict[tuple, object] = OrderedDict()
+        self.shapes, self.pixels = shapes, pixels
+        self._requests: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # key -> (request, its pixels)
         self.compiled_shapes = 0  # compilations so far (tests; a server's warm-up)
 
     def inputs(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> dict[str, np.ndarray]:
@@ -364,7 +367,7 @@ class OpenVINORunner:
         key = tuple(sorted(shapes.items()))
         if key in self._requests:
             self._requests.move_to_end(key)
-            return self._requests[key]
+            return self._requests[key][0]
         graph = self.graph.clone()
         graph.reshape({name: list(shape) for name, shape in shapes.items()})
         compiled = _core().compile_model(graph, "CPU", compile_config(self.precision, threads()))
@@ -372,10 +375,14 @@ class OpenVINORunner:
         if _TYPE_NAME[_float_hint(self.precision)] not in got:
             raise BackendUnavailable(f"backend 'openvino': the compiled model runs {got}, not {self.precision}")
         self.compiled_shapes += 1
-        if len(self._requests) >= self.shapes:
+        image = shapes[INPUT_NAME]
+        pixels = int(image[0]) * int(image[2]) * int(image[3])
+        # each compiled shape holds its activations: few large ones, or more small ones (the newest always stays)
+        while self._requests and (len(self._requests) >= self.shapes or
+                                  sum(p for _, p in self._requests.values()) + pixels > self.pixels):
             self._requests.popitem(last=False)
-        self._requests[key] = compiled.create_infer_request()
-        return self._requests[key]
+        self._requests[key] = (compiled.create_infer_request(), pixels)
+        return self._requests[key][0]
 
     def __call__(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         feed = self.inputs(x, style_weights)

@@ -172,6 +172,12 @@ def test_each_input_shape_is_compiled_once_and_the_oldest_dropped(cache):
     assert run.compiled_shapes == 3  # (20, 24) stayed the most recent; (28, 20) made way for (36, 36)
     s(torch.rand(1, 3, 28, 20) * 255)
     assert run.compiled_shapes == 4 and len(run._requests) == 2
+    run.shapes, run.pixels = 8, 2 * 28 * 20  # a pixel budget: the kept shapes' activations stay bounded
+    s(torch.rand(1, 3, 40, 44) * 255)  # larger than the budget alone: kept, everything older dropped
+    assert list(run._requests) == [(("image", (1, 3, 40, 44)),)]
+    s(torch.rand(1, 3, 20, 24) * 255)
+    s(torch.rand(1, 3, 28, 20) * 255)  # 480 + 560 pixels fit in 1120 together
+    assert len(run._requests) == 2 and run.compiled_shapes == 7
 
 
 @needs_ov
