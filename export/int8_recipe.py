@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 GATE_DB = 40.0  # int8 is picked by `auto` only where every held-out photo of every style is this close to fp32
+EVEN_MIX = "even mix"  # the gate's extra row for a multi-style model (every style at once): not a style of it
 CHECK_SIDE = 1024  # held-out photos are scaled to this longest side: int8 lost ~1-3 dB from 512 to 1024 px
 
 

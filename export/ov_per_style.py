@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-EVEN_MIX = "even mix"  # export/ov_quant.py's extra gate row (every style at once): not a style of the network
+from .int8_recipe import EVEN_MIX
 
 
 def gate_verdicts(gate: dict | None, count: int) -> list[tuple[str, bool, float]] | None:
@@ -52,9 +52,7 @@ class PerStyleRunner:
 
     def precision_for(self, style_weights: torch.Tensor) -> str:
         """The precision one row (S) or every row (N x S) runs in: int8, the float precision, or both joined."""
-        rows = self.int8_rows(style_weights.reshape(-1, len(self.verdicts)))
-        kinds = (["int8"] if rows.any() else []) + ([self.float_precision] if not rows.all() else [])
-        return "+".join(kinds)
+        return "+".join(self._kinds(style_weights))
 
     def note_for(self, style_weights: torch.Tensor) -> str | None:
         """Why the row(s) run the float network, naming the failed styles; None when all run int8."""
@@ -67,13 +65,13 @@ class PerStyleRunner:
 
     def prepare(self, style_weights: torch.Tensor | None = None) -> None:
         """Compile the network(s) the rows need now (None: both), so no request waits for a build."""
-        if style_weights is None:
-            needed = list(self._build)
-        else:
-            rows = self.int8_rows(style_weights.reshape(-1, len(self.verdicts)))
-            needed = (["int8"] if rows.any() else []) + ([self.float_precision] if not rows.all() else [])
-        for kind in needed:
+        for kind in list(self._build) if style_weights is None else self._kinds(style_weights):
             self._runner(kind)
+
+    def _kinds(self, style_weights: torch.Tensor) -> list[str]:
+        """The networks one row (S) or the rows (N x S) run in: int8 and/or the float precision."""
+        rows = self.int8_rows(style_weights.reshape(-1, len(self.verdicts)))
+        return (["int8"] if rows.any() else []) + ([self.float_precision] if not rows.all() else [])
 
     def _runner(self, kind: str):
         if kind not in self._runners:

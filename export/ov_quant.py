@@ -31,7 +31,7 @@ from torch import nn
 from instyle.errors import BackendUnavailable
 from instyle.metrics import psnr_db
 
-from .int8_recipe import CHECK_SIDE, GATE_DB, Recipe
+from .int8_recipe import CHECK_SIDE, EVEN_MIX, GATE_DB, Recipe
 
 HINT = "pip install 'instyle[int8]'"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -137,7 +137,6 @@ def check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, files: 
     return {"photos": rows, "min_psnr_db": low, "passed": bool(low >= GATE_DB), "gate_db": GATE_DB}
 
 
-EVEN_MIX = "even mix"  # the gate's extra row for a multi-style model: every style at once
 
 
 def gate(run: Callable[..., torch.Tensor], model: nn.Module, names: list[str], files: list[Path],

@@ -330,13 +330,6 @@ def int8_entry(model: nn.Module, recipe: Recipe | None = None) -> dict | None:
         return None
 
 
-def int8_gate_passed(model: nn.Module, recipe: Recipe | None = None) -> bool:
-    """True when `model` (the network that runs: a multi-style one is quantized once, for all its styles) has a
-    cached int8 entry whose quality report passed the gate."""
-    entry = int8_entry(model, recipe)
-    return bool(entry and entry.get("gate", {}).get("passed"))
-
-
 class OpenVINORunner:
     """Runs an ov.Model on CPU tensors: padded image N,3,H,W float32 0..255 -> raw generator output.
 
