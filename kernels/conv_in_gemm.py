@@ -63,7 +63,7 @@ import triton.language as tl
 
 from instyle.interpreter import interpreting
 
-from .conv_in_normalize import Stats, finalize, finalize_groups, norm_params_ref  # noqa: F401  (re-exported)
+from .conv_in_normalize import Stats, _reflect, finalize, finalize_groups, norm_params_ref  # noqa: F401  (re-exported)
 from .upsample_phase import phase_weights
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,13 +118,6 @@ def _prune(configs, nargs, **kw):
 #   CONV = (KH, KWE, STRIDE, PAD, UPSAMPLE, PHASE): the taps one GEMM row reads and how a tap maps an
 #     output coordinate to a stored input coordinate (PHASE: see _phase_src);
 #   PROLOGUE = (NORM, RELU, HAS_SKIP): what the prologue applies to a loaded input tile.
-
-
-@triton.jit
-def _reflect(p, size):
-    """Reflection padding as index math: -1 -> 1, size -> size - 2 (pad < size)."""
-    p = tl.where(p < 0, -p, p)
-    return tl.where(p >= size, 2 * size - 2 - p, p)
 
 
 @triton.jit
@@ -337,24 +330,22 @@ def _store_output(acc, b_ptr, y, rows, cols, Cout, Wout, HAS_BIAS: tl.constexpr,
 
 
 @triton.jit
-def _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, pid_m, cols, Hout, Wout, Cout,
-                         STAT_M: tl.constexpr):
-    """Per stat tile of STAT_M pixels and per channel: exact two-pass mean and M2 (from registers) of the
-    stored values y_tile [BLOCK_M, BLOCK_N], into the fp32 [N, T, Cout] partials (PIX = 1)."""
+def _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, t, left, cols, Cout, STAT_M: tl.constexpr):
+    """Per stat tile of STAT_M rows and per channel: exact two-pass mean and M2 (from registers) of the
+    stored values y_tile [BLOCK_M, BLOCK_N], into the fp32 [N, T, Cout] partials (PIX = 1). Rows
+    s * STAT_M.. of the tile are stat tile t[s] of image n, whose first left[s] rows exist (left <= 0: none)."""
     j, co, j_mask = cols
     BLOCK_M: tl.constexpr = y_tile.shape[0]
     BLOCK_N: tl.constexpr = y_tile.shape[1]
     S: tl.constexpr = BLOCK_M // STAT_M
     v = tl.reshape(y_tile.to(tl.float32), [S, STAT_M, BLOCK_N])
-    t = pid_m * S + tl.arange(0, S)                      # stat tile index within image n
-    pixel = t[:, None] * STAT_M + tl.arange(0, STAT_M)[None, :]
-    valid = (pixel < Hout * Wout)[:, :, None]
-    cnt = tl.maximum(tl.minimum(Hout * Wout - t * STAT_M, STAT_M), 1).to(tl.float32)
+    valid = (tl.arange(0, STAT_M)[None, :] < left[:, None])[:, :, None]
+    cnt = tl.maximum(tl.minimum(left, STAT_M), 1).to(tl.float32)
     mean = tl.sum(tl.where(valid, v, 0.0), axis=1) / cnt[:, None]         # [S, BLOCK_N]
     dev = tl.where(valid, v - mean[:, None, :], 0.0)
     m2 = tl.sum(dev * dev, axis=1)
     p_off = (n * T + t)[:, None] * Cout + co[None, :]      # int64 via n
-    p_mask = (t < T)[:, None] & j_mask[None, :]
+    p_mask = (left > 0)[:, None] & j_mask[None, :]
     tl.store(pmean_ptr + p_off, mean, mask=p_mask)
     tl.store(pm2_ptr + p_off, m2, mask=p_mask)
 
@@ -425,8 +416,9 @@ def _conv_in_kernel(
 
     # ---- epilogue: bias, one store of the raw output, IN partial statistics of the stored values
     y_tile = _store_output(acc, b_ptr, y, rows, cols, Cout, Wout, HAS_BIAS, PIX)
-    if HAS_STATS:
-        _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, pid_m, cols, Hout, Wout, Cout, STAT_M)
+    if HAS_STATS:  # stat tiles run over the image's pixels in order, the last one ragged
+        t = pid_m * (BLOCK_M // STAT_M) + tl.arange(0, BLOCK_M // STAT_M)
+        _store_stat_partials(y_tile, pmean_ptr, pm2_ptr, T, n, t, Hout * Wout - t * STAT_M, cols, Cout, STAT_M)
 
 
 _AUTOTUNE = not _INTERPRET and os.environ.get("INSTYLE_AUTOTUNE") == "1"  # tests switch it on (stub bench)

@@ -58,15 +58,17 @@ def assert_chain_close(fused, model, x):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("first_layer", FC.FIRST_LAYER_MODES)
+@pytest.mark.parametrize("first_layer,conv3x3", [("flat", "prologue"), ("window", "prologue"), ("flat", "tma")],
+                         ids=["flat", "window", "tma"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
-def test_pretrained_generator_on_a_photo(data, pretrained, dtype, first_layer):
+def test_pretrained_generator_on_a_photo(data, pretrained, dtype, first_layer, conv3x3):
     """The real checkpoint on a 40x56 crop of chicago.jpg: every layer type, 5 residual blocks. fp16
     (measured: 69 dB, max |d| 0.34 against eager float64) must keep PSNR >= 45 dB and max |d| <= 2.
     first_layer: the RGB layer gathers from the photo in place (flat) or reads row windows of a padded
-    NHWC copy (window); both meet the same bounds."""
+    NHWC copy (window); conv3x3=tma: the residual convs read a normalized, padded copy by TMA. All meet the same
+    bounds."""
     x = photo_crop(data)
-    run = FC.make_runner(pretrained, torch.device("cpu"), dtype, first_layer=first_layer)
+    run = FC.make_runner(pretrained, torch.device("cpu"), dtype, first_layer=first_layer, conv3x3=conv3x3)
     y = run(x)
     assert y.shape == x.shape and y.dtype == torch.float32
     if dtype == torch.float32:
@@ -130,6 +132,31 @@ def test_narrow_generator_batch2(monkeypatch, dtype, k_order, prenorm):
     x = torch.rand(2, 3, 16, 20, generator=g) * 255
     y = FC.make_runner(model, torch.device("cpu"), dtype, prenorm=prenorm)(x)
     assert_batch2_matches_model(y, model, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.interpreter
+def test_narrow_generator_batch2_tma_residual_convs(monkeypatch, dtype):
+    """conv3x3=tma: the residual blocks' convs read a normalized, reflect-padded copy through tensor descriptors
+    (kernels/conv_tma.py), the stored skips are that copy's interior; batch 2, 12x20 (the blocks run at 3x5),
+    row tiles of 4 pixels (two per row, the second ragged): the bounds of the prologue chain."""
+    monkeypatch.setitem(FC.conv_tma.TUNING, "block_m", 4)
+    monkeypatch.setitem(FC.conv_tma.TUNING, "stat_m", 2)
+    model = narrow_net(seed=3)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 12, 20, generator=g) * 255
+    y = FC.make_runner(model, torch.device("cpu"), dtype, conv3x3="tma")(x)
+    assert_batch2_matches_model(y, model, x, dtype)
+
+
+def test_conv3x3_option_picks_the_residual_convs_only(pretrained):
+    chain = FC.FusedChain(pretrained, torch.float16, conv3x3="tma")
+    assert [layer.name for layer in chain.layers() if layer.tma] == [f"res{b}.conv{c}" for b in range(1, 6)
+                                                                     for c in (1, 2)]
+    assert not any(layer.tma and layer.prenorm for layer in chain.layers())
+    assert not any(layer.tma for layer in FC.FusedChain(pretrained, torch.float16).layers())
+    with pytest.raises(ValueError, match="conv3x3 must be one of"):  # before any device check
+        FC.make_runner(pretrained, torch.device("meta"), torch.float16, conv3x3="wgmma")
 
 
 def assert_batch2_matches_model(y, model, x, dtype):

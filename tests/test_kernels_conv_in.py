@@ -314,7 +314,7 @@ for dt, flags, bm, bn, bk, warps, stages in variants:
                    options=dict(num_warps=warps, num_stages=stages))
 from instyle.kernels import conv_in_normalize as NA
 a = NA._in_apply_kernel
-consts = dict(RELU=True, HAS_SKIP=True, BLOCK_HW=64, BLOCK_C=64)
+consts = dict(RELU=True, HAS_SKIP=True, PAD=1, BLOCK_HW=64, BLOCK_C=64)
 sig = {n: "constexpr" if n in consts else ("*fp32" if n == "norm_ptr" else "*bf16") if n.endswith("_ptr") else "i32"
        for n in a.arg_names}
 triton.compile(ASTSource(a, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))

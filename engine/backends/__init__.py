@@ -70,7 +70,7 @@ TABLE: dict[str, Backend] = {
     "triton": Backend("instyle.engine.backends.triton_norms:make_runner", graphs=True, runs_module=True,
                       torch_memory=True),
     "fused": Backend("instyle.engine.backends.fused_gemm:make_runner", graphs=True,
-                     options=("prenorm", "first_layer", "upsample"), torch_memory=True),
+                     options=("prenorm", "first_layer", "upsample", "conv3x3"), torch_memory=True),
     "compile": Backend("instyle.engine.backends.torch_compile:make_runner", graphs=True, options=("compiler", "mode"),
                        runs_module=True, torch_memory=True),
     "onnxruntime": Backend("instyle.export.ort_runner:make_runner", precisions=("fp32", "fp16"),

@@ -34,6 +34,7 @@ from torch import nn
 from instyle.errors import BackendUnavailable
 from instyle.kernels import conv_in_gemm as ci
 from instyle.kernels import conv_in_normalize as cn
+from instyle.kernels import conv_tma
 from instyle.models.graph import Step
 
 # Normalize a layer's input in a separate pass (kernels/conv_in_normalize.py) rather than in the conv's
@@ -51,6 +52,11 @@ FIRST_LAYER_MODES = ("flat", "window")
 # 2.25x fewer MMA FLOPs, four launches). Direct stays the default until a GPU run (bench/campaign/verify.py's
 # upsample step) times both.
 UPSAMPLE_MODES = ("direct", "phase")
+# The residual blocks' 3x3 convs: "prologue" applies the pending IN while gathering each A tile (conv_in);
+# "tma" writes the normalized input once, reflect-padded NHWC (in_apply(..., pad=1)), and reads it through
+# tensor descriptors, one box per (tap, channel block) (kernels/conv_tma.py). Prologue stays the default until
+# a GPU run (bench/campaign/verify.py's conv3x3 step) times both.
+CONV3X3_MODES = ("prologue", "tma")
 
 
 
@@ -73,6 +79,7 @@ class Layer(NamedTuple):
     adds_skip: bool                    # the input's pending value includes a residual
     window: bool = False               # reads a padded NHWC copy of its input in row windows (RGB layer)
     phase: bool = False                # an upsampling 3x3 run as four 2x2 phase convs (weight [4, 4*Cin, Cout])
+    tma: bool = False                  # reads a normalized, padded copy of its input by TMA (kernels/conv_tma.py)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -87,13 +94,15 @@ def check_supported(model: nn.Module) -> None:
                                      "(use backend 'eager' or 'triton')")
 
 
-def _check_modes(prenorm: str, first_layer: str, upsample: str = "direct") -> None:
+def _check_modes(prenorm: str, first_layer: str, upsample: str = "direct", conv3x3: str = "prologue") -> None:
     if prenorm not in PRENORM_MODES:
         raise ValueError(f"prenorm must be one of {PRENORM_MODES}, got {prenorm!r}")
     if first_layer not in FIRST_LAYER_MODES:
         raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
     if upsample not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+    if conv3x3 not in CONV3X3_MODES:
+        raise ValueError(f"conv3x3 must be one of {CONV3X3_MODES}, got {conv3x3!r}")
 
 
 def _check_chain(steps: list[Step]) -> None:
@@ -107,13 +116,16 @@ def _check_chain(steps: list[Step]) -> None:
 
 
 def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, adds_skip: bool,
-           first_layer: str = "flat", upsample_mode: str = "direct") -> Layer:
+           first_layer: str = "flat", upsample_mode: str = "direct", conv3x3: str = "prologue") -> Layer:
     conv, norm = step.conv, step.norm
     upsample = step.kind == "upconv"
     cout, cin, k, _ = conv.weight.shape
     window = (first_layer == "window" and step.srcs == (0,) and cin <= ci.WINDOW_C.value and step.stride == 1
               and not upsample)
     phase = upsample_mode == "phase" and upsample and k == 3
+    # the stride-1 3x3 convs between normalized activations: the residual blocks' (conv3's output and on)
+    tma = (conv3x3 == "tma" and k == 3 and step.stride == 1 and not upsample and step.srcs != (0,)
+           and conv_tma.supports(cin, cout, dtype))
     # loads per stored input element: taps x upsampling area (a phase conv: 4 phases x 4 taps)
     reuse = 16 if phase else k * k * (4 if upsample else 1) / (step.stride * step.stride)
     pre = step.srcs != (0,) and (prenorm == "all" or (prenorm == "auto" and reuse >= PRENORM_MIN_REUSE))
@@ -126,7 +138,8 @@ def _layer(step: Step, dtype: torch.dtype, prenorm: str, stores_input: bool, add
                  k, step.stride, upsample, cin, cout,
                  None if norm is None else norm.weight.detach().float().contiguous(),
                  None if norm is None else norm.bias.detach().float().contiguous(),
-                 1e-5 if norm is None else float(norm.eps), pre, pix, stores_input, adds_skip, window, phase)
+                 1e-5 if norm is None else float(norm.eps), pre and not tma, pix, stores_input, adds_skip, window,
+                 phase, tma)
 
 
 class FusedChain:
@@ -138,44 +151,58 @@ class FusedChain:
     also stores it (the Johnson blocks' x_k, written by each block's conv1 from its center tap)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, prenorm: str = "auto", first_layer: str = "flat",
-                 upsample: str = "direct"):
+                 upsample: str = "direct", conv3x3: str = "prologue"):
         check_supported(model)
-        _check_modes(prenorm, first_layer, upsample)
+        _check_modes(prenorm, first_layer, upsample, conv3x3)
         self.dtype = dtype
         self.steps = model.steps()
         _check_chain(self.steps)
         self.residuals = {s.residual for s in self.steps if s.residual is not None}
         self._layers = [_layer(s, dtype, prenorm, stores_input=i - 1 in self.residuals,
                                adds_skip=i > 1 and self.steps[i - 2].residual is not None, first_layer=first_layer,
-                               upsample_mode=upsample)
+                               upsample_mode=upsample, conv3x3=conv3x3)
                         for i, s in enumerate(self.steps, 1)]
 
     def layers(self) -> list[Layer]:
         return list(self._layers)
 
     def _conv(self, layer: Layer, x, norm, *, relu, skip=None, skip_out=None, out=None, trace=None):
-        """One fused launch; returns (raw output, the next prologue's [N, 3, C] norm params or None)."""
+        """One fused layer; returns (raw output, the next prologue's [N, 3, C] norm params or None, the
+        normalized input where the layer stores it: skip_out, or a view of the TMA layer's padded copy)."""
         if trace is not None:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
-        if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
-            x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
-            norm, relu, skip, skip_out = None, False, None, None
-        if layer.phase:  # four phase launches; their statistics merge as four equal groups
-            assert skip_out is None
-            y, groups = ci.conv_in_phases(x, layer.weight, layer.bias, norm=norm, relu=relu, skip=skip,
-                                          stats=layer.in_weight is not None, out=out)
-            nxt = None if groups is None else cn.finalize_groups(groups, layer.in_weight, layer.in_bias, layer.eps)
-        else:
-            y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
-                                  upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
-                                  stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
+        if layer.tma:  # the pending IN applied once, into a padded copy whose interior is the stored input
+            p = layer.kernel // 2
+            xp = cn.in_apply(x, norm, relu=relu, skip=skip, pad=p)
+            skip_out = xp[:, :, p:-p, p:-p] if layer.stores_input else None
+            y, stats = conv_tma.conv_tma(xp, layer.weight, layer.bias, kernel=layer.kernel,
+                                         stats=layer.in_weight is not None, out=out)
             nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+        else:
+            if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
+                x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
+                norm, relu, skip = None, False, None
+                skip_out, stored = None, skip_out
+            else:
+                stored = skip_out
+            if layer.phase:  # four phase launches; their statistics merge as four equal groups
+                assert skip_out is None
+                y, groups = ci.conv_in_phases(x, layer.weight, layer.bias, norm=norm, relu=relu, skip=skip,
+                                              stats=layer.in_weight is not None, out=out)
+                nxt = None if groups is None else cn.finalize_groups(groups, layer.in_weight, layer.in_bias,
+                                                                     layer.eps)
+            else:
+                y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
+                                      upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
+                                      stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
+                nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+            skip_out = stored
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             trace.append((layer.name, start, end))
-        return y, nxt
+        return y, nxt, skip_out
 
     def __call__(self, x: torch.Tensor, trace: Optional[list] = None) -> torch.Tensor:
         """Padded N,3,H,W float 0..255 (H, W multiples of 4, >= 8) -> raw N,3,H,W fp32 output.
@@ -189,28 +216,28 @@ class FusedChain:
         a, norm, relu, skip = x, None, False, None  # activation 0, the image, pending as is
         for i, (step, layer) in enumerate(zip(self.steps, self._layers), 1):
             skip_out = None
-            if layer.stores_input:
+            if layer.stores_input and not layer.tma:  # a TMA layer's store is a view of its padded copy
                 skip_out = free.pop() if free and free[-1].shape == a.shape else torch.empty_like(a)
             out = torch.empty((N, 3, H, W), device=x.device, dtype=torch.float32) if i == len(self.steps) else None
-            a, norm = self._conv(layer, a, norm, relu=relu, skip=skip, skip_out=skip_out, out=out, trace=trace)
-            if skip is not None:
+            a, norm, kept = self._conv(layer, a, norm, relu=relu, skip=skip, skip_out=skip_out, out=out, trace=trace)
+            if skip is not None and skip._base is None:  # views of padded copies are not reused
                 free.append(skip)
-            if skip_out is not None:
-                stored[i - 1] = skip_out
+            if kept is not None:
+                stored[i - 1] = kept
             relu, skip = step.relu, None if step.residual is None else stored.pop(step.residual)
         return a
 
 
 def make_runner(model: nn.Module, device: torch.device, dtype: torch.dtype, *, prenorm: str = "auto",
-                first_layer: str = "flat", upsample: str = "direct"):
+                first_layer: str = "flat", upsample: str = "direct", conv3x3: str = "prologue"):
     """Backend factory (engine.backends, which CUDA-graphs it per shape on CUDA): the fused chain."""
     check_supported(model)
-    _check_modes(prenorm, first_layer, upsample)  # argument errors first: they are the caller's on any device
+    _check_modes(prenorm, first_layer, upsample, conv3x3)  # argument errors first: they are the caller's on any device
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise BackendUnavailable(f"backend 'fused' supports fp32, fp16 and bf16, not {dtype}")
     device = torch.device(device)
     if device.type != "cuda" and not ci._INTERPRET:
         raise BackendUnavailable("backend 'fused' needs a CUDA device (or TRITON_INTERPRET=1 to run its Triton "
                                  "kernels in the CPU interpreter, slowly)")
-    chain = FusedChain(model, dtype, prenorm, first_layer, upsample)
+    chain = FusedChain(model, dtype, prenorm, first_layer, upsample, conv3x3)
     return lambda x: chain(x.to(device))
