@@ -434,12 +434,14 @@ def pinned_config(cin: int, cout: int, pix: int, flat: bool, itemsize: int) -> t
     (more work per program). Stages: 3 (4 for BLOCK_K 32); 2 for fp32 operands (ieee FMA path) and for
     the flat-K layer, whose two pipelined loops (interior and reflected tiles) each hold their own
     buffers: at 256 x 32 x 64 fp16, 3 stages asked for 280 KB of shared memory, over sm_90's 227 KB
-    (compile with bench/campaign/compile_check.py to see each tile's figure)."""
+    (compile with bench/campaign/compile_check.py to see each tile's figure). Warps: 8 from 128 x 64 tiles up
+    and for the flat K order; at 4 warps ptxas spilled 56-128 bytes per thread in the flat conv1 and in the phase
+    convs whose prologue adds a skip (bench/campaign/chain_report.py, which fails on any spill)."""
     np2 = triton.next_power_of_2
     bn = min(128, max(8, np2(cout * pix)))
     bk = 64 if flat else min(64, max(32, np2(cin)))
     bm = 256 if bn <= 32 and not flat else 128
-    warps = 8 if bm * bn >= 128 * 128 or bm == 256 else 4
+    warps = 8 if bm * bn >= 128 * 64 or bm == 256 or flat else 4
     stages = 2 if itemsize == 4 or flat else (4 if bk == 32 else 3)
     return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages)
 

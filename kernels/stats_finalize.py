@@ -25,7 +25,8 @@ import triton.language as tl
 
 from instyle.interpreter import interpreting
 
-BLOCK_T = 64 if interpreting() else 128   # tiles (stage 1) or blocks (stage 2) per step
+GPU_BLOCK_T = 128
+BLOCK_T = 64 if interpreting() else GPU_BLOCK_T   # tiles (stage 1) or blocks (stage 2) per step
 BLOCK_C = 64
 
 

@@ -73,10 +73,11 @@ def test_dry_run_files(dry_run):
     assert window["rows"] and all(r["skipped"] is None for r in window["rows"])
     assert "conv1+win" in (out / "verify" / "fused_layers-window.txt").read_text()
     modes = json.loads((out / "verify" / "modes.json").read_text())  # the layer variants, timed per layer
-    assert {(r["layer"], r.get("first_layer"), r.get("upsample")) for r in modes["layers"]} == {
-        ("conv1", "flat", None), ("conv1", "window", None), ("deconv1", None, "direct"), ("deconv1", None, "phase"),
-        ("deconv2", None, "direct"), ("deconv2", None, "phase")}
-    assert len(modes["whole"]) == 4 and all(r["median_ms"] > 0 for r in modes["layers"] + modes["whole"])
+    variants = {(r["layer"], r.get("first_layer") or r.get("upsample") or r.get("conv3x3")) for r in modes["layers"]}
+    assert variants == {("conv1", "flat"), ("conv1", "window"), ("deconv1", "direct"), ("deconv1", "phase"),
+                        ("deconv2", "direct"), ("deconv2", "phase"), ("res1.conv1", "prologue"),
+                        ("res1.conv1", "tma"), ("res1.conv2", "prologue"), ("res1.conv2", "tma")}
+    assert len(modes["whole"]) == 8 and all(r["median_ms"] > 0 for r in modes["layers"] + modes["whole"])
     compiled = json.loads((out / "verify" / "bench-compile-default" / "results.json").read_text())
     assert compiled["matrix"]["options"] == {"compile": {"mode": "default"}}
     specs = json.loads((out / "kernels.json").read_text())

@@ -18,7 +18,14 @@ import torch
 
 
 def _arg_key(value) -> str:
-    """How Triton's specialization sees one runtime argument."""
+    """How Triton's specialization sees one runtime argument (a host tensor descriptor: its type, as the
+    compiler's signature spells it)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if isinstance(value, TensorDescriptor):
+        from triton._utils import canonicalize_dtype
+
+        return f"tensordesc<{canonicalize_dtype(value.base.dtype)}[{','.join(map(str, value.block_shape))}]>"
     if isinstance(value, torch.Tensor):
         return "*" + str(value.dtype).removeprefix("torch.")
     if isinstance(value, bool):
@@ -53,20 +60,25 @@ def _gpu_tuning() -> list[tuple[dict, dict]]:
     """(table, GPU values) of every kernel module's tuning table."""
     from instyle.kernels import conv_in_gemm as CI
     from instyle.kernels import conv_in_normalize as CN
+    from instyle.kernels import conv_tma as CT
     from instyle.kernels import instance_norm_forward as IN
     return [(IN.TUNING, dict(IN._GPU_TUNING)),
             (CI.TUNING, dict(CI.TUNING, stat_m=CI.GPU_STAT_M, flat_max_cin=15)),
-            (CN.TUNING, dict(block_hw=64, block_c=64, num_warps=4))]
+            (CN.TUNING, dict(block_hw=64, block_c=64, num_warps=4)),
+            (CT.TUNING, dict(stat_m=CT.GPU_STAT_M))]
 
 
 @contextlib.contextmanager
-def recording():
-    """Record every interpreted Triton launch (with the GPU tuning tables) into the yielded Census."""
+def recording(execute: bool = True):
+    """Record every interpreted Triton launch (with the GPU tuning tables) into the yielded Census.
+    execute=False records without running the kernels (their outputs stay as allocated): enough for code
+    whose launches do not depend on tensor values, such as the fused chain at 4K."""
     from triton.runtime.interpreter import InterpretedFunction
 
     census = Census()
     original = InterpretedFunction.run
     from instyle.kernels import conv_in_gemm as CI
+    from instyle.kernels import conv_tma as CT
 
     def run(self, *args, grid, warmup, **kwargs):
         params = list(inspect.signature(self.fn).parameters.values())
@@ -75,19 +87,23 @@ def recording():
             sig.append((p.name, _arg_key(v)))
         consts = tuple(sorted((k, v) for k, v in kwargs.items() if not isinstance(v, torch.Tensor)))
         census.launches[(self.fn.__name__, tuple(sig), consts)] += 1
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        if execute:
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    from instyle.kernels import stats_finalize as SF
 
     saved = [(table, dict(table)) for table, _ in _gpu_tuning()]
-    pinned = CI._PINNED
+    pinned = CI._PINNED, CT._PINNED, SF.BLOCK_T
     InterpretedFunction.run = run
     try:
         for table, gpu in _gpu_tuning():
             table.update(gpu)
-        CI._PINNED = True
+        CI._PINNED = CT._PINNED = True
+        SF.BLOCK_T = SF.GPU_BLOCK_T
         yield census
     finally:
         InterpretedFunction.run = original
-        CI._PINNED = pinned
+        CI._PINNED, CT._PINNED, SF.BLOCK_T = pinned
         for table, values in saved:
             table.clear()
             table.update(values)

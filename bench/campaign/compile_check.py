@@ -27,7 +27,8 @@ from pathlib import Path
 from instyle.interpreter import interpreting
 
 MODULES = ("instyle.kernels.instance_norm_forward", "instyle.kernels.instance_norm_backward",
-           "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize", "instyle.kernels.stats_finalize")
+           "instyle.kernels.conv_in_gemm", "instyle.kernels.conv_in_normalize", "instyle.kernels.stats_finalize",
+           "instyle.kernels.conv_tma")
 TYPES = {"*float16": "*fp16", "*bfloat16": "*bf16", "*float32": "*fp32", "i32": "i32", "i32:16": "i32",
          "i64": "i64", "fp32": "fp32"}  # census key -> Triton type ("1" is a constant, see `specialize`)
 OPTIONS = ("num_warps", "num_stages")
@@ -60,6 +61,8 @@ def specialize(arg_names: list[str], spec: dict) -> tuple[dict, dict, dict]:
         elif kind == "1":
             signature[name] = "constexpr"
             constants[name] = 1
+        elif kind.startswith("tensordesc"):  # a host tensor descriptor: the type is its key
+            signature[name] = kind
         else:
             signature[name] = TYPES[kind]
             if kind == "i32:16" or kind.startswith("*"):
@@ -77,6 +80,39 @@ def compile_one(fn, spec: dict, arch: int):
     signature, constants, attrs = specialize(fn.arg_names, spec)
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
                           options=options)
+
+
+# ------------------------------------------------------------------------------------------ resources
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def resources(compiled, arch: int) -> dict:
+    """What the binary costs and holds: registers and spill bytes per thread and ptxas warnings (ptxas -v run
+    again on its PTX, the options Triton used), shared memory, and the SASS counts that say whether the data
+    path is Hopper's (UTMALDG: TMA loads; HGMMA: warpgroup MMAs), from Triton's bundled ptxas and cuobjdump."""
+    import subprocess
+    import tempfile
+
+    from triton import knobs
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+        ptx.write_text(compiled.asm["ptx"])
+        cubin.write_bytes(compiled.asm["cubin"])
+        log = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}a",
+                              str(ptx), "-o", str(Path(tmp) / "again.cubin")], capture_output=True, text=True)
+        sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(cubin)], capture_output=True, text=True)
+    if log.returncode or sass.returncode:
+        raise RuntimeError(f"ptxas/cuobjdump failed: {(log.stderr + sass.stderr)[-400:]}")
+    regs, spills = _PTXAS_REGS.search(log.stderr), _PTXAS_SPILL.search(log.stderr)
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass.stdout, re.MULTILINE)
+    return {"registers": int(regs[1]) if regs else None,
+            "spill_bytes": int(spills[1]) + int(spills[2]) if spills else 0,
+            "shared_bytes": int(compiled.metadata.shared),
+            "utmaldg": ops.count("UTMALDG"), "hgmma": ops.count("HGMMA"),
+            "warnings": [ln.strip() for ln in log.stderr.splitlines() if "warning" in ln.lower()]}
 
 
 # ---------------------------------------------------------------------------------------------- dumps

@@ -1,6 +1,7 @@
 """`campaign --stage verify`, step `modes`: the fused chain's layer variants timed against each other at 4K.
 
-Per layer: conv1 with first_layer=flat vs window, deconv1/deconv2 with upsample=direct vs phase, each the
+Per layer: conv1 with first_layer=flat vs window, deconv1/deconv2 with upsample=direct vs phase, the first
+block's convs with conv3x3=prologue vs tma (kernels/conv_tma.py), each the
 whole launch sequence of that layer as the chain runs it (separate normalize pass, conv launch(es),
 statistics finalize) on the input the chain hands it; then the whole chain (CUDA-graph replay, as the
 Stylizer runs it) for every combination. GPU: triton.testing.do_bench medians (ms; it flushes L2 between
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 # the layer each option changes; the options' values, the default first
-VARIANTS = {"first_layer": ("conv1",), "upsample": ("deconv1", "deconv2")}
+VARIANTS = {"first_layer": ("conv1",), "upsample": ("deconv1", "deconv2"), "conv3x3": ("res1.conv1", "res1.conv2")}
 DRY_SIZE, FULL_SIZE = (32, 24), (3840, 2160)
 
 
@@ -57,7 +58,7 @@ def modes(out: Path, dry: bool, model: torch.nn.Module, x: torch.Tensor, name: s
     model = model.to(device).eval()
     dtype = torch.float16
     layers, whole = [], []
-    options = {"first_layer": FC.FIRST_LAYER_MODES, "upsample": FC.UPSAMPLE_MODES}
+    options = {"first_layer": FC.FIRST_LAYER_MODES, "upsample": FC.UPSAMPLE_MODES, "conv3x3": FC.CONV3X3_MODES}
     for option, values in options.items():
         for value in values:
             chain = FC.FusedChain(model, dtype, **{option: value})

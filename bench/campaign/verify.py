@@ -12,7 +12,8 @@
   throughput  training images/s at 256x256 batch 16: fp32 eager baseline, bf16+channels_last, +fused IN
   layers      the fused chain's per-layer table at 4K (where the time goes)
   window      the same bench rows and table with the RGB layer in row windows (first_layer=window)
-  modes       per layer and whole chain at 4K: first_layer flat vs window, upsample direct vs phase
+  modes       per layer and whole chain at 4K: first_layer flat vs window, upsample direct vs phase, conv3x3
+              prologue vs tma
               (do_bench medians; modes.py)
 Each step writes `<step>.json` (and its own files) into the stage folder as it finishes.
 """
@@ -219,7 +220,7 @@ STEPS = {"env": env, "tests": tests, "parity": parity, "bench": bench, "throughp
          "window": window, "modes": modes, "bench_compile": bench_compile}
 # seconds each step may take on the GPU machine (a step still running then is stopped, its status "timeout")
 LIMITS = {"env": 30, "tests": 240, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "window": 60,
-          "modes": 75, "bench_compile": 150}
+          "modes": 100, "bench_compile": 150}
 # the order steps run in: the steps of one group start together (none of them times anything)
 GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("window",), ("modes",),
           ("bench_compile",)]
