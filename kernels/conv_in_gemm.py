@@ -63,6 +63,7 @@ import triton.language as tl
 
 from instyle.interpreter import interpreting
 
+from . import tile_table
 from .conv_in_normalize import Stats, _reflect, finalize, finalize_groups, norm_params_ref  # noqa: F401  (re-exported)
 from .upsample_phase import phase_weights
 
@@ -597,8 +598,12 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]), N)  # noqa: E731
         _conv_in_tuned[grid](*args, **flags)
     elif _PINNED:
-        # grid: (pixel tiles of one image, output-channel tiles, images); the layer's pinned tile
-        cfg = pinned_config(Cin, Cout, pix, flat, w_packed.element_size())
+        # grid: (pixel tiles of one image, output-channel tiles, images); the layer's measured tile
+        # (kernels/tiles.json) or else its pinned one
+        order = "flat" if flat else "window" if window else "phase" if phase else "taps"
+        key = tile_table.layer_key("conv_in", cin=Cin, cout=Cout, kernel=kernel, stride=stride, upsample=upsample,
+                                   order=order, pix=pix, dtype=w_packed.dtype)
+        cfg = tile_table.pick(key, x.device, lambda: pinned_config(Cin, Cout, pix, flat, w_packed.element_size()))
         bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         assert bm % stat_m == 0
         _conv_in_kernel[(triton.cdiv(rows, bm), triton.cdiv(cols, bn), N)](

@@ -33,6 +33,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from instyle.interpreter import interpreting
 
+from . import tile_table
 from .conv_in_gemm import _mma, _store_output, _store_stat_partials
 from .conv_in_normalize import Stats
 
@@ -126,8 +127,9 @@ def conv_tma(xp: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.Tens
         t = TUNING
         bm, bn = min(t["block_m"], max(16, triton.next_power_of_2(Wo))), min(t["block_n"], triton.next_power_of_2(Cout))
         bk, warps, stages = min(t["block_k"], triton.next_power_of_2(Cin)), t["num_warps"], 1
-    else:
-        cfg = pinned_config(Cin, Cout, w_packed.element_size())
+    else:  # the measured tile (kernels/tiles.json) or else the pinned one
+        key = tile_table.layer_key("conv_tma", cin=Cin, cout=Cout, kernel=kernel, dtype=w_packed.dtype)
+        cfg = tile_table.pick(key, xp.device, lambda: pinned_config(Cin, Cout, w_packed.element_size()))
         bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         warps, stages = cfg.num_warps, cfg.num_stages
     stat_m = min(TUNING["stat_m"], bm)

@@ -30,12 +30,13 @@ def test_dry_run_every_stage_ok(dry_run):
     names = [s["name"] for s in summary["stages"]]
     assert names[:5] == ["zoo.train", "zoo.gate", "zoo.baseline", "zoo.ship", "zoo.pictures"]
     assert {"verify.env", "verify.tests", "verify.parity", "verify.bench", "verify.throughput", "verify.layers",
-            "verify.modes", "verify.bench_compile"} <= set(names)
+            "verify.modes", "verify.sweep", "verify.bench_compile"} <= set(names)
     assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
     plan = {p["stage"]: p for p in summary["device_plan"]}
     # the zoo trains with the fused IN (forward + backward kernels); verify runs the triton and fused backends
     assert plan["zoo"]["kernels"] >= 2 and plan["verify"]["kernels"] >= 10
     assert plan["zoo"]["estimate_s"] > 270 and plan["verify"]["estimate_s"] > 0
+    assert plan["verify"]["fits_one_call"] and plan["verify"]["estimate_s"] <= 480
 
 
 def test_dry_run_files(dry_run):
@@ -78,6 +79,13 @@ def test_dry_run_files(dry_run):
                         ("deconv2", "direct"), ("deconv2", "phase"), ("res1.conv1", "prologue"),
                         ("res1.conv1", "tma"), ("res1.conv2", "prologue"), ("res1.conv2", "tma")}
     assert len(modes["whole"]) == 8 and all(r["median_ms"] > 0 for r in modes["layers"] + modes["whole"])
+    swept = json.loads((out / "verify" / "sweep.json").read_text())  # per layer key: pinned + a candidate
+    keys = {r["key"] for r in swept["rows"]}
+    assert any(k.startswith("conv_tma") for k in keys) and any(" flat " in k for k in keys)
+    assert all("median_ms" in r for r in swept["rows"])
+    assert {r["role"] for r in swept["rows"]} == {"pinned", "candidate"}
+    tiles = json.loads((out / "verify" / "tiles.json").read_text())
+    assert tiles["arch"] == "sm_90" and set(tiles["tiles"]) == keys
     compiled = json.loads((out / "verify" / "bench-compile-default" / "results.json").read_text())
     assert compiled["matrix"]["options"] == {"compile": {"mode": "default"}}
     specs = json.loads((out / "kernels.json").read_text())

@@ -15,6 +15,8 @@
   modes       per layer and whole chain at 4K: first_layer flat vs window, upsample direct vs phase, conv3x3
               prologue vs tma
               (do_bench medians; modes.py)
+  sweep       per conv layer at 4K: the pinned tile and up to five candidates (do_bench medians), the winners
+              as a tile table (tiles.json, the format of kernels/tiles.json; sweep.py)
 Each step writes `<step>.json` (and its own files) into the stage folder as it finishes.
 """
 from __future__ import annotations
@@ -214,14 +216,23 @@ def modes(out: Path, dry: bool) -> dict:
     return run(out, dry, model, x, name)
 
 
+def sweep(out: Path, dry: bool) -> dict:
+    from .modes import DRY_SIZE, FULL_SIZE
+    from .sweep import sweep as run
+
+    model, name = _model(out)
+    x = _photo(DRY_SIZE if dry else FULL_SIZE).to(_device())
+    return run(out, dry, model, x, name)
+
+
 # in priority order: the stage deadline cuts from the end (torch.compile's max-autotune last: its compile
 # time is the least predictable)
 STEPS = {"env": env, "tests": tests, "parity": parity, "bench": bench, "throughput": throughput, "layers": layers,
-         "window": window, "modes": modes, "bench_compile": bench_compile}
+         "window": window, "modes": modes, "sweep": sweep, "bench_compile": bench_compile}
 # seconds each step may take on the GPU machine (a step still running then is stopped, its status "timeout")
 LIMITS = {"env": 30, "tests": 240, "parity": 120, "bench": 90, "throughput": 45, "layers": 30, "window": 60,
-          "modes": 100, "bench_compile": 150}
+          "modes": 100, "sweep": 120, "bench_compile": 150}
 # the order steps run in: the steps of one group start together (none of them times anything)
 GROUPS = [("env",), ("tests", "parity"), ("bench",), ("throughput",), ("layers",), ("window",), ("modes",),
-          ("bench_compile",)]
+          ("sweep",), ("bench_compile",)]
 assert [n for g in GROUPS for n in g] == list(STEPS)
