@@ -3,8 +3,8 @@ second, and nothing in either that makes the host wait for the device.
 
 `Trainer.train_step` is the step; a runner does its three device parts: `forward`, `set_lr` (the warm-up) and
 `backward_and_update`. `EagerStep` (the reference) runs them op by op, `CompiledStep` compiled;
-tests/test_train_compiled.py holds the two equal (loss terms, weights, Adam's moments) to float tolerance over
-steps with a warm-up and several styles.
+tests/test_train_compiled.py holds the two equal to float tolerance with a warm-up and several styles: the
+gradients and every step's loss terms, and, given the same gradients, the weights and Adam's moments.
 
     forward  `Trainer.forward_terms` (generator under autocast, VGG, loss arithmetic fp32), compiled with
              fullgraph=True (False under DDP, whose bucketing splits the graph); AOTAutograd compiles its
@@ -17,8 +17,8 @@ steps with a warm-up and several styles.
 What keeps the device queue full (no host sync) and the graphs from recompiling:
   - the learning rate is a 0-d tensor on the device, read by Adam inside the graph; the warm-up fills it.
     A Python float would be a constant of the compiled update: one recompilation per warm-up step.
-  - capturable Adam on CUDA: its step count and bias corrections live on the device (Adam otherwise keeps
-    `step` on the host and computes the corrections there).
+  - capturable Adam on CUDA: its step count and bias corrections live on the device. Otherwise Adam keeps
+    `step` on the host, and compiled, its CUDA update falls back to eager (torch/optim/optimizer.py).
   - no GradScaler: bf16 or fp32 only. fp16's scaler reads its inf flag back every step.
   - the per-sample style indices come from pinned memory with non_blocking=True (trainer._style_index):
     a copy from pageable memory makes the host wait for the stream.
