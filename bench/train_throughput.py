@@ -7,7 +7,8 @@ GPU so the data loader is not what is measured):
 
 * ``baseline``: eager fp32 NCHW, reference InstanceNorm2d (what pytorch/examples fast_neural_style runs);
 * ``bf16``, ``bf16+cl`` (channels_last), ``bf16+cl+fused`` (Triton instance norm when available),
-  ``bf16+cl+fused+compile``: this trainer's options added one at a time.
+  ``bf16+cl+fused+compile``: this trainer's options added one at a time;
+* ``bf16+cl+compile``: the compiled step (train/compiled_step.py) without the fused norm, as the zoo runs it.
 
 Warm-up (including torch.compile time) is reported separately from the steady state, which is timed
 with CUDA synchronisation around the loop. CUDA only: on a machine without a GPU it says so and exits 0.
@@ -31,6 +32,7 @@ ROWS = {
     "bf16+cl": dict(amp="bf16", channels_last=True, fused="off", compile=False),
     "bf16+cl+fused": dict(amp="bf16", channels_last=True, fused="auto", compile=False),
     "bf16+cl+fused+compile": dict(amp="bf16", channels_last=True, fused="auto", compile=True),
+    "bf16+cl+compile": dict(amp="bf16", channels_last=True, fused="off", compile=True),
 }
 
 

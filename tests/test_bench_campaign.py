@@ -37,6 +37,8 @@ def test_dry_run_every_stage_ok(dry_run):
     assert plan["zoo"]["kernels"] >= 2 and plan["verify"]["kernels"] >= 10
     assert plan["zoo"]["estimate_s"] > 270 and plan["verify"]["estimate_s"] > 0
     assert plan["verify"]["fits_one_call"] and plan["verify"]["estimate_s"] <= 480
+    # the zoo trains with the compiled step; its compiling is planned inside the training budget
+    assert plan["zoo"]["compile_s"] > 0 and plan["zoo"]["train_s"] == 270 - plan["zoo"]["compile_s"]
 
 
 def test_dry_run_files(dry_run):
@@ -56,7 +58,13 @@ def test_dry_run_files(dry_run):
     assert shipped_gate["photos"] == gate["photos"] and list(shipped_gate["styles"]) == shipped_names
     for r in gate["styles"].values():  # figures, not flags only
         assert r["gram_ratio_median"] > 0 and r["content_median"] > 0
-    decision = json.loads((out / "zoo" / "summary.json").read_text())["decision"]
+    zoo = json.loads((out / "zoo" / "summary.json").read_text())
+    assert zoo["training"]["compiled"] and zoo["training"]["first_step_s"] > 0
+    # Adam's moments beside the shipped zoo, for a later loan's --init; one file in the returned archive
+    moments = out / "zoo" / zoo["moments"]
+    assert moments == out / "zoo" / "zoo" / "styles.adam.safetensors"
+    assert moments.samefile(out / "zoo" / "train" / "styles.adam.safetensors")
+    decision = zoo["decision"]
     # two tiny styles cannot beat the shipped ten: no ship decision (the dry run ships anyway, to run the path)
     assert decision["ship"] is False and decision["why"].startswith("lacks shipped styles")
     assert (out / "zoo" / "pictures" / "candy.jpg").is_file()

@@ -71,7 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast precision (auto: bf16 on CUDA, off on CPU); losses stay fp32")
     t.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
-    t.add_argument("--compile", action="store_true", help="torch.compile the generator and VGG")
+    t.add_argument("--compile", action="store_true",
+                   help="the compiled training step: generator + VGG loss + backward and Adam under torch.compile, "
+                        "no host sync per step; bf16 or fp32 (--amp fp16 needs the eager step)")
     t.add_argument("--fused", choices=("auto", "on", "off"), default="off",
                    help="fused Triton instance norm (auto: when CUDA and the kernel are available). Default off: "
                         "on an H100 it trained slower than bf16 + channels_last alone (bench/results/)")
@@ -162,6 +164,8 @@ def style_paths(args) -> list[str]:
         raise UsageError("several styles in one network need --norm instance (conditional instance norm)")
     if len(paths) > 1 and args.mode == "texture":
         raise UsageError("texture mode trains one texture per network: give one --style")
+    if args.compile and args.amp == "fp16":
+        raise UsageError("--compile trains in bf16 or fp32: --amp fp16 needs GradScaler's per-step check (eager)")
     return paths
 
 

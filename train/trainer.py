@@ -3,7 +3,9 @@
 One step: a batch of content crops (style mode) or noise (texture mode) -> generator (under autocast) ->
 PerceptualLoss (VGG under autocast, loss arithmetic fp32) -> GradScaler-scaled backward -> Adam.
 Performance choices, each optional: bf16/fp16 autocast, channels_last on CUDA, the fused Triton instance
-norm (train/fused_norm.py), torch.compile, DDP across GPUs (train/distributed.py).
+norm (train/fused_norm.py), the compiled step (train/compiled_step.py, beside its eager reference), DDP
+across GPUs (train/distributed.py). Batches reach the device ahead of their step (train/prefetch.py) and the
+loop reads losses back only every log_every steps, so the host runs ahead of the device.
 
 Exact resume: the state file (state.py) holds model, optimizer, scaler, RNG states and the global sample
 position; data crops and noise are pure functions of (seed, sample code / step), so a resumed run
@@ -23,9 +25,11 @@ from instyle import checkpoint, models
 from instyle.precision import DTYPES
 
 from . import distributed, fused_norm
+from .compiled_step import CompiledStep, EagerStep
 from .data import list_images, make_loader
 from .logs import LossLog, sample_grid
 from .losses import PerceptualLoss
+from .prefetch import DevicePrefetcher
 from .state import git_rev, load_state, rng_state, save_state, set_rng_state, state_path
 
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "off": None}
@@ -50,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool | None = None  # None: on CUDA
-    compile: bool = False
+    compile: bool = False  # the compiled, sync-free step (train/compiled_step.py); bf16 or fp32
     fused: str = "off"  # auto | on | off (off: measured slower than bf16 + channels_last alone on an H100)
     workers: int = 4
     max_images: int | None = None
@@ -159,6 +163,7 @@ class Trainer:
 
         self.files = [] if self.texture else list_images(_need_data(cfg), cfg.max_images, cfg.seed)
         self.step, self.position, self.elapsed = 0, 0, 0.0
+        self.first_step_s: float | None = None  # the first step's seconds in this process (compiling, if any)
         self.names = [e["name"] for e in self.base_entries] + cfg.style_names
         self.styles = len(self.names)
         if len(set(self.names)) != self.styles:
@@ -181,10 +186,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if cfg.compile:
-            net = torch.compile(net)
-            self.loss.vgg.forward = torch.compile(self.loss.vgg.forward)
         self.net = net
+        # after any resume or --init: the runner puts the optimizer state loaded there in its own form
+        self.runner = CompiledStep(self) if cfg.compile else EagerStep(self)
 
     # ------------------------------------------------------------------------------------ pieces
 
@@ -238,7 +242,16 @@ class Trainer:
             return None
         g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1_013 + rank)
         first = len(self.base_entries)  # fine-tuning draws only the new styles
-        return (first + torch.randint(self.styles - first, (self.cfg.batch_size,), generator=g)).to(self.device)
+        index = first + torch.randint(self.styles - first, (self.cfg.batch_size,), generator=g)
+        if self.device.type != "cuda":
+            return index.to(self.device)
+        # from pinned memory the copy is queued like a kernel; from pageable memory the host would wait for it
+        return index.pin_memory().to(self.device, non_blocking=True)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step`: linear warm-up, then cfg.lr (a pure function of the step: exact
+        resume keeps it)."""
+        return self.cfg.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.cfg.lr
 
     def _loader(self):
         if self.texture:
@@ -248,28 +261,30 @@ class Trainer:
                            start=self.position, rank=d.rank, world_size=d.world_size, workers=cfg.workers,
                            pin_memory=self.device.type == "cuda")
 
-    def train_step(self, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the detached fp32 loss terms. `last_styles` keeps this step's
-        (style index per sample, weighted style loss per sample), index None with one style."""
-        self.net.train()
-        index = self._style_index(self.step, self.dist.rank)
+    def forward_terms(self, x: torch.Tensor, content: torch.Tensor | None,
+                      index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Generator input `x` -> the loss terms (fp32, with `style_per_sample`); what the compiled step compiles."""
         with self._autocast():
-            x = self._inputs(content, self.step)
             if index is None:
                 y = self.net(x)
             else:
                 y = self.net(x, torch.nn.functional.one_hot(index, self.styles).float())
             # the loss holds the targets of the styles being trained: the new ones when fine-tuning
-            terms = self.loss(y, None if self.texture else content,
-                              None if index is None else index - len(self.base_entries))
+            return self.loss(y, None if self.texture else content,
+                             None if index is None else index - len(self.base_entries))
+
+    def train_step(self, content: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One optimisation step (its device parts by self.runner: compiled or eager); returns the detached fp32
+        loss terms. `last_styles` keeps this step's (style index per sample, weighted style loss per sample),
+        index None with one style."""
+        self.net.train()
+        index = self._style_index(self.step, self.dist.rank)
+        terms = self.runner.forward(self._inputs(content, self.step), content, index)
         self.last_styles = (index, terms.pop("style_per_sample").detach())
         self.optimizer.zero_grad(set_to_none=True)
-        if self.warmup:  # a pure function of the step: exact resume keeps it
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / self.warmup)
-        self.scaler.scale(terms["total"]).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.warmup:
+            self.runner.set_lr(self.lr_at(self.step))
+        self.runner.backward_and_update(terms["total"])
         return {k: v.detach() for k, v in terms.items()}
 
     # ---------------------------------------------------------------------------------- the loop
@@ -278,7 +293,7 @@ class Trainer:
         """Train to cfg.iterations; returns the final (last logging window's mean) loss terms."""
         cfg, d = self.cfg, self.dist
         loader = self._loader()
-        batches = iter(loader) if loader is not None else None
+        batches = DevicePrefetcher(iter(loader), self.device, self.channels_last) if loader is not None else None
         bar = None
         if cfg.progress and d.is_main:
             from tqdm import tqdm
@@ -295,12 +310,11 @@ class Trainer:
         started = time.perf_counter()
         try:
             while self.step < cfg.iterations:
-                content = None
-                if batches is not None:
-                    content = next(batches).to(self.device, non_blocking=True).float()
-                    if self.channels_last:
-                        content = content.contiguous(memory_format=torch.channels_last)
+                content = next(batches) if batches is not None else None
+                t_step = time.perf_counter()
                 terms = self.train_step(content)
+                if self.first_step_s is None:  # host time: with --compile, mostly compiling
+                    self.first_step_s = time.perf_counter() - t_step
                 self.step += 1
                 self.position += cfg.batch_size * d.world_size
                 index, sample_style = self.last_styles

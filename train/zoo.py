@@ -2,10 +2,10 @@
 
 `python -m instyle.bench.campaign --stage zoo` runs these steps on a GPU loan, each writing its files as it
 finishes (and bench/zoo_pictures.py pictures what shipped):
-  train     every style image at once (one gamma/beta row each), bf16 + channels_last, for a
-            wall-clock budget; checkpoints, log CSV, loss plot and sample grids beside the model. With
-            --init (the shipped zoo) it continues from those weights, so each loan adds to the last one's
-            training instead of starting over
+  train     every style image at once (one gamma/beta row each), bf16 + channels_last, the compiled step
+            (train/compiled_step.py), for a wall-clock budget that its compiling counts against; checkpoints,
+            log CSV, loss plot, sample grids and Adam's moments beside the model. From the shipped zoo by
+            default (--init), so each loan adds to the last one's training instead of starting over
   gate      on photos it never trained on (held-out training photos and the demo photos, 384 px), per style,
             the metric of train/style_metric.py: median gram_ratio <= 0.30 (VGG-16 relu1_2..relu4_3 Grams)
             and median relative relu3_3 content distance <= 3.0. The shipped zoo is gated the same way on
@@ -58,12 +58,12 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
           multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500,
           lattice_weight: float | None = None, lr: float = 1e-3, resume: bool = False,
           warmup: int | None = None, teacher: Path | None = None, distill_weight: float = 0.0,
-          content_weight: float | None = None, tv_weight: float | None = None) -> dict:
+          content_weight: float | None = None, tv_weight: float | None = None, compile: bool = False) -> dict:
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
     (default: the balanced default of the VGG file's convention). With `teacher` (a trained zoo holding every
     style, by name) the `distill_weight` term pulls the output towards the teacher's (how the slim zoo learns
-    from the full one)."""
+    from the full one). `compile`: the compiled step (bf16 or fp32; its compiling counts against `budget`)."""
     from instyle.train.trainer import TrainConfig, Trainer
 
     unknown = sorted(set(multipliers or {}) - {p.stem for p in styles})
@@ -81,11 +81,12 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
                       workers=workers, checkpoint_every=checkpoint_every, sample_every=checkpoint_every,
                       log_every=25, device=device, save_dtype="fp16", progress=False, time_budget=budget,
                       overwrite=not resume, resume=resume, vgg_info=vgg_info,
-                      fused=fused, init=str(init) if init else None, lr=lr, warmup=warmup)
+                      fused=fused, init=str(init) if init else None, lr=lr, warmup=warmup, compile=compile)
     trainer = Trainer(cfg, loss)
     trainer.fit()
     return {"model": model_out, "steps": trainer.step, "images": trainer.step * batch,
             "fused_layers": trainer.n_fused, "amp": trainer.amp, "channels_last": trainer.channels_last,
+            "compiled": compile, "first_step_s": trainer.first_step_s,
             "final_losses": trainer.final_losses, "init": trainer.init_record, "losses": loss.spec.as_dict()}
 
 

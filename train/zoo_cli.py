@@ -71,7 +71,7 @@ def train_phases(a, data: Path, styles: list[Path]) -> Path:
                     style_weight=a.style_weight, lattice_weight=a.lattice_weight,
                     multipliers=parse_multipliers(a.multipliers), warmup=a.warmup, resume=resume,
                     checkpoint_every=100, teacher=a.teacher, distill_weight=a.distill_weight,
-                    content_weight=a.content_weight, tv_weight=a.tv_weight, lr=a.lr)
+                    content_weight=a.content_weight, tv_weight=a.tv_weight, lr=a.lr, compile=a.compile)
             print(f"phase {i + 1}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         init = model
     return init
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tv-weight", type=float, help="total-variation weight (default: the calibrated one)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default %(default)s)")
+    p.add_argument("--compile", action="store_true", help="the compiled training step (train/compiled_step.py); "
+                   "each phase compiles once, a minute or two on a CPU")
     p.add_argument("--shipped", type=Path, default=_shipped_zoo(),
                    help="the shipped zoo to gate against and replace with --ship (default %(default)s)")
     p.add_argument("--style-weight", type=float, help="global (balanced) style weight (default: the calibrated one)")

@@ -29,6 +29,9 @@ from pathlib import Path
 COMPILE_S_PER_KERNEL = 1.5
 ZOO_FIXED_S = 45
 GATE_S, PICTURES_S = 20, 15  # the gate runs twice: the new zoo and the shipped one (the baseline)
+# inductor compiling the zoo's training step for the GPU (forward + backward + Adam): an estimate until a loan's
+# zoo summary measures it (training.first_step_s). Spent inside --budget: fewer steps, not a longer call.
+STEP_COMPILE_S = 60
 # the dry run's steps run in the Triton interpreter: their time limits are the GPU's times this
 DRY_RUN_SLOWDOWN = 20
 
@@ -85,7 +88,7 @@ def _step(summary: Summary, name: str, fn, dry: bool) -> object:
 # ------------------------------------------------------------------------------------------------- zoo
 
 
-def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Summary:
+def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None, compile: bool = True) -> Summary:
     import torch
 
     from instyle.bench.zoo_pictures import pictures
@@ -97,15 +100,17 @@ def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Su
     summary = Summary(out, "dry-run" if dry else "gpu")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     styles = Z.style_files(data / "styles")
+    # the compiled step (bf16 + channels_last on CUDA); the dry run compiles it for the CPU, which checks the
+    # capture (one graph, no recompiles) but not the GPU's code
     if dry:
         styles = styles[:2]
         opts = dict(budget=min(budget, 8.0), image_size=32, batch=2, model_config=dict(width=8, blocks=1),
-                    workers=0, fused="on", style_size=128)
+                    workers=0, fused="on", style_size=128, compile=compile)
     else:
         opts = dict(budget=budget, image_size=256, batch=16, model_config={},
-                    workers=max(1, min(12, (os.cpu_count() or 4) - 2)))
+                    workers=max(1, min(12, (os.cpu_count() or 4) - 2)), compile=compile)
     print(f"zoo: {len(styles)} styles ({', '.join(p.stem for p in styles)}), {opts['budget']:.0f} s of training on "
-          f"{device}", flush=True)
+          f"{device}{' (compiled step)' if compile else ''} from {init or 'scratch'}", flush=True)
     trained = _step(summary, "zoo.train", lambda: Z.train(out, data, styles=styles, device=device, init=init, **opts),
                     dry)
     if trained is None:
@@ -138,8 +143,27 @@ def run_zoo(out: Path, dry: bool, budget: float, init: Path | None = None) -> Su
                                                            side=64 if dry else 640, crop_4k=not dry,
                                                            device=device), dry)
     summary.data["shipped"] = keep if shipped is not None else []
+    if shipped is not None:
+        summary.data["moments"] = str(_moments_beside(model, shipped, keep).relative_to(out))
     summary.write()
     return summary
+
+
+def _moments_beside(model: Path, shipped: Path, keep: list[str]) -> Path:
+    """Adam's moments of the trained `model` beside the `shipped` zoo (its sibling .adam.safetensors, which
+    --init finds), so a later loan continues them. A hard link: the returned archive holds the bytes once (a
+    copy could push it past what a returned file may hold); where links fail, the trained model's own."""
+    from instyle import checkpoint
+    from instyle.train.adam_state import adam_path
+
+    assert checkpoint.style_names(checkpoint.read_metadata(model)) == keep, "moments rows follow the model's"
+    src, dst = adam_path(model), adam_path(shipped)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        return src
+    return dst
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -231,7 +255,10 @@ def plan(zoo: Summary, verify: Summary, budget: float, deadline: float = 320) ->
         verify_s += max(V.LIMITS[n] for n in group)
         if verify_s > deadline:
             at_risk += list(group)
-    return [{"stage": "zoo", "kernels": k_zoo, "estimate_s": round(zoo_s)},
+    compiled = zoo.data.get("training", {}).get("compiled", False)
+    step = {"compile_s": STEP_COMPILE_S, "train_s": round(budget - STEP_COMPILE_S),
+            "note": "compiling the training step is spent within the budget"} if compiled else {}
+    return [{"stage": "zoo", "kernels": k_zoo, "estimate_s": round(zoo_s), **step},
             {"stage": "verify", "kernels": k_verify, "estimate_s": min(verify_s, deadline), "upper_bound_s": verify_s,
              "deadline_s": deadline, "fits_one_call": min(verify_s, deadline) <= CALL_LIMIT_S,
              "cut_if_every_step_takes_its_limit": at_risk,
@@ -245,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="both stages on this CPU, tiny sizes, Triton interpreter")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--budget", type=float, default=270, help="zoo: seconds of training (default 270)")
-    p.add_argument("--init", type=Path, metavar="MODEL", help="zoo: continue training from this generator "
-                   "(e.g. instyle/zoo/styles.safetensors); styles matched by name")
+    p.add_argument("--init", type=Path, metavar="MODEL|none", help="zoo: continue training from this generator, "
+                   "styles matched by name (default: the shipped zoo, instyle/zoo/styles.safetensors; none: from "
+                   "scratch)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="zoo: the compiled training step (default: on; --no-compile: the eager step)")
     p.add_argument("--deadline", type=float, default=320, help="verify: seconds for the whole stage (default 320)")
     p.add_argument("--only", metavar="LIST", help="verify: run only these steps (comma-separated), in stage order")
     p.add_argument("--no-wheels", action="store_true", help="--bundle without downloading wheels")
@@ -271,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step:
         return run_step(a.step, a.out, a.dry_run)
     if a.dry_run:
-        zoo = run_zoo(a.out / "zoo", True, a.budget)
+        zoo = run_zoo(a.out / "zoo", True, a.budget, compile=a.compile)
         verify = run_verify(a.out / "verify", True, a.deadline * DRY_RUN_SLOWDOWN)
         stages = zoo.data["stages"] + verify.data["stages"]
         timeline = plan(zoo, verify, a.budget, a.deadline)
@@ -293,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         return 0 if all(s["status"] == "ok" for s in stages) else 1
     if a.stage == "zoo":
-        if a.init is not None and not a.init.is_file():
-            p.error(f"--init {a.init}: no such model file")
-        summary = run_zoo(a.out, False, a.budget, a.init)
+        from instyle.paths import ZOO_DIR
+
+        init = None if str(a.init) == "none" else (a.init or ZOO_DIR / "styles.safetensors")
+        if init is not None and not init.is_file():
+            p.error(f"--init {init}: no such model file")
+        summary = run_zoo(a.out, False, a.budget, init, a.compile)
     elif a.stage == "verify":
         only = None
         if a.only:
