@@ -54,7 +54,8 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool | None = None  # None: on CUDA
-    compile: bool = False  # the compiled, sync-free step (train/compiled_step.py); bf16 or fp32
+    compile: bool | str = False  # the compiled, sync-free step (train/compiled_step.py); bf16 or fp32; a string
+    # names torch.compile's backend (default inductor; the campaign's dry run: aot_eager, capture without codegen)
     fused: str = "off"  # auto | on | off (off: measured slower than bf16 + channels_last alone on an H100)
     workers: int = 4
     max_images: int | None = None
@@ -188,7 +189,8 @@ class Trainer:
             net = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.net = net
         # after any resume or --init: the runner puts the optimizer state loaded there in its own form
-        self.runner = CompiledStep(self) if cfg.compile else EagerStep(self)
+        self.runner = (CompiledStep(self, **({"backend": cfg.compile} if isinstance(cfg.compile, str) else {}))
+                       if cfg.compile else EagerStep(self))
 
     # ------------------------------------------------------------------------------------ pieces
 

@@ -58,7 +58,7 @@ def train(out: Path, data: Path, *, budget: float | None, image_size: int, batch
           multipliers: dict[str, float] | None = None, balance: str = "gram", checkpoint_every: int = 500,
           lattice_weight: float | None = None, lr: float = 1e-3, resume: bool = False,
           warmup: int | None = None, teacher: Path | None = None, distill_weight: float = 0.0,
-          content_weight: float | None = None, tv_weight: float | None = None, compile: bool = False) -> dict:
+          content_weight: float | None = None, tv_weight: float | None = None, compile: bool | str = False) -> dict:
     """Train the styles for `budget` seconds (or `iterations` steps): each style's loss balanced by its Gram
     magnitude (`balance`), times its entry in `multipliers` (by name, default 1), times `style_weight`
     (default: the balanced default of the VGG file's convention). With `teacher` (a trained zoo holding every
