@@ -59,6 +59,8 @@ def _loss(args, device):
 def bench_row(name: str, opts: dict, args, folder: Path, device: torch.device) -> dict:
     from instyle.train.trainer import TrainConfig, Trainer
 
+    if opts["compile"] and args.compile_backend != "inductor":
+        opts = dict(opts, compile=args.compile_backend)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-vgg", action="store_true", help="random VGG weights (same cost, no file needed)")
     p.add_argument("--style", help="style image (default: random)")
     p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compiled rows (default inductor; aot_eager: capture only)")
     p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # exercise the code on CPU
     args = p.parse_args(argv)
     if torch.cuda.is_available():

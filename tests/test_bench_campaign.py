@@ -87,6 +87,8 @@ def test_dry_run_files(dry_run):
                         ("deconv2", "direct"), ("deconv2", "phase"), ("res1.conv1", "prologue"),
                         ("res1.conv1", "tma"), ("res1.conv2", "prologue"), ("res1.conv2", "tma")}
     assert len(modes["whole"]) == 8 and all(r["median_ms"] > 0 for r in modes["layers"] + modes["whole"])
+    throughput = json.loads((out / "verify" / "throughput.json").read_text())  # the zoo's compiled step timed too
+    assert [(r["row"], r["compile"]) for r in throughput["rows"]][-1] == ("bf16+cl+compile", "aot_eager")
     swept = json.loads((out / "verify" / "sweep.json").read_text())  # per layer key: pinned + a candidate
     keys = {r["key"] for r in swept["rows"]}
     assert any(k.startswith("conv_tma") for k in keys) and any(" flat " in k for k in keys)
