@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from test_train_core import config, one_thread, photos, stripes, tiny_loss  # noqa: F401  (fixtures)
+from test_train_core import Stop, config, crash_at, one_thread, photos, stripes, tiny_loss  # noqa: F401  (fixtures)
 from tolerances import assert_derived_close
 
 from instyle.train.compiled_step import CompiledStep
@@ -149,22 +149,11 @@ def test_compiled_step_is_two_graphs_that_never_recompile(captured):
     assert graphs() == before and traced.trainer.optimizer.param_groups[0]["lr"] < traced.trainer.cfg.lr
 
 
-class Stop(Exception):
-    pass
-
-
 def test_compiled_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, photos, monkeypatch):  # noqa: F811
     a = two_style_trainer(tmp_path / "a", photos, "aot_eager", iterations=6, checkpoint_every=2)
     a.fit()
     b = two_style_trainer(tmp_path / "b", photos, "aot_eager", iterations=6, checkpoint_every=2)
-    step = b.train_step
-
-    def crash_after_5(content):  # the last good checkpoint is step 4
-        if b.step == 5:
-            raise Stop
-        return step(content)
-
-    monkeypatch.setattr(b, "train_step", crash_after_5)
+    crash_at(b, 5, monkeypatch)  # the last good checkpoint is step 4
     with pytest.raises(Stop):
         b.fit()
     c = two_style_trainer(tmp_path / "b", photos, "aot_eager", iterations=6, checkpoint_every=2, resume=True)

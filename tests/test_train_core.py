@@ -186,20 +186,25 @@ class Stop(Exception):
     pass
 
 
+def crash_at(trainer, at: int, monkeypatch) -> None:
+    """trainer.fit() dies (raises Stop) when it reaches step `at`, as a killed run would."""
+    step = trainer.train_step
+
+    def crash(content):
+        if trainer.step == at:
+            raise Stop
+        return step(content)
+
+    monkeypatch.setattr(trainer, "train_step", crash)
+
+
 def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path, photos, monkeypatch):
     a = Trainer(config(tmp_path / "a", photos, iterations=12, checkpoint_every=4), tiny_loss())
     a.fit()
     want = a.model.state_dict()
 
     b = Trainer(config(tmp_path / "b", photos, iterations=12, checkpoint_every=4), tiny_loss())
-    step = b.train_step
-
-    def crash_after_9(content):  # dies mid-run: the last good checkpoint is step 8
-        if b.step == 9:
-            raise Stop
-        return step(content)
-
-    monkeypatch.setattr(b, "train_step", crash_after_9)
+    crash_at(b, 9, monkeypatch)  # dies mid-run: the last good checkpoint is step 8
     with pytest.raises(Stop):
         b.fit()
     c = Trainer(config(tmp_path / "b", photos, iterations=12, checkpoint_every=4, resume=True), tiny_loss())
