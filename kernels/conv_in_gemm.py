@@ -64,7 +64,9 @@ import triton.language as tl
 from instyle.interpreter import interpreting
 
 from . import tile_table
-from .conv_in_normalize import Stats, _reflect, finalize, finalize_groups, norm_params_ref  # noqa: F401  (re-exported)
+
+# Stats, finalize, finalize_groups and norm_params_ref are re-exported (callers import them from here)
+from .conv_in_normalize import Stats, _reflect, finalize, finalize_groups, norm_params_ref  # noqa: F401
 from .upsample_phase import phase_weights
 
 # ----------------------------------------------------------------------------------------------------
@@ -601,8 +603,11 @@ def _launch(x, w_packed, bias, norm, skip, skip_out, out, pmean, pm2, kernel, st
         # grid: (pixel tiles of one image, output-channel tiles, images); the layer's measured tile
         # (kernels/tiles.json) or else its pinned one
         order = "flat" if flat else "window" if window else "phase" if phase else "taps"
+        applied = (("norm", norm is not None), ("relu", relu), ("skip", skip is not None),
+                   ("wskip", skip_out is not None))
+        prologue = "+".join(name for name, on in applied if on)
         key = tile_table.layer_key("conv_in", cin=Cin, cout=Cout, kernel=kernel, stride=stride, upsample=upsample,
-                                   order=order, pix=pix, dtype=w_packed.dtype)
+                                   order=order, pix=pix, prologue=prologue, dtype=w_packed.dtype)
         cfg = tile_table.pick(key, x.device, lambda: pinned_config(Cin, Cout, pix, flat, w_packed.element_size()))
         bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         assert bm % stat_m == 0

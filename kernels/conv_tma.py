@@ -1,14 +1,14 @@
 """The residual blocks' 3x3 convs through tensor descriptors (TMA on sm_90): y = conv(xp) + bias with IN partial
 statistics of y, where xp is the input already normalized and reflect-padded, NHWC, in the run dtype.
 
-Why a second path beside conv_in_gemm's. There every A tile is gathered with per-element addresses (reflection,
-the pending IN applied in the prologue): CUDA-core work and register pressure that keep the wgmma pipeline
-from running full (issue 27's profile: the 3x3 convs at ~1/3 of their floor). Here the input is written once,
-normalized and padded, by kernels/conv_in_normalize.in_apply(..., pad=1), so every (tap, channel block) of a
-tile is one rectangular box of that buffer: a TMA load with no address math, no masks (the descriptor
-zero-fills past the buffer's end) and no prologue; the MMAs read it straight from shared memory. The cost is
-one more pass over the activation (the normalize's write and this read, ~2 x 2 B x C per pixel), which the
-issue-27 numbers say the freed tensor cores pay back; a GPU run (bench/campaign/verify.py) decides.
+Why a second path beside conv_in_gemm's. There every A tile is gathered with per-element addresses (reflection, the
+pending IN applied in the prologue): CUDA-core work and register pressure that keep the wgmma pipeline from running
+full (the H100 profile of 2026-11-26: the 3x3 convs at ~1/3 of their floor). Here the input is written once,
+normalized and padded, by kernels/conv_in_normalize.in_apply(..., pad=1), so every (tap, channel block) of a tile
+is one rectangular box of that buffer: a TMA load with no address math, no masks (the descriptor zero-fills past
+the buffer's end) and no prologue; the MMAs read it straight from shared memory. The cost is one more pass over the
+activation (the normalize's write and this read, ~2 x 2 B x C per pixel), which the profile says the freed tensor
+cores pay back; a GPU run (bench/campaign/verify.py) decides.
 
 Layout. xp is N x C x (H + 2) x (W + 2), channels_last, contiguous: as a 2-D array [N * Hp * Wp, C] the padded
 pixel (n, h, w) is row (n * Hp + h) * Wp + w. An M tile is BLOCK_M output pixels of one output row (oh, ow0 ..),
@@ -20,7 +20,7 @@ is zero-filled in A, so its (next tap's) weight rows add nothing.
 Statistics. M tiles stay within one output row, so the partials are per row: each row is a group of Wout
 pixels in cdiv(Wout, stat_m) tiles (Stats.groups = Hout), merged by the same finalize kernel as conv_in's.
 
-The reference is conv_in_gemm.conv_in_ref(x, ...) on the unpadded, normalized input (F.pad + F.conv2d).
+The reference is conv_tma_ref (F.conv2d of the padded input) at the end of this file.
 """
 from __future__ import annotations
 
@@ -172,3 +172,14 @@ def conv_tma_op(xp: torch.Tensor, w_packed: torch.Tensor, bias: Optional[torch.T
 @conv_tma_op.register_fake
 def _(xp, w_packed, bias, out, pmean, pm2, kernel, bm, bn, bk, stat_m, warps, stages):
     return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain-PyTorch reference (fp32).
+
+
+def conv_tma_ref(xp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """What conv_tma computes, in fp32: the unpadded conv of the padded input (weight: Conv2d's [Cout, Cin, KH, KW])."""
+    import torch.nn.functional as F
+
+    return F.conv2d(xp.float(), weight.float(), None if bias is None else bias.float())

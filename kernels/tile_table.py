@@ -1,7 +1,8 @@
 """Measured GPU tiles per layer: the table the campaign's sweep step writes (bench/campaign/sweep.py) and the conv
 launchers read before their rule-based pinned configs (conv_in_gemm.pinned_config, conv_tma.pinned_config).
 
-The committed table is kernels/tiles.json, {"arch": "sm_90", "source": ..., "tiles": {layer key: tile}}, a tile being
+The committed table is kernels/tiles.json (none yet: no loan has run the sweep),
+{"arch": "sm_90", "source": ..., "tiles": {layer key: tile}}, a tile being
 {BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages}. It applies only on its arch (a tile that fits an H100's shared
 memory may not fit another GPU's); without it, or for a layer it does not list, the rules decide. The sweep times
 candidates through `override`, which wins over the table for one layer key while it is active.
@@ -26,12 +27,15 @@ _picks: Optional[list] = None  # (key, tile) of every pick while `recording` is 
 
 
 def layer_key(kind: str, *, cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False,
-              order: str = "taps", pix: int = 1, dtype: torch.dtype = torch.float16) -> str:
-    """A layer's name in the table: the kernel, its shape class and K order, e.g.
-    "conv_in k3 s1 up 128>64 taps fp16" (the tile depends on these, not on the image size)."""
+              order: str = "taps", pix: int = 1, prologue: str = "", dtype: torch.dtype = torch.float16) -> str:
+    """A layer's name in the table: the kernel, its shape class, K order and prologue, e.g.
+    "conv_in k3 s1 128>128 taps norm+skip+wskip float16" (the tile depends on these, not on the image size; the
+    prologue changes register pressure: with 4 warps the skip-adding variants spilled where others did not)."""
     bits = [kind, f"k{kernel}", f"s{stride}"] + (["up"] if upsample else []) + [f"{cin}>{cout}", order]
     if pix > 1:
         bits.append(f"pix{pix}")
+    if prologue:
+        bits.append(prologue)
     return " ".join(bits + [str(dtype).removeprefix("torch.")])
 
 
@@ -51,12 +55,16 @@ def _load(path: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def device_arch(index: Optional[int]) -> str:
-    """sm_XY of CUDA device `index`; None (no CUDA tensor: the census) stands for CENSUS_ARCH."""
-    if index is None:
-        return CENSUS_ARCH
+def _cuda_arch(index: int) -> str:
     major, minor = torch.cuda.get_device_capability(index)
     return f"sm_{major}{minor}"
+
+
+def device_arch(device: torch.device) -> str:
+    """sm_XY of a CUDA device; any other device (the census's CPU tensors) stands for CENSUS_ARCH."""
+    if device.type != "cuda":
+        return CENSUS_ARCH
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def lookup(key: str, device: torch.device) -> Optional[triton.Config]:
@@ -64,7 +72,7 @@ def lookup(key: str, device: torch.device) -> Optional[triton.Config]:
     tile = _overrides.get(key)
     if tile is None:
         table = _table()
-        if table["arch"] != device_arch(device.index if device.type == "cuda" else None):
+        if table["arch"] != device_arch(device):
             return None
         tile = table["tiles"].get(key)
     if tile is None:
@@ -76,13 +84,14 @@ def pick(key: str, device: torch.device, rule: Callable[[], triton.Config]) -> t
     """The tile a launcher runs layer `key` with: lookup's, else rule()'s."""
     cfg = lookup(key, device) or rule()
     if _picks is not None:
-        _picks.append((key, as_tile(cfg)))
+        _picks.append((key, as_tile(cfg), as_tile(rule())))
     return cfg
 
 
 @contextlib.contextmanager
 def recording():
-    """Yields a list that receives (layer key, tile) for every pick while active (the sweep's census of a layer)."""
+    """Yields a list that receives (layer key, tile picked, the rules' tile) for every pick while active (the
+    sweep's census of a layer)."""
     global _picks
     previous, _picks = _picks, []
     try:

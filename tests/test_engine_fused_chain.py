@@ -143,6 +143,8 @@ def test_narrow_generator_batch2_tma_residual_convs(monkeypatch, dtype):
     monkeypatch.setitem(FC.conv_tma.TUNING, "block_m", 4)
     monkeypatch.setitem(FC.conv_tma.TUNING, "stat_m", 2)
     model = narrow_net(seed=3)
+    assert [layer.name for layer in FC.FusedChain(model, dtype, conv3x3="tma").layers() if layer.tma] == [
+        "res1.conv1", "res1.conv2", "res2.conv1", "res2.conv2"]  # 32 channels: 16-byte rows in fp32 and fp16
     g = torch.Generator().manual_seed(5)
     x = torch.rand(2, 3, 12, 20, generator=g) * 255
     y = FC.make_runner(model, torch.device("cpu"), dtype, conv3x3="tma")(x)

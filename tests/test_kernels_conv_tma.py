@@ -74,9 +74,10 @@ def test_conv_and_statistics_vs_reference(monkeypatch, dtype, n, cin, cout, h, w
     xp = CN.in_apply(x, norm, relu=True, pad=1)
     y, stats = CT.conv_tma(xp, CI.pack_weight(weight, dtype), b)
     assert y.shape == (n, cout, h, w) and y.dtype == dtype and stats.groups == h
-    a = xp.float()[:, :, 1:-1, 1:-1]  # the normalized input as stored (rounded to dtype)
-    ref, _ = CI.conv_in_ref(a, weight.to(dtype), b)
-    lowp, _ = CI.conv_in_ref(a.to(dtype), weight.to(dtype).float(), b)
+    ref = CT.conv_tma_ref(xp, weight.to(dtype), b)  # on the normalized input as stored (rounded to dtype)
+    a = xp.float()[:, :, 1:-1, 1:-1]  # and the generator's way: reflect-pad the interior, conv
+    torch.testing.assert_close(ref, CI.conv_in_ref(a, weight.to(dtype), b)[0], rtol=0, atol=1e-4)
+    lowp = ref
     assert_derived_close("conv_tma", y.float(), ref, lowp.to(dtype), dtype, atol=CONV_ATOL)
 
     gamma = torch.rand(n, cout, generator=g) + 0.5  # per sample, as a multi-style batch has them
@@ -87,6 +88,30 @@ def test_conv_and_statistics_vs_reference(monkeypatch, dtype, n, cin, cout, h, w
     exact = torch.stack([mean, torch.rsqrt(var + 1e-5) * gamma.double(), beta.double()], 1)
     torch.testing.assert_close(params.double(), exact, rtol=2e-5, atol=2e-5 * max(1.0, mean.abs().max().item()))
     torch.testing.assert_close(params, CN.finalize_ref(stats, gamma, beta), rtol=1e-5, atol=1e-5)
+
+
+@interpreter
+def test_gpu_tile_path_several_stat_tiles_per_program(monkeypatch):
+    """The pinned (GPU) branch: its tile through tile_table.pick, 128-pixel row tiles holding two 64-pixel stat tiles
+    (stat_m 64 here), a 150-pixel row (a full tile, then 22 pixels), batch 2; statistics against float64."""
+    from instyle.kernels import tile_table
+
+    monkeypatch.setattr(CT, "_PINNED", True)
+    monkeypatch.setitem(CT.TUNING, "stat_m", 64)
+    x, norm, _ = normalized_input(2, 16, 2, 150, torch.float32, seed=3)
+    weight = torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(1)) / 12
+    xp = CN.in_apply(x, norm, pad=1)
+    with tile_table.recording() as picks:
+        y, stats = CT.conv_tma(xp, CI.pack_weight(weight, torch.float32))
+    assert [(key, tile["BLOCK_M"]) for key, tile, _ in picks] == [("conv_tma k3 s1 16>16 taps float32", 128)]
+    assert stats.stat_m == 64 and stats.pmean.shape == (2, 2 * 3, 16)  # per row: 64 + 64 + 22 pixels
+    ref = CT.conv_tma_ref(xp, weight)
+    torch.testing.assert_close(y, ref, rtol=0, atol=2e-5 * ref.abs().max().item())
+    ones, zeros = torch.ones(16), torch.zeros(16)
+    yd = y.double()
+    rstd = torch.rsqrt(yd.var((2, 3), correction=0) + 1e-5)
+    exact = torch.stack([yd.mean((2, 3)), rstd, zeros.double().expand(2, 16)], 1)
+    torch.testing.assert_close(CN.finalize(stats, ones, zeros).double(), exact, rtol=2e-5, atol=2e-5)
 
 
 def test_supports_needs_16_byte_channel_rows():

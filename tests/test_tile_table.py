@@ -12,6 +12,8 @@ TILE = {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stage
 
 def test_layer_key_names_shape_class_order_and_dtype():
     assert TT.layer_key("conv_in", cin=128, cout=64, kernel=3, upsample=True) == "conv_in k3 s1 up 128>64 taps float16"
+    assert TT.layer_key("conv_in", cin=128, cout=128, kernel=3, prologue="norm+skip+wskip") == \
+        "conv_in k3 s1 128>128 taps norm+skip+wskip float16"
     assert TT.layer_key("conv_in", cin=32, cout=3, kernel=9, pix=5, dtype=torch.bfloat16) == \
         "conv_in k9 s1 32>3 taps pix5 bfloat16"
 
@@ -56,10 +58,11 @@ def test_launcher_runs_the_table_tile_and_stays_exact(table, monkeypatch):
     monkeypatch.setitem(CI.TUNING, "flat_max_cin", 15)  # the GPU K orders
     x = torch.randn(1, 16, 9, 11).contiguous(memory_format=torch.channels_last)
     w = torch.randn(24, 16, 3, 3) / 12
-    key = TT.layer_key("conv_in", cin=16, cout=24, kernel=3, dtype=torch.float32)
-    table("sm_90", {key: dict(TILE, BLOCK_N=32, num_stages=2)})
+    key = TT.layer_key("conv_in", cin=16, cout=24, kernel=3, dtype=torch.float32)  # no prologue: a raw input
+    table("sm_90", {key: dict(TILE, BLOCK_M=128, BLOCK_N=32, num_stages=2)})
     with TT.recording() as picks:
         y, _ = CI.conv_in(x, CI.pack_weight(w, torch.float32), kernel=3)
-    assert picks == [(key, dict(TILE, BLOCK_N=32, num_stages=2))]
+    rule = TT.as_tile(CI.pinned_config(16, 24, 1, False, 4))  # what the rules would have picked
+    assert picks == [(key, dict(TILE, BLOCK_M=128, BLOCK_N=32, num_stages=2), rule)] and rule != picks[0][1]
     ref, _ = CI.conv_in_ref(x, w)
     torch.testing.assert_close(y, ref, rtol=0, atol=2e-5 * ref.abs().max().item())

@@ -180,7 +180,7 @@ def bench_compile(out: Path, dry: bool) -> dict:
 def throughput(out: Path, dry: bool) -> dict:
     from instyle.bench import train_throughput
 
-    rows = "baseline,bf16+cl,bf16+cl+fused,bf16+cl+compile"  # the last: the zoo's compiled step (issue 44: >= 800)
+    rows = "baseline,bf16+cl,bf16+cl+fused,bf16+cl+compile"  # the last: the zoo's compiled step
     argv = ["--rows", rows, "--json", str(out / "throughput-rows.json"), "--vgg", str(_data() / "vgg")]
     argv += ["--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1", "--cpu-smoke",
              "--compile-backend", "aot_eager"] if dry else \

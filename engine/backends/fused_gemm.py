@@ -172,37 +172,43 @@ class FusedChain:
         if trace is not None:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
-        if layer.tma:  # the pending IN applied once, into a padded copy whose interior is the stored input
-            p = layer.kernel // 2
-            xp = cn.in_apply(x, norm, relu=relu, skip=skip, pad=p)
-            skip_out = xp[:, :, p:-p, p:-p] if layer.stores_input else None
-            y, stats = conv_tma.conv_tma(xp, layer.weight, layer.bias, kernel=layer.kernel,
-                                         stats=layer.in_weight is not None, out=out)
-            nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
-        else:
-            if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
-                x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
-                norm, relu, skip = None, False, None
-                skip_out, stored = None, skip_out
-            else:
-                stored = skip_out
-            if layer.phase:  # four phase launches; their statistics merge as four equal groups
-                assert skip_out is None
-                y, groups = ci.conv_in_phases(x, layer.weight, layer.bias, norm=norm, relu=relu, skip=skip,
-                                              stats=layer.in_weight is not None, out=out)
-                nxt = None if groups is None else cn.finalize_groups(groups, layer.in_weight, layer.in_bias,
-                                                                     layer.eps)
-            else:
-                y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
-                                      upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
-                                      stats=layer.in_weight is not None, out=out, pix=layer.pix, window=layer.window)
-                nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
-            skip_out = stored
+        run = self._conv_tma if layer.tma else self._conv_gathered
+        y, nxt, kept = run(layer, x, norm, relu=relu, skip=skip, skip_out=skip_out, out=out)
         if trace is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             trace.append((layer.name, start, end))
-        return y, nxt, skip_out
+        return y, nxt, kept
+
+    def _conv_tma(self, layer: Layer, x, norm, *, relu, skip, skip_out, out):
+        """The pending IN applied once into a reflect-padded copy, read by TMA; a stored input is its interior."""
+        assert skip_out is None
+        p = layer.kernel // 2
+        xp = cn.in_apply(x, norm, relu=relu, skip=skip, pad=p)
+        y, stats = conv_tma.conv_tma(xp, layer.weight, layer.bias, kernel=layer.kernel,
+                                     stats=layer.in_weight is not None, out=out)
+        nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+        return y, nxt, xp[:, :, p:-p, p:-p] if layer.stores_input else None
+
+    def _conv_gathered(self, layer: Layer, x, norm, *, relu, skip, skip_out, out):
+        """conv_in's gathered A tiles, the pending IN in the prologue or (prenorm) applied once before; a stored
+        input is written to skip_out."""
+        kept = skip_out
+        if layer.prenorm and norm is not None:  # apply the pending IN once (into the next skip if wanted)
+            x = cn.in_apply(x, norm, relu=relu, skip=skip, out=skip_out)
+            norm, relu, skip, skip_out = None, False, None, None
+        stats_wanted = layer.in_weight is not None
+        if layer.phase:  # four phase launches; their statistics merge as four equal groups
+            assert skip_out is None
+            y, groups = ci.conv_in_phases(x, layer.weight, layer.bias, norm=norm, relu=relu, skip=skip,
+                                          stats=stats_wanted, out=out)
+            nxt = None if groups is None else cn.finalize_groups(groups, layer.in_weight, layer.in_bias, layer.eps)
+        else:
+            y, stats = ci.conv_in(x, layer.weight, layer.bias, kernel=layer.kernel, stride=layer.stride,
+                                  upsample=layer.upsample, norm=norm, relu=relu, skip=skip, skip_out=skip_out,
+                                  stats=stats_wanted, out=out, pix=layer.pix, window=layer.window)
+            nxt = None if stats is None else cn.finalize(stats, layer.in_weight, layer.in_bias, layer.eps)
+        return y, nxt, kept
 
     def __call__(self, x: torch.Tensor, trace: Optional[list] = None) -> torch.Tensor:
         """Padded N,3,H,W float 0..255 (H, W multiples of 4, >= 8) -> raw N,3,H,W fp32 output.
