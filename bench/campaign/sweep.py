@@ -91,13 +91,12 @@ def sweep(out: Path, dry: bool, model: torch.nn.Module, x: torch.Tensor, name: s
     from instyle.kernels import tile_table
 
     from .modes import _median_ms
-    from .verify import _device
 
     started = time.perf_counter()
     if dry:  # the interpreter's times say nothing about a GPU's budget: every key, to exercise the path
         budget_s = float("inf")
     model = model.to(x.device).eval()
-    device = _device()
+    device = x.device
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run: not a measurement)"
     # a dry run's table must never apply on a GPU: its arch names no GPU
     arch = tile_table.device_arch(device) if device.type == "cuda" else "dry-run"
