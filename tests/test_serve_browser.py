@@ -18,6 +18,9 @@ playwright = pytest.importorskip("playwright.sync_api")
 from tests.serve_live import live_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Playwright's 30-s default is short for a 2-core CI machine stylizing on the CPU while the suite runs: one
+# unexplained timeout in a full run (2026-12-07) that never reproduced alone
+BROWSER_TIMEOUT_MS = 120_000
 SHOWN_BYTES = """async () => {
   const blob = await (await fetch(document.getElementById("after").src)).arrayBuffer();
   return Array.from(new Uint8Array(blob));
@@ -47,6 +50,7 @@ def test_the_page_stylizes_a_photo_in_a_browser(data, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 760})
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
             outside, blocked = [], []
             page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
             page.on("request", lambda r: None if r.url.startswith(url) or r.url.startswith("blob:")
@@ -102,6 +106,7 @@ def test_style_names_holding_markup_stay_text_in_the_page(model_path):
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page()
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
             page.route("**/v1/styles", lambda route: route.fulfill(status=200, content_type="application/json",
                                                                     body=json.dumps(styles)))
             page.goto(url + "/")
